@@ -1,0 +1,271 @@
+"""`models.load`: a Hugging Face checkpoint directory -> one of our task models, weights loaded and checked."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from transformers import PretrainedConfig
+
+from models.architectures import FORCE_DEQUANT_VALUES, QUANTIZATION_MODES, Architecture, architecture_for
+from models.tasks import TASKS, TaskModel, task_class
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+# State that calibration produces or that is derived from the weights: absent from float checkpoints,
+# so never "missing". (pytorch-quantization/QDQBERT `_amax`; I-BERT's integer weights, scales and ranges.)
+CALIBRATION_STATE_SUFFIXES = (
+    "_amax",
+    "weight_integer",
+    "bias_integer",
+    "fc_scaling_factor",
+    "weight_scaling_factor",
+    "act_scaling_factor",
+    "x_min",
+    "x_max",
+    "shift",
+)
+# Non-persistent buffers that older transformers versions saved.
+STALE_BUFFER_SUFFIXES = ("position_ids", "embeddings.token_type_ids")
+
+# Hugging Face class name suffix -> task, to pick the task from config.json's `architectures`.
+_CLASS_SUFFIX_TO_TASK = {
+    "ForMaskedLM": "fill-mask",
+    "LMHeadModel": "text-generation",
+    "ForCausalLM": "text-generation",
+    "ForSequenceClassification": "text-classification",
+    "ForTokenClassification": "token-classification",
+    "ForQuestionAnswering": "question-answering",
+    "ForMultipleChoice": "multiple-choice",
+    "ForNextSentencePrediction": "next-sentence-prediction",
+}
+
+
+class CheckpointError(ValueError):
+    """The checkpoint directory cannot be loaded into the requested model (message says why and what to do)."""
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found: a checkpoint directory needs config.json") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); re-save the checkpoint") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return data
+
+
+def load_config(path: str | os.PathLike) -> tuple[PretrainedConfig, Architecture]:
+    """Read `config.json` and pick the architecture from its `model_type`."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a directory; pass a Hugging Face checkpoint directory")
+    config_path = directory / "config.json"
+    raw = _read_json(config_path)
+    if "model_type" not in raw:
+        raise CheckpointError(f"{config_path} has no model_type; add one of bert, roberta, ibert, qdqbert, squeezebert")
+    try:
+        arch = architecture_for(raw["model_type"], where=str(config_path))
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    fields = {k: v for k, v in raw.items() if k != "model_type"}
+    config = arch.config_class.from_dict(fields)
+    # The tokenizer, not the model, decides the padding id in a few old configs; keep what the file says.
+    return config, arch
+
+
+def task_from_config(config: PretrainedConfig) -> str:
+    for name in getattr(config, "architectures", None) or []:
+        for suffix, task in _CLASS_SUFFIX_TO_TASK.items():
+            if name.endswith(suffix):
+                return task
+    return "feature-extraction"
+
+
+def default_quantization(config: PretrainedConfig, arch: Architecture) -> str:
+    if arch.model_type == "qdqbert":
+        return "qdq"
+    if arch.model_type == "ibert" and getattr(config, "quant_mode", False):
+        return "integer"
+    return "none"
+
+
+def read_state_dict(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """Weights of a checkpoint; safetensors preferred, pickles only through `torch.load(weights_only=True)`."""
+    for name in WEIGHT_FILES:
+        path = directory / name
+        if not path.exists():
+            continue
+        if name == "model.safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path)), path
+        if name == "model.safetensors.index.json":
+            from safetensors.torch import load_file
+
+            index = _read_json(path)
+            state: dict[str, torch.Tensor] = {}
+            for shard in sorted(set(index.get("weight_map", {}).values())):
+                state.update(load_file(str(directory / shard)))
+            return state, path
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True), path
+        except Exception as e:  # an unpickling error names the offending global
+            raise CheckpointError(
+                f"{path}: cannot be loaded safely with torch.load(weights_only=True) ({e}); "
+                f"convert it to model.safetensors"
+            ) from None
+    raise CheckpointError(f"{directory} has no weights; expected one of: {', '.join(WEIGHT_FILES)}")
+
+
+def _normalize_keys(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Checkpoints of a bare base model (`BertModel.save_pretrained`) have no `bert.` prefix; add it."""
+    backbone_parts = ("embeddings.", "encoder.", "pooler.")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.startswith(backbone_parts):
+            key = f"{prefix}.{key}"
+        out[key] = value
+    return out
+
+
+def _is_optional(key: str, suffixes: Iterable[str]) -> bool:
+    return any(key == s or key.endswith("." + s) for s in suffixes)
+
+
+def _summarize(keys: list[str], limit: int = 20) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_weights(
+    model: TaskModel, state: Mapping[str, torch.Tensor], source: Path, init_missing_head: bool = False
+) -> None:
+    prefix = model.arch.prefix
+    state = _normalize_keys(state, prefix)
+    own = model.state_dict()
+    top_level = {name for name, _ in model.named_children()}
+    state = dict(state)
+    for group in _tie_groups(model):  # a tied weight may be saved under any one of its names
+        present = [k for k in group if k in state]
+        for key in group:
+            if present and key not in state:
+                state[key] = state[present[0]]
+
+    unexpected = []
+    for key in state:
+        if key in own or _is_optional(key, CALIBRATION_STATE_SUFFIXES + STALE_BUFFER_SUFFIXES):
+            continue
+        head = key.split(".", 1)[0]
+        if head not in top_level or key.startswith(f"{prefix}.pooler."):
+            continue  # another task's head (or a pooler this head does not use): ignored, as transformers does
+        unexpected.append(key)
+    missing = sorted(
+        k
+        for k in own
+        if k not in state and not _is_optional(k, CALIBRATION_STATE_SUFFIXES)
+    )
+    head_missing = [k for k in missing if not k.startswith(prefix + ".")]
+    if init_missing_head:
+        if head_missing:
+            logger.info("%s: new %s head initialized: %s", source, model.task, _summarize(head_missing))
+        missing = [k for k in missing if k.startswith(prefix + ".")]
+    if missing or unexpected:
+        parts = [f"{source} does not fit {model.arch.description} for task {model.task!r}"]
+        if missing:
+            parts.append(f"missing keys: {_summarize(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_summarize(sorted(unexpected))}")
+        hint = (
+            "pass init_missing_head=True to start a new head for fine-tuning"
+            if missing and all(k in head_missing for k in missing) and not unexpected
+            else "check that the checkpoint's config.json matches its weights and that the task is right"
+        )
+        raise CheckpointError("; ".join(parts) + f". ({hint})")
+
+    with torch.no_grad():
+        for key, value in state.items():
+            if key not in own:
+                continue
+            target = own[key]
+            if target.shape != value.shape:
+                raise CheckpointError(
+                    f"{source}: {key} has shape {tuple(value.shape)}, the model built from config.json expects "
+                    f"{tuple(target.shape)}; config.json and the weights disagree"
+                )
+            target.copy_(value.to(target.dtype))
+    load_quantization_state(model, state)
+
+
+def load_quantization_state(model: TaskModel, state: Mapping[str, torch.Tensor]) -> None:
+    """Quantizer amax / I-BERT ranges stored in the checkpoint (QDQBERT, I-BERT quant_mode checkpoints)."""
+    quant_state = {k: v for k, v in state.items() if _is_optional(k, CALIBRATION_STATE_SUFFIXES)}
+    if not quant_state or model.quantization == "none":
+        return
+    from models.quantization import load_quantization_state as load_into
+
+    load_into(model, quant_state)
+
+
+def _tie_groups(model: TaskModel) -> list[list[str]]:
+    """Names that share one parameter (decoder weight tied to the embeddings, decoder.bias = bias)."""
+    groups: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(tensor), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def load(
+    path: str | os.PathLike,
+    task: str | None = None,
+    quantization: str | None = None,
+    *,
+    force_dequant: str | None = None,
+    calibration: str | os.PathLike | None = None,
+    init_missing_head: bool = False,
+) -> TaskModel:
+    """Load a Hugging Face checkpoint directory as one of our task models, in eval mode.
+
+    task: one of `models.TASKS`; default: from config.json's `architectures`, else feature-extraction.
+    quantization: "none" (float32), "qdq" (QDQBERT fake quantization) or "integer" (I-BERT integer-only);
+        default: what the checkpoint is ("qdq" for qdqbert, "integer" for ibert with quant_mode=true).
+    force_dequant: integer mode only; none, gelu, softmax, layernorm or nonlinear (as I-BERT's config).
+    calibration: a calibration.json (amax per quantizer) to apply after loading.
+    init_missing_head: start the task head from random weights when the checkpoint has none (fine-tuning).
+    """
+    directory = Path(path)
+    config, arch = load_config(directory)
+    task = task or task_from_config(config)
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    quantization = quantization or default_quantization(config, arch)
+    if quantization not in QUANTIZATION_MODES:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATION_MODES)}, got {quantization!r}")
+    if force_dequant is not None:
+        if force_dequant not in FORCE_DEQUANT_VALUES:
+            raise ValueError(f"force_dequant must be one of {', '.join(FORCE_DEQUANT_VALUES)}, got {force_dequant!r}")
+        if quantization != "integer" and force_dequant != "none":
+            raise ValueError("force_dequant applies to quantization='integer' only")
+        config.force_dequant = force_dequant
+    elif quantization == "integer" and not hasattr(config, "force_dequant"):
+        config.force_dequant = "none"
+
+    model = task_class(task, arch)(config, arch, quantization)
+    state, source = read_state_dict(directory)
+    load_weights(model, state, source, init_missing_head=init_missing_head)
+    model.tie_weights()
+    if calibration is not None:
+        from models.quantization import load_calibration
+
+        load_calibration(model, calibration)
+    model.source_dir = directory
+    return model.eval()
