@@ -30,3 +30,20 @@ typecheck: setup  ## mypy, trt_runtime against tensorrt-stubs
 
 test: setup lint typecheck  ## lint, type-check and the test suite (GPU tests skip without a GPU)
 	$(PY) -m pytest -q
+
+.PHONY: export
+DEMO_CHECKPOINT = $$($(PY) -m models.demo_model)
+export: setup  ## export the demo model (all-MiniLM-L6-v2, feature-extraction) to exports/minilm-float and exports/minilm-qdq
+	$(PY) -m exporter --model "$(DEMO_CHECKPOINT)" --task feature-extraction --output exports/minilm-float
+	$(PY) -m exporter --model "$(DEMO_CHECKPOINT)" --task feature-extraction --quantization qdq --output exports/minilm-qdq
+
+.PHONY: demo
+demo: setup  ## all-MiniLM-L6-v2 float vs INT8 on ONNX Runtime: export (or reuse) into exports/, compare embeddings, search, size, latency
+	$(PY) scripts/demo.py
+
+.PHONY: engines trtexec-bench
+engines: setup  ## TensorRT engines for every export under exports/ (needs TensorRT + GPU; ENGINE_FLAGS="--fp16 ...")
+	PYTHON=$(PY) scripts/build_engines.sh exports $(ENGINE_FLAGS)
+
+trtexec-bench: setup  ## trtexec on every engine under exports/ -> benchmarks/results/trtexec-*.json (needs trtexec)
+	PYTHON=$(PY) scripts/trtexec_bench.sh exports

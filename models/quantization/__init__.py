@@ -1,0 +1,66 @@
+"""QDQBERT's fake-quantization toolkit (pytorch-quantization's concepts and names) and calibration.
+
+    import models
+    from models.quantization import calibrate, keep_float, save_calibration
+    from models.data import calibration_batches, load_texts
+
+    model = models.load("ckpt_dir", quantization="qdq")              # QuantLinear / TensorQuantizer sites
+    keep_float(model, ["softmax-output"])                             # optional: sensitive sites stay float
+    calibrate(model, calibration_batches(load_texts(), "ckpt_dir"), method="percentile")
+    save_calibration(model, "calibration.json")                       # models.load(..., calibration=...) reads it
+
+I-BERT's integer-only modules (`integer*` here) are separate; they share only
+`load_quantization_state`, the one entry point for quantization state found in checkpoints.
+"""
+
+from models.quantization.calibrate import calibrate, collect_stats, compute_amax, finish_calibration
+from models.quantization.calibration_file import (
+    CalibrationError,
+    load_calibration,
+    read_calibration,
+    save_calibration,
+)
+from models.quantization.calibrators import HistogramCalibrator, MaxCalibrator
+from models.quantization.descriptor import (
+    QUANT_DESC_8BIT_PER_CHANNEL_AXIS0,
+    QUANT_DESC_8BIT_PER_TENSOR,
+    QuantDescriptor,
+)
+from models.quantization.nn import QuantConv1d, QuantLinear
+from models.quantization.quantized_model import (
+    SENSITIVE_SITES,
+    check_calibrated,
+    keep_float,
+    load_quantization_state,
+    named_quantizers,
+    set_quantization,
+    uncalibrated_quantizers,
+)
+from models.quantization.tensor_quantizer import NotCalibratedError, TensorQuantizer
+
+__all__ = [
+    "QUANT_DESC_8BIT_PER_CHANNEL_AXIS0",
+    "QUANT_DESC_8BIT_PER_TENSOR",
+    "SENSITIVE_SITES",
+    "CalibrationError",
+    "HistogramCalibrator",
+    "MaxCalibrator",
+    "NotCalibratedError",
+    "QuantConv1d",
+    "QuantDescriptor",
+    "QuantLinear",
+    "TensorQuantizer",
+    "calibrate",
+    "check_calibrated",
+    "collect_stats",
+    "compute_amax",
+    "finish_calibration",
+    "keep_float",
+    "load_calibration",
+    "load_quantization_state",
+    "named_quantizers",
+    "read_calibration",
+    "save_calibration",
+    "set_quantization",
+    "uncalibrated_quantizers",
+]

@@ -1,0 +1,180 @@
+"""calibration.json: the amax of every quantizer of a calibrated qdq model, and what it was made from.
+
+    {
+      "format_version": 1,
+      "method": "percentile", "percentile": 99.99,          # how activations were calibrated (weights: max)
+      "data": "calibration_data/calibration.txt", "num_samples": 512, "num_batches": 16,
+      "model": {"model_type": "bert", "hidden_size": 384, "num_hidden_layers": 6, ...,
+                "weights_sha256": "..."},                   # which model it belongs to
+      "quantizers": {"bert.encoder.layer.0.attention.self.query._input_quantizer": 4.21,
+                     "bert.encoder.layer.0.attention.self.query._weight_quantizer": [0.12, 0.09, ...], ...},
+      "float_quantizers": ["bert.encoder.layer.0.output.dense._input_quantizer", ...]  # disabled (keep_float)
+    }
+
+Quantizers are keyed by module name; per-channel amax is a flat list (one value per output channel).
+`load_calibration` refuses a file made for another model (architecture or shapes), with unknown or
+missing quantizer names, or with amax of the wrong size. A file made from other weights of the same
+shape (a fine-tuned copy) loads with a warning: its activation ranges may no longer fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.quantization.atomic import write_text_atomic
+from models.quantization.quantized_model import named_quantizers, set_amax, weight_of
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+IDENTITY_FIELDS = (
+    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+)
+#: attribute of a calibrated model holding how it was calibrated (method, data, ...); see calibrate()
+CALIBRATION_INFO_ATTR = "calibration_info"
+CALIBRATE_HINT = "calibrate this model: python -m models.quantization.calibrate --model DIR --output FILE"
+
+
+class CalibrationError(ValueError):
+    """A calibration file cannot be applied to this model; the message says why and what to do."""
+
+
+def model_identity(model: nn.Module) -> dict[str, Any]:
+    """Architecture and shape fields of the model's config, plus a digest of its quantized weights."""
+    identity: dict[str, Any] = {}
+    config = getattr(model, "config", None)
+    if config is not None:
+        for name in IDENTITY_FIELDS:
+            if hasattr(config, name):
+                identity[name] = getattr(config, name)
+    identity["weights_sha256"] = quantized_weights_sha256(model)
+    return identity
+
+
+def quantized_weights_sha256(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(named_quantizers(model)):
+        weight = weight_of(model, name)
+        if weight is not None:
+            digest.update(name.encode())
+            digest.update(weight.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def calibration_dict(model: nn.Module) -> dict[str, Any]:
+    quantizers = named_quantizers(model)
+    amax: dict[str, float | list[float]] = {}
+    disabled: list[str] = []
+    for name, quantizer in quantizers.items():
+        if not quantizer.is_enabled:
+            disabled.append(name)
+            continue
+        if quantizer.amax is None:
+            raise CalibrationError(f"quantizer {name} has no amax; calibrate the model before saving its calibration")
+        values = quantizer.amax.detach().float().cpu()
+        amax[name] = values.item() if quantizer.axis is None else values.flatten().tolist()
+    info = dict(getattr(model, CALIBRATION_INFO_ATTR, None) or {})
+    info.pop("format_version", None)
+    return {
+        "format_version": FORMAT_VERSION,
+        **{"method": info.pop("method", "unknown"), **info},
+        "model": model_identity(model),
+        "quantizers": amax,
+        "float_quantizers": disabled,
+    }
+
+
+def save_calibration(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write the model's calibration.json (atomically); returns the path."""
+    path = Path(path)
+    data = calibration_dict(model)
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
+    return path
+
+
+def read_calibration(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CalibrationError(f"{path} not found; {CALIBRATE_HINT}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CalibrationError(f"{path} is not valid JSON ({e}); {CALIBRATE_HINT}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("quantizers"), dict):
+        raise CalibrationError(f"{path} is not a calibration file (no 'quantizers' object); {CALIBRATE_HINT}")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CalibrationError(
+            f"{path}: format_version {version!r} is not supported (this code reads {FORMAT_VERSION}); {CALIBRATE_HINT}"
+        )
+    return data
+
+
+def _check_identity(model: nn.Module, recorded: dict[str, Any], where: str) -> None:
+    own = model_identity(model)
+    mismatched = [
+        f"{field} {recorded[field]!r} (this model: {own[field]!r})"
+        for field in IDENTITY_FIELDS
+        if field in recorded and field in own and recorded[field] != own[field]
+    ]
+    if mismatched:
+        raise CalibrationError(
+            f"{where} was made for another model: {'; '.join(mismatched)}. {CALIBRATE_HINT}"
+        )
+    if recorded.get("weights_sha256") not in (None, own["weights_sha256"]):
+        logger.warning(
+            "%s was calibrated on other weights of the same architecture (a fine-tuned copy?); "
+            "activation ranges may not fit this model: recalibrate if accuracy drops", where,
+        )
+
+
+def load_calibration(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
+    """Apply a calibration.json to a qdq model: amax for every quantizer, float sites disabled.
+
+    Returns the file's content. Raises CalibrationError naming the problem: another model, unknown or
+    missing quantizer names, amax of the wrong size.
+    """
+    where = str(path)
+    data = read_calibration(path)
+    quantizers = named_quantizers(model)
+    if not quantizers:
+        raise CalibrationError(
+            f"the model has no quantizers, so {where} cannot apply; load it with quantization='qdq'"
+        )
+    _check_identity(model, data.get("model") or {}, where)
+    amax: dict[str, Any] = data["quantizers"]
+    disabled = set(data.get("float_quantizers") or [])
+    unknown = sorted((set(amax) | disabled) - set(quantizers))
+    missing = sorted(set(quantizers) - set(amax) - disabled)
+    if unknown or missing:
+        parts = []
+        if unknown:
+            parts.append(f"quantizers this model does not have: {', '.join(unknown[:10])}")
+        if missing:
+            parts.append(f"no amax for this model's quantizers: {', '.join(missing[:10])}")
+        raise CalibrationError(f"{where} does not match the model ({'; '.join(parts)}). {CALIBRATE_HINT}")
+    for name, value in amax.items():
+        if not isinstance(value, (int, float, list)):
+            raise CalibrationError(f"{where}: amax of {name} must be a number or a list of numbers, got {value!r}")
+        try:
+            set_amax(model, name, quantizers[name], torch.tensor(value, dtype=torch.float32), where)
+        except ValueError as e:
+            raise CalibrationError(str(e)) from None
+    for name, quantizer in quantizers.items():
+        if name in disabled:
+            quantizer.disable()
+        else:
+            quantizer.enable()
+            quantizer.disable_calib()
+            quantizer.enable_quant()
+    info = {k: v for k, v in data.items() if k not in ("quantizers", "float_quantizers", "model")}
+    setattr(model, CALIBRATION_INFO_ATTR, info)
+    return data

@@ -1,0 +1,1 @@
+"""Sub-commands of `python -m trt_runtime` (one module each; see trt_runtime/__main__.py)."""

@@ -1,0 +1,86 @@
+"""`python -m trt_runtime build OUT ...`: build model.engine + engine.json for an export directory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+NAME = "build"
+HELP = "build a TensorRT engine (model.engine + engine.json) from an export directory's model.onnx"
+
+_SHAPES_HELP = (
+    "input shapes in trtexec's format, e.g. input_ids:1x128,attention_mask:1x128; a shape given for one input "
+    "also sets the axes it shares with the others. Default from export.json: {default}"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("directory", metavar="OUT", help="export directory (made by python -m exporter)")
+    parser.add_argument("--fp16", action="store_true", help="let TensorRT run float layers in FP16 (implies weak typing)")
+    parser.add_argument("--min", dest="min_shapes", metavar="SHAPES", help=_SHAPES_HELP.format(default="1 everywhere"))
+    parser.add_argument(
+        "--opt", dest="opt_shapes", metavar="SHAPES", help=_SHAPES_HELP.format(default="batch 8 (4 for multiple choice), sequence 128 (capped), 4 choices")
+    )
+    parser.add_argument(
+        "--max", dest="max_shapes", metavar="SHAPES", help=_SHAPES_HELP.format(default="batch 32 (16 for multiple choice), max_sequence_length, 8 choices")
+    )
+    parser.add_argument(
+        "--no-plugins",
+        dest="use_plugins",
+        action="store_false",
+        help="keep the ibert ops' ONNX function bodies (TensorRT builds them from standard layers) instead of plugins",
+    )
+    parser.add_argument("--workspace", dest="workspace_mb", type=int, metavar="MB", help="builder workspace limit in MiB")
+    parser.add_argument(
+        "--timing-cache", metavar="PATH", help="TensorRT timing cache file: read if present, merged and saved after the build"
+    )
+    parser.add_argument(
+        "--strongly-typed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="strongly-typed network (types from the ONNX; default unless --fp16)",
+    )
+    parser.add_argument(
+        "--optimization-level", dest="builder_optimization_level", type=int, choices=range(6), metavar="0-5",
+        help="TensorRT builder optimization level (default 3)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="show TensorRT's verbose log")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def main(args: argparse.Namespace) -> int:
+    from trt_runtime.builder import BuildError, BuildOptions, build_engine
+    from trt_runtime.engine_info import EngineMismatchError
+    from trt_runtime.export_dir import ExportDirError
+    from trt_runtime.onnx_for_tensorrt import OnnxForTensorRTError
+    from trt_runtime.plugins import PluginsUnavailable
+    from trt_runtime.profiles import ProfileError
+    from trt_runtime.tensorrt_libs import TensorRTUnavailable
+
+    options = BuildOptions(
+        fp16=args.fp16,
+        min_shapes=args.min_shapes,
+        opt_shapes=args.opt_shapes,
+        max_shapes=args.max_shapes,
+        use_plugins=args.use_plugins,
+        workspace_mb=args.workspace_mb,
+        timing_cache=args.timing_cache,
+        strongly_typed=args.strongly_typed,
+        builder_optimization_level=args.builder_optimization_level,
+        verbose=args.verbose,
+        progress=args.progress,
+    )
+    try:
+        build_engine(args.directory, options)
+    except (
+        BuildError,
+        EngineMismatchError,
+        ExportDirError,
+        OnnxForTensorRTError,
+        PluginsUnavailable,
+        ProfileError,
+        TensorRTUnavailable,
+    ) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

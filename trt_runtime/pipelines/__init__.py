@@ -1,0 +1,97 @@
+"""Task pipelines: `pipeline(task, dir)` -> a callable: text in, what a Hugging Face pipeline returns out.
+
+    clf = pipeline("text-classification", "exports/sst2")        # backend="auto": TensorRT or ONNX Runtime
+    clf("a great movie")                                          # [{"label": "POSITIVE", "score": 0.99}]
+    embed = pipeline("feature-extraction", "exports/minilm", pooling="mean", normalize=True)
+
+One module per task; tokenization, batching and running are shared (pipelines/base.py), and all
+post-processing is NumPy, so both backends give the same results.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+from trt_runtime.export_dir import read_export_info
+from trt_runtime.pipelines.base import DEFAULT_BATCH_SIZE, Pipeline, task_mismatch
+
+#: task -> "module:class" under trt_runtime.pipelines
+PIPELINES = {
+    "text-classification": "text_classification:TextClassificationPipeline",
+    "token-classification": "token_classification:TokenClassificationPipeline",
+    "question-answering": "question_answering:QuestionAnsweringPipeline",
+    "fill-mask": "fill_mask:FillMaskPipeline",
+    "multiple-choice": "multiple_choice:MultipleChoicePipeline",
+    "feature-extraction": "feature_extraction:FeatureExtractionPipeline",
+    "next-sentence-prediction": "next_sentence_prediction:NextSentencePredictionPipeline",
+}
+#: transformers' other names for the same tasks
+ALIASES = {"sentiment-analysis": "text-classification", "ner": "token-classification"}
+NOT_A_PIPELINE = {
+    "text-generation": (
+        "text-generation is not served as a pipeline: the export is an encoder with a causal LM head run "
+        "once over the whole input (no generation loop, no KV cache). Use trt_runtime.load(dir) and read "
+        "the runner's `logits` [batch, tokens, vocab] (the next-token scores of every position)"
+    ),
+}
+
+__all__ = ["PIPELINES", "Pipeline", "pipeline", "pipeline_class"]
+
+
+def pipeline_class(task: str) -> type[Pipeline]:
+    task = ALIASES.get(task, task)
+    if task in NOT_A_PIPELINE:
+        raise ValueError(NOT_A_PIPELINE[task])
+    if task not in PIPELINES:
+        raise ValueError(f"unknown task {task!r}; pipelines exist for {', '.join(PIPELINES)}")
+    module, name = PIPELINES[task].split(":")
+    cls: type[Pipeline] = getattr(importlib.import_module(f"trt_runtime.pipelines.{module}"), name)
+    return cls
+
+
+def pipeline(
+    task: str | None,
+    directory: str | os.PathLike,
+    backend: str = "auto",
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    **options: Any,
+) -> Pipeline:
+    """A pipeline for `task` (None: export.json's task) over the export in `directory`.
+
+    options: the task's own options (defaults for every call, e.g. top_k, aggregation_strategy,
+    pooling) and the runner's (e.g. intra_op_num_threads, providers; see trt_runtime.load).
+    """
+    from trt_runtime.loader import load, runner_options
+    from trt_runtime.tokenization import TextTokenizer
+
+    directory = Path(directory)
+    info = read_export_info(directory, verify_sha256=False)
+    cls = pipeline_class(task or info.task)
+    task_options = {k: v for k, v in options.items() if k in cls.options}
+    other = {k: v for k, v in options.items() if k not in cls.options}
+    known = runner_options("onnxruntime") | _tensorrt_options()
+    unknown = sorted(set(other) - known)
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {', '.join(unknown)} for pipeline({cls.task!r}); it takes "
+            f"{', '.join(cls.options) or 'no task options'}, batch_size and the runner's "
+            f"{', '.join(sorted(known))}"
+        )
+    if info.task != cls.task:  # before loading any model
+        raise ValueError(task_mismatch(cls.task, info.task, directory))
+    tokenizer = TextTokenizer.from_directory(directory)
+    runner = load(directory, backend, **other)
+    return cls(runner, tokenizer, batch_size=batch_size, **task_options)
+
+
+def _tensorrt_options() -> set[str]:
+    from trt_runtime.loader import runner_options
+
+    try:
+        return runner_options("tensorrt")
+    except ImportError:
+        return set()

@@ -1,0 +1,201 @@
+"""What every task pipeline shares: options, input checks, tokenization, batching and running.
+
+A pipeline is tokenizer -> runner -> NumPy post-processing. Texts are encoded one by one exactly as
+transformers' fast tokenizers encode them; batches are formed from rows of similar length, padded on
+the right to their longest row, and each row's outputs are cut back to its own length, so the
+post-processing sees what an unpadded Hugging Face pipeline sees.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+from tokenizers import Encoding
+
+from trt_runtime.export_dir import ExportInfo
+from trt_runtime.runner import Runner
+from trt_runtime.tokenization import Text, TextTokenizer
+from trt_runtime.validation import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, InputError
+
+SEQUENCE_AXIS = "sequence_length"
+DEFAULT_BATCH_SIZE = 8
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    shifted = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return shifted / shifted.sum(axis=axis, keepdims=True)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def check_text(text: Any, what: str) -> str:
+    """A text a pipeline can encode: a non-empty str (the error says which input is wrong)."""
+    if not isinstance(text, str):
+        raise InputError(f"{what} must be a str, got {type(text).__name__}")
+    if not text.strip():
+        raise InputError(f"{what} is empty or only whitespace; pass some text")
+    return text
+
+
+def batches(indices: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(indices), size):
+        yield list(indices[start : start + size])
+
+
+def pad_rows(encodings: Sequence[Encoding], pad_id: int, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Right-padded [rows, longest] arrays of the inputs in `names` (only those the model takes)."""
+    length = max(len(e.ids) for e in encodings)
+    ids = np.full((len(encodings), length), pad_id, dtype=np.int64)
+    mask = np.zeros((len(encodings), length), dtype=np.int64)
+    types = np.zeros((len(encodings), length), dtype=np.int64)
+    for row, encoding in enumerate(encodings):
+        n = len(encoding.ids)
+        ids[row, :n] = encoding.ids
+        mask[row, :n] = encoding.attention_mask
+        types[row, :n] = encoding.type_ids
+    arrays = {INPUT_IDS: ids, ATTENTION_MASK: mask, TOKEN_TYPE_IDS: types}
+    return {name: arrays[name] for name in names}
+
+
+class Pipeline:
+    """Base of the task pipelines: `pipeline(inputs, **options)` -> what transformers' pipeline returns.
+
+    Subclasses set `task` and `options` (name -> default; each can be given when the pipeline is made or
+    per call), implement `_run(items, options) -> results`, and override `_items` (how inputs are read)
+    and `_shape` (how results are returned) where the task's input and output differ from str -> result.
+    """
+
+    task: ClassVar[str]
+    options: ClassVar[dict[str, Any]] = {}
+
+    def __init__(
+        self, runner: Runner, tokenizer: TextTokenizer, *, batch_size: int = DEFAULT_BATCH_SIZE, **options
+    ):
+        if runner.info.task != self.task:
+            raise ValueError(
+                task_mismatch(self.task, runner.info.task, getattr(runner, "export_dir", "the export"))
+            )
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.batch_size = min(batch_size, getattr(runner, "max_batch_size", None) or batch_size)
+        self.defaults = self._merge(options)
+        # the longest encoding the model takes: the export's, a backend's (TensorRT profile), the tokenizer's
+        limits = [
+            runner.info.max_sequence_length,
+            getattr(runner, "max_sequence_length", None),
+            tokenizer.model_max_length,
+        ]
+        self.max_length = min(int(limit) for limit in limits if limit)
+
+    @property
+    def info(self) -> ExportInfo:
+        return self.runner.info
+
+    def __call__(self, inputs: Any = None, **options: Any) -> Any:
+        options = dict(options)
+        items, single = self._items(inputs, options)  # may take input keywords (question=, context=) out
+        if not items:
+            raise InputError(f"no inputs given to the {self.task} pipeline; pass a str or a list of them")
+        results = self._run(items, self._merge(options, self.defaults))
+        return self._shape(results, single, options)
+
+    # --- for subclasses -----------------------------------------------------------------------------
+
+    def _items(self, inputs: Any, options: dict[str, Any]) -> tuple[list[Any], Any]:
+        """The list of inputs, and whether one was given alone (truthy: `_shape` unwraps the one result)."""
+        if isinstance(inputs, str):
+            return [check_text(inputs, "the input")], True
+        if isinstance(inputs, (list, tuple)):
+            return [check_text(text, f"input {i}") for i, text in enumerate(inputs)], False
+        raise InputError(
+            f"the {self.task} pipeline takes a str or a list of str, got {type(inputs).__name__}"
+        )
+
+    def _run(self, items: list[Any], options: dict[str, Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def _shape(self, results: list[Any], single: Any, call_options: dict[str, Any]) -> Any:
+        return results[0] if single else results
+
+    # --- shared machinery ---------------------------------------------------------------------------
+
+    def _merge(self, options: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            known = ", ".join(self.options) or "none"
+            raise TypeError(
+                f"unknown option(s) {', '.join(unknown)} for the {self.task} pipeline; it takes: {known}"
+            )
+        return {**(base if base is not None else self.options), **options}
+
+    def encode(
+        self,
+        texts: Sequence[Text],
+        *,
+        truncation: str = "longest_first",
+        max_length: int | None = None,
+        stride: int = 0,
+        windows: bool = False,
+    ) -> list[Encoding]:
+        """Encode with special tokens, truncating to the model's limit with a warning, or (windows=True)
+        keeping the rest in `.overflowing` windows that overlap by `stride` tokens."""
+        limit = min(max_length or self.max_length, self.max_length)
+        try:
+            encodings = self.tokenizer.encode(texts, max_length=limit, truncation=truncation, stride=stride)
+        except ValueError as e:
+            raise InputError(f"cannot fit the input into {limit} tokens: {e}") from None
+        truncated = [i for i, e in enumerate(encodings) if e.overflowing]
+        if truncated and not windows:
+            warnings.warn(
+                f"{len(truncated)} input(s) (first: input {truncated[0]}) are longer than {limit} tokens "
+                f"and were truncated; the model did not see the rest",
+                UserWarning,
+                stacklevel=3,
+            )
+        return encodings
+
+    def run_rows(self, encodings: Sequence[Encoding]) -> list[dict[str, np.ndarray]]:
+        """Run every encoding (one row each) in batches; per-row outputs, cut to the row's own length."""
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))  # less padding per batch
+        names = [spec.name for spec in self.runner.input_specs]
+        sequence_outputs = {
+            spec.name for spec in self.info.outputs if len(spec.shape) > 1 and spec.shape[1] == SEQUENCE_AXIS
+        }
+        rows: list[dict[str, np.ndarray]] = [{} for _ in encodings]
+        for batch in batches(order, self.batch_size):
+            outputs = self.runner(pad_rows([encodings[i] for i in batch], self.tokenizer.pad_token_id, names))
+            for position, index in enumerate(batch):
+                length = len(encodings[index].ids)
+                rows[index] = {
+                    name: value[position, :length] if name in sequence_outputs else value[position]
+                    for name, value in outputs.items()
+                }
+        return rows
+
+
+def task_mismatch(task: str, export_task: str, where: object) -> str:
+    return (
+        f"pipeline({task!r}) needs a {task} export, but {where} is a {export_task} export; use "
+        f"pipeline({export_task!r}, ...) or export the model with task={task!r}"
+    )
+
+
+def top_k_option(value: Any, what: str = "top_k") -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive int (or None for all), got {value!r}")
+    return value
+
+
+def labels_of(info: ExportInfo, count: int) -> list[str]:
+    """Label names by class index, from export.json's id2label (LABEL_i where it has none)."""
+    id2label = info.id2label or {}
+    return [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(count)]

@@ -1,0 +1,108 @@
+"""Lazy access to TensorRT and the CUDA runtime, with the errors a user can act on.
+
+Nothing here imports `tensorrt` or `cuda` at module load. `require_tensorrt()` / `require_cudart()`
+import them when a TensorRT code path is actually taken and raise `TensorRTUnavailable` saying what
+to install (or to use ONNX Runtime) otherwise. Note that `import tensorrt` alone proves nothing:
+the `tensorrt-stubs` typing package leaves an empty `tensorrt` namespace package behind.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import Any
+
+MIN_TENSORRT = (10, 0)
+INSTALL_HINT = (
+    "install tensorrt>=10 (and cuda-python) on a machine with an NVIDIA GPU, or use backend='onnxruntime'"
+)
+
+
+class TensorRTUnavailable(RuntimeError):
+    """TensorRT, cuda-python or a CUDA GPU is missing; the message says which and what to do."""
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def require_tensorrt() -> ModuleType:
+    """Import TensorRT (>= 10) or raise TensorRTUnavailable with the fix."""
+    try:
+        trt = importlib.import_module("tensorrt")
+    except ImportError as e:
+        raise TensorRTUnavailable(f"TensorRT is not installed ({e}): {INSTALL_HINT}") from None
+    except OSError as e:  # the wheel is there but libnvinfer or the CUDA driver libraries are not
+        raise TensorRTUnavailable(f"TensorRT is installed but its libraries cannot load ({e}): {INSTALL_HINT}") from None
+    if not hasattr(trt, "Builder") or not hasattr(trt, "__version__"):
+        raise TensorRTUnavailable(
+            f"TensorRT is not installed (only type stubs or a download placeholder are): {INSTALL_HINT}"
+        )
+    if _version_tuple(trt.__version__) < MIN_TENSORRT:
+        raise TensorRTUnavailable(f"TensorRT {trt.__version__} is too old: this project needs TensorRT >= 10")
+    return trt
+
+
+def tensorrt_version() -> str:
+    return str(require_tensorrt().__version__)
+
+
+def require_cudart() -> Any:
+    """cuda-python's runtime module (`cuda.bindings.runtime`, or `cuda.cudart` before cuda-python 12.6)."""
+    for name in ("cuda.bindings.runtime", "cuda.cudart"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise TensorRTUnavailable(f"cuda-python is not installed: pip install cuda-python; or {INSTALL_HINT}")
+
+
+def cuda_call(result: Any) -> Any:
+    """Unpack a cuda-python call's (error, *values) result, raising on an error code."""
+    if isinstance(result, tuple):
+        error, values = result[0], result[1:]
+    else:
+        error, values = result, ()
+    if int(error) != 0:
+        cudart = require_cudart()
+        name = cudart.cudaGetErrorName(error)[1]
+        text = cudart.cudaGetErrorString(error)[1]
+        raise RuntimeError(f"CUDA error {int(error)} {_decode(name)}: {_decode(text)}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
+def _decode(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def gpu_properties(device: int = 0) -> tuple[str, str]:
+    """(GPU name, compute capability "major.minor") of `device`, via cuda-python."""
+    cudart = require_cudart()
+    count = cuda_call(cudart.cudaGetDeviceCount())
+    if not count:
+        raise TensorRTUnavailable(f"no CUDA GPU found: {INSTALL_HINT}")
+    props = cuda_call(cudart.cudaGetDeviceProperties(device))
+    return _decode(props.name).rstrip("\x00"), f"{props.major}.{props.minor}"
+
+
+def tensorrt_available() -> tuple[bool, str]:
+    """(usable, reason): TensorRT importable, cuda-python importable and a CUDA GPU present.
+
+    Never raises; `trt_runtime.load(backend="auto")` uses it to choose, and shows the reason.
+    """
+    try:
+        version = tensorrt_version()
+        name, capability = gpu_properties()
+    except TensorRTUnavailable as e:
+        return False, str(e)
+    except Exception as e:  # a broken driver raises from deep inside cuda-python
+        return False, f"the CUDA runtime does not work here ({e}): {INSTALL_HINT}"
+    return True, f"TensorRT {version} on {name} (compute capability {capability})"
