@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	# TensorRT's API for mypy only (the real wheels cannot install here; see README)
 	$(PY) -m pip install -q --no-deps "tensorrt-stubs==10.13.0.35.1"
+	# ... made readable by mypy: copied into typings/ (generated, not committed) with two fixes
+	$(PY) scripts/vendor_tensorrt_stubs.py
 	touch $(STAMP)
 
 setup: $(STAMP)  ## make .venv and install the project with its test extras
@@ -37,6 +39,12 @@ export: setup  ## export the demo model (all-MiniLM-L6-v2, feature-extraction) t
 	$(PY) -m exporter --model "$(DEMO_CHECKPOINT)" --task feature-extraction --output exports/minilm-float
 	$(PY) -m exporter --model "$(DEMO_CHECKPOINT)" --task feature-extraction --quantization qdq --output exports/minilm-qdq
 
+.PHONY: calibrate
+CALIBRATION_FILE = exports/calibration/minilm-qdq-calibration.json
+calibrate: setup  ## calibrate all-MiniLM-L6-v2 in qdq on the shipped calibration_data (percentile) -> $(CALIBRATION_FILE)
+	$(PY) -m models.quantization.calibrate --model "$(DEMO_CHECKPOINT)" --output $(CALIBRATION_FILE) \
+		--method percentile --percentile 99.999 --keep-float residual-adds --keep-float ffn-output-input
+
 .PHONY: demo
 demo: setup  ## all-MiniLM-L6-v2 float vs INT8 on ONNX Runtime: export (or reuse) into exports/, compare embeddings, search, size, latency
 	$(PY) scripts/demo.py
@@ -47,3 +55,18 @@ engines: setup  ## TensorRT engines for every export under exports/ (needs Tenso
 
 trtexec-bench: setup  ## trtexec on every engine under exports/ -> benchmarks/results/trtexec-*.json (needs trtexec)
 	PYTHON=$(PY) scripts/trtexec_bench.sh exports
+
+# Triton Inference Server (docs/serving.md): nvidia-pytriton's tritonserver in its own environment
+# (numpy < 2), made on first use under ~/.cache/qbert-deploy (or $TRITON_SERVER_ENV)
+.PHONY: serve serve-bench
+SERVE_REPO := .cache/triton/demo-repo
+DEMO_EXPORTS := exports/minilm-float exports/minilm-qdq
+serve: setup  ## Triton on loopback (HTTP 8000, gRPC 8001, metrics 8002) serving the demo exports (text in, embeddings out); Ctrl-C stops it
+	@test -f exports/minilm-float/export.json -a -f exports/minilm-qdq/export.json || $(MAKE) export
+	$(PY) -m trt_runtime triton-repo $(DEMO_EXPORTS) --output $(SERVE_REPO) --force --kinds text,onnx \
+		--onnx-backend python --pipeline-option pooling=mean --pipeline-option normalize=true
+	$(PY) -m trt_runtime triton-serve $(SERVE_REPO)
+
+serve-bench: setup  ## bounded load test on loopback: Triton (HTTP, gRPC) vs the in-process pipeline -> benchmarks/results/triton-load.{json,png}
+	@test -f exports/minilm-float/export.json -a -f exports/minilm-qdq/export.json || $(MAKE) export
+	$(PY) benchmarks/triton_load.py

@@ -7,7 +7,7 @@ import sys
 
 import models
 from exporter.errors import ExportError, ExportValidationError
-from exporter.pipeline import export
+from exporter.pipeline import DEFAULT_KEEP_FLOAT, DEFAULT_PERCENTILE, export
 from exporter.torch_export import MAX_OPSET, MIN_OPSET
 
 
@@ -35,7 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="qdq: max | percentile (default) | mse | entropy, or percentile-99.9 to give the percentile in "
         "the name; integer: ema (default, I-BERT's moving average) | minmax",
     )
-    parser.add_argument("--percentile", type=float, default=99.99, help="for --calibration-method percentile")
+    parser.add_argument(
+        "--percentile", type=float, default=DEFAULT_PERCENTILE, help="for --calibration-method percentile"
+    )
+    keep = parser.add_mutually_exclusive_group()
+    keep.add_argument(
+        "--keep-float", action="append", metavar="SITE", default=None,
+        help="qdq: leave these quantizer sites in float (repeatable): residual-adds, ffn-output-input, "
+        "softmax-output, an fnmatch pattern over quantizer names or re:REGEX "
+        f"(default: {' '.join(DEFAULT_KEEP_FLOAT)})",
+    )
+    keep.add_argument(
+        "--quantize-all", action="store_true",
+        help="qdq: quantize every site (QDQBERT's full placement; fastest in TensorRT, least accurate)",
+    )
     parser.add_argument("--num-calibration-samples", type=int, default=512)
     parser.add_argument("--calibration-batch-size", type=int, default=16)
     parser.add_argument("--calibration-max-length", type=int, default=128, help="tokens per calibration sample")
@@ -60,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             calibration_data=args.calibration_data,
             calibration_method=args.calibration_method,
             percentile=args.percentile,
+            keep_float=() if args.quantize_all else tuple(args.keep_float or DEFAULT_KEEP_FLOAT),
             opset=args.opset,
             num_calibration_samples=args.num_calibration_samples,
             calibration_batch_size=args.calibration_batch_size,

@@ -62,6 +62,13 @@ SHIPPED_DATA = "calibration_data/calibration.txt (shipped)"
 GENERATED_DATA = "generated token ids (the checkpoint has no tokenizer)"
 #: what integer calibration sets (QuantAct ranges, IntLayerNorm shifts)
 INTEGER_CALIBRATION_BUFFERS = ("x_min", "x_max", "shift")
+#: qdq quantizer sites kept in float unless told otherwise (models.quantization.SENSITIVE_SITES): with
+#: every site quantized, all-MiniLM-L6-v2's outlier features (FFN outputs up to ~200 where most values
+#: are below 1) share one int8 scale per residual add, and sentence embeddings fall to ~0.83 cosine of
+#: float for every calibrator; with these two kept float they reach 0.99 (docs/qdq.md).
+DEFAULT_KEEP_FLOAT = ("residual-adds", "ffn-output-input")
+#: the percentile that measured best on real text with DEFAULT_KEEP_FLOAT (docs/qdq.md)
+DEFAULT_PERCENTILE = 99.999
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,7 @@ class CalibrationSettings:
     data: Path | None  # None: the shipped calibration_data/
     method: str
     percentile: float | None
+    keep_float: tuple[str, ...]  # qdq: quantizer sites/patterns left in float
     num_samples: int
     batch_size: int
     max_length: int
@@ -85,7 +93,8 @@ def export(
     quantization: str = "none",
     calibration_data: str | os.PathLike | None = None,
     calibration_method: str | None = None,
-    percentile: float | None = 99.99,
+    percentile: float | None = DEFAULT_PERCENTILE,
+    keep_float: tuple[str, ...] | list[str] = DEFAULT_KEEP_FLOAT,
     opset: int = MIN_OPSET,
     num_calibration_samples: int = 512,
     calibration_batch_size: int = 16,
@@ -98,6 +107,9 @@ def export(
 
     calibration_method: qdq: max | percentile (default) | mse | entropy, or "percentile-99.9" to give the
         percentile in the name; integer: ema (default, I-BERT's) | minmax. percentile: for "percentile".
+    keep_float: qdq only: quantizer sites left in float, as names of models.quantization.SENSITIVE_SITES
+        ("residual-adds", "ffn-output-input", "softmax-output"), fnmatch patterns or "re:" regexes;
+        () quantizes every site (QDQBERT's full placement, best for TensorRT speed, worst for accuracy).
     force_dequant: integer mode only (I-BERT's none | gelu | softmax | layernorm | nonlinear).
     validate: compare ONNX Runtime with PyTorch at two batch sizes x two sequence lengths (raises
         ExportValidationError over tolerance; see exporter.validation).
@@ -112,7 +124,7 @@ def export(
     if quantization != "none":
         calibration = _calibration_settings(
             quantization, calibration_data, calibration_method, percentile, num_calibration_samples,
-            calibration_batch_size, calibration_max_length,
+            calibration_batch_size, calibration_max_length, tuple(keep_float) if quantization == "qdq" else (),
         )
     check_output_dir(out_dir, model_dir)
     step = _Steps(say, 4 + (calibration is not None) + validate)
@@ -297,6 +309,7 @@ def _calibration_settings(
     num_samples: int,
     batch_size: int,
     max_length: int,
+    keep_float: tuple[str, ...],
 ) -> CalibrationSettings:
     method, percentile = parse_calibration_method(quantization, method, percentile)
     if data is not None and not Path(data).exists():
@@ -309,7 +322,9 @@ def _calibration_settings(
             f"calibration needs num_samples >= 1, batch_size >= 1 and max_length >= 2 "
             f"(got {num_samples}, {batch_size}, {max_length})"
         )
-    return CalibrationSettings(Path(data) if data is not None else None, method, percentile, num_samples, batch_size, max_length)
+    return CalibrationSettings(
+        Path(data) if data is not None else None, method, percentile, keep_float, num_samples, batch_size, max_length
+    )
 
 
 def _describe_method(settings: CalibrationSettings) -> str:
@@ -360,12 +375,28 @@ def _calibrate(
     else:
         if signature.has_choices:  # the multiple-choice head takes [batch, choices, sequence]: one choice each
             batches = [{k: v[:, None, :] for k, v in batch.items()} for batch in batches]
-        calibrate(model, batches, method=settings.method, percentile=settings.percentile or 99.99, data=label)
+        kept = _keep_float(model, settings.keep_float)
+        if kept:
+            say(f"  {len(kept)} quantizers kept in float ({', '.join(settings.keep_float)})")
+        calibrate(model, batches, method=settings.method, percentile=settings.percentile or DEFAULT_PERCENTILE, data=label)
         save_calibration(model, staging / CALIBRATION_JSON)
     num_samples = sum(int(batch["input_ids"].shape[0]) for batch in batches)
     record: dict[str, Any] = {"method": settings.method, "percentile": settings.percentile, "data": label}
+    if model.quantization == "qdq":
+        record["keep_float"] = list(settings.keep_float)
     record.update(num_samples=num_samples, max_length=max_length)
     return record
+
+
+def _keep_float(model: models.TaskModel, patterns: tuple[str, ...]) -> list[str]:
+    from models.quantization import keep_float
+
+    if not patterns:
+        return []
+    try:
+        return keep_float(model, patterns)
+    except ValueError as e:
+        raise ExportError(f"--keep-float: {e}") from None
 
 
 def _calibrate_integer(

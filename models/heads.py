@@ -85,7 +85,7 @@ class RobertaClassificationHead(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(classifier_dropout(config))
-        self.out_proj = nn.Linear(config.hidden_size, config.num_labels)
+        self.out_proj = nn.Linear(config.hidden_size, config.num_labels or 2)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         x = self.dropout(features[:, 0, :])

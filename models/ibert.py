@@ -41,7 +41,7 @@ LN_INPUT_BIT = 22
 LN_OUTPUT_BIT = 32
 
 
-def _linear(config: PretrainedConfig, in_features: int, out_features: int) -> QuantLinear:
+def _linear(in_features: int, out_features: int) -> QuantLinear:
     return QuantLinear(in_features, out_features, bias=True, weight_bit=WEIGHT_BIT, bias_bit=BIAS_BIT, per_channel=True)
 
 
@@ -98,9 +98,9 @@ class IBertIntegerSelfAttention(nn.Module):
             )
         self.num_attention_heads = config.num_attention_heads
         self.attention_head_size = config.hidden_size // config.num_attention_heads
-        self.query = _linear(config, config.hidden_size, config.hidden_size)
-        self.key = _linear(config, config.hidden_size, config.hidden_size)
-        self.value = _linear(config, config.hidden_size, config.hidden_size)
+        self.query = _linear(config.hidden_size, config.hidden_size)
+        self.key = _linear(config.hidden_size, config.hidden_size)
+        self.value = _linear(config.hidden_size, config.hidden_size)
         self.query_activation = QuantAct(ACT_BIT)
         self.key_activation = QuantAct(ACT_BIT)
         self.value_activation = QuantAct(ACT_BIT)
@@ -138,7 +138,7 @@ class IBertIntegerResidualOutput(nn.Module):
     def __init__(self, config: PretrainedConfig, in_features: int, residual_on_own_grid: bool = True):
         super().__init__()
         self.snap_inputs = not residual_on_own_grid
-        self.dense = _linear(config, in_features, config.hidden_size)
+        self.dense = _linear(in_features, config.hidden_size)
         self.ln_input_act = QuantAct(LN_INPUT_BIT)
         self.LayerNorm = _layer_norm(config)
         self.output_activation = QuantAct(ACT_BIT)
@@ -176,7 +176,7 @@ class IBertIntegerIntermediate(nn.Module):
                 f"config.json: hidden_act {config.hidden_act!r}; I-BERT's integer mode supports only 'gelu' "
                 f"(use quantization='qdq' or 'none' for this model)"
             )
-        self.dense = _linear(config, config.hidden_size, config.intermediate_size)
+        self.dense = _linear(config.hidden_size, config.intermediate_size)
         self.intermediate_act_fn = IntGELU(force_dequant=config.force_dequant)
         self.output_activation = QuantAct(ACT_BIT)
 

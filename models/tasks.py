@@ -133,7 +133,8 @@ class _LMHeadMixin(TaskModel):
 
     def tie_weights(self) -> None:
         if getattr(self.config, "tie_word_embeddings", True):
-            self.decoder.weight = self.backbone.embeddings.word_embeddings.weight
+            embeddings: nn.Embedding = self.backbone.get_submodule("embeddings.word_embeddings")  # type: ignore[assignment]
+            self.decoder.weight = embeddings.weight
 
     def head(self, sequence_output, pooled_output):
         scores = self.lm_head(sequence_output) if self.arch.head_style == "roberta" else self.cls(sequence_output)
@@ -159,6 +160,7 @@ class ModelForSequenceClassification(TaskModel):
 
     def __init__(self, config, arch, quantization="none"):
         super().__init__(config, arch, quantization)
+        self.classifier: nn.Module
         if arch.head_style == "roberta":
             self.classifier = RobertaClassificationHead(config)
         else:
@@ -218,7 +220,7 @@ class ModelForMultipleChoice(TaskModel):
         def flat(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.reshape(batch * choices, seq)
 
-        _, pooled = self.encode(flat(input_ids), flat(attention_mask), flat(token_type_ids))
+        _, pooled = self.encode(input_ids.reshape(batch * choices, seq), flat(attention_mask), flat(token_type_ids))
         logits = self.classifier(self.dropout(pooled))
         return {"logits": logits.view(batch, choices)}
 

@@ -245,3 +245,83 @@ def test_tensor_quantizer_calibration_modes():
         q.load_calib_amax("max")
     with pytest.raises(ValueError, match="per-channel quantizers"):
         TensorQuantizer(QuantDescriptor(axis=0, calib_method="histogram"))
+
+
+# -- calibration data (models/data.py, calibration_data/) -------------------------------------------
+
+
+def test_shipped_calibration_file_is_the_calibration_split():
+    import hashlib
+
+    from models.data import CALIBRATION_FILE, SOURCES, calibration_subset, labelled_sentences, load_texts
+
+    shipped = load_texts()
+    assert shipped == calibration_subset() == CALIBRATION_FILE.read_text(encoding="utf-8").splitlines()
+    assert 500 <= len(shipped) <= 1000
+    everything = labelled_sentences()
+    assert len(everything) == 23_703
+    assert {s.source for s in labelled_sentences("calibration")} == set(SOURCES)
+
+    def normalized(text):
+        return " ".join(text.split()).casefold()
+
+    held_out = {normalized(s.text) for s in everything if s.split != "calibration"}
+    assert not held_out & {normalized(t) for t in shipped}  # no calibration sentence is evaluated on
+    for split, share in [("calibration", 0.04), ("train", 0.76), ("dev", 0.10), ("test", 0.10)]:
+        rows = labelled_sentences(split)
+        assert abs(len(rows) / len(everything) - share) < 0.01, split
+        for row in rows[:20]:  # the documented rule, recomputed here
+            digest = hashlib.sha256(f"qbert-deploy split v1\n{normalized(row.text)}".encode()).digest()
+            position = int.from_bytes(digest[:8], "big") / 2**64
+            assert {"calibration": 0 <= position < 0.04, "train": 0.04 <= position < 0.8,
+                    "dev": 0.8 <= position < 0.9, "test": 0.9 <= position < 1}[split]
+    assert all(-4 <= s.score <= 4 for s in everything)
+
+
+def test_load_texts_formats_and_errors(tmp_path):
+    from models.data import DataError, load_texts
+
+    (tmp_path / "a.txt").write_text("first sentence\n\nsecond\tits pair\n", encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text('{"text": "third"}\n{"text": "q", "text_pair": "a"}\n', encoding="utf-8")
+    (tmp_path / "README.md").write_text("not data")
+    assert load_texts(tmp_path / "a.txt") == ["first sentence", ("second", "its pair")]
+    assert load_texts(tmp_path) == ["first sentence", ("second", "its pair"), "third", ("q", "a")]
+    bad = {
+        "x.txt": ("a\tb\tc\n", r"x\.txt:1: 2 tabs"),
+        "y.jsonl": ('{"text": "ok"}\n{oops\n', r"y\.jsonl:2: not valid JSON"),
+        "z.jsonl": ('{"sentence": "no text field"}\n', r'z\.jsonl:1: .*"text" field'),
+        "e.txt": ("\n\n", "holds no text"),
+        "w.csv": ("a,b\n", "must be a .txt or .jsonl"),
+    }
+    for name, (content, message) in bad.items():
+        (tmp_path / "bad").mkdir(exist_ok=True)
+        path = tmp_path / "bad" / name
+        path.write_text(content)
+        with pytest.raises(DataError, match=message):
+            load_texts(path)
+    with pytest.raises(DataError, match="not found"):
+        load_texts(tmp_path / "missing.txt")
+
+
+def test_calibration_batches_tokenize_with_the_checkpoint_tokenizer(minilm_dir):
+    import transformers
+
+    from models.data import calibration_batches, labelled_batches
+
+    texts = ["A short one.", "A somewhat longer sentence than the first.", "Third.", ("Is it?", "Yes, it is.")]
+    batches = calibration_batches(texts, minilm_dir, batch_size=2, max_length=8, num_samples=4)
+    assert [b["input_ids"].shape[0] for b in batches] == [2, 1, 1]  # the pair starts its own batch
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    expected = tokenizer(texts[:2], padding=True, truncation=True, max_length=8, return_tensors="pt")
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        assert batches[0][key].dtype == torch.int64
+        assert torch.equal(batches[0][key], expected[key])
+    assert batches[2]["token_type_ids"].max() == 1  # the pair's second text
+    no_types = transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(minilm_dir / "tokenizer.json"), model_input_names=["input_ids", "attention_mask"],
+        pad_token="[PAD]",
+    )
+    batch = calibration_batches(texts[:2], no_types)[0]
+    assert torch.equal(batch["token_type_ids"], torch.zeros_like(batch["input_ids"]))
+    labelled = labelled_batches(texts[:3], [0, 1, 1], tokenizer, batch_size=2)
+    assert labelled[0]["labels"].tolist() == [0, 1] and labelled[0]["labels"].dtype == torch.int64

@@ -34,7 +34,9 @@ FAST = {("bert", t) for t in ("feature-extraction", "text-generation", "next-sen
 QDQ_CASES = [
     pytest.param(*case, marks=() if case in FAST else pytest.mark.slow, id="-".join(case)) for case in CASES
 ]
-QUICK_CALIBRATION = {"num_calibration_samples": 8, "calibration_batch_size": 8}
+# keep_float=(): these tests check QDQBERT's full placement (every site quantized); the exporter's
+# default keeps residual adds and the FFN output input float (test_default_keeps_sensitive_sites_float)
+QUICK_CALIBRATION = {"num_calibration_samples": 8, "calibration_batch_size": 8, "keep_float": ()}
 
 
 def export_qdq(tmp_path, model_type, task, **kwargs):
@@ -223,3 +225,33 @@ def test_layout_rejects_what_tensorrt_cannot_take():
         layout_for_tensorrt(_qdq_graph(np.array(3, np.int8)))
     summary = layout_for_tensorrt(_qdq_graph(np.array(0, np.int8)))
     assert summary.activation_pairs == 1 and summary.unfused  # DQ -> Relu: nothing for TensorRT to fuse into
+
+
+def test_default_keeps_sensitive_sites_float(tmp_path):
+    directory, _ = save_tiny(tmp_path / "ckpt", "bert", "text-classification")
+    out = exporter.export(
+        directory, tmp_path / "out", task="text-classification", quantization="qdq", log=None,
+        num_calibration_samples=8, calibration_batch_size=8,
+    )
+    info = read_export_info(out)
+    assert info.calibration["keep_float"] == ["residual-adds", "ffn-output-input"]
+    calibration = json.loads((out / "calibration.json").read_text())
+    kept = set(calibration["float_quantizers"])
+    layers = range(2)
+    assert kept == {
+        f"bert.encoder.layer.{i}.{site}"
+        for i in layers
+        for site in (
+            "attention.output.add_local_input_quantizer", "attention.output.add_residual_input_quantizer",
+            "output.add_local_input_quantizer", "output.add_residual_input_quantizer",
+            "output.dense._input_quantizer",
+        )
+    }
+    assert not kept & set(calibration["quantizers"])
+    graph = gs.import_onnx(onnx.load(str(out / "model.onnx")))
+    # no activation Q/DQ feeds a residual Add any more; the FFN output MatMul reads a float input
+    dq_consumers = [c.op for n in graph.nodes if n.op == "DequantizeLinear" and not isinstance(n.inputs[0], gs.Constant)
+                    for c in n.outputs[0].outputs]
+    # per layer: the shared q/k/v input (3 MatMuls), attention output and FFN input projections (2), and
+    # both inputs of the two attention matmuls (4); the FFN output projection reads float
+    assert "Add" not in dq_consumers and dq_consumers.count("MatMul") == len(layers) * (3 + 2 + 4)

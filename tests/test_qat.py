@@ -23,11 +23,16 @@ def tokenizer_dir(tmp_path):
 
 
 def synthetic_task(num_batches: int, seed: int) -> list[dict[str, torch.Tensor]]:
-    """Label = which third of the vocabulary the second token comes from: learnable by a tiny model."""
+    """Label = which third of the vocabulary a sentence's tokens come from: learnable by a tiny model."""
     batches = []
+    third = (VOCAB - 3) // 3
     for i in range(num_batches):
         batch = padded_batch("bert", batch=16, seq=10, seed=seed * 1000 + i)
-        batch["labels"] = (batch["input_ids"][:, 1] * 3 // VOCAB).clamp(max=2)
+        g = torch.Generator().manual_seed(seed * 1000 + i)
+        labels = torch.randint(0, 3, (16,), generator=g)
+        ids = 3 + labels[:, None] * third + torch.randint(0, third, (16, 10), generator=g)
+        batch["input_ids"] = torch.where(batch["attention_mask"].bool(), ids, 0)
+        batch["labels"] = labels
         batches.append(batch)
     return batches
 
@@ -47,15 +52,15 @@ def test_qat_learns_keeps_amax_and_round_trips(tmp_path, tokenizer_dir):
     calibrate(model, synthetic_task(2, seed=9), method="percentile", progress=False)
     activation_amax = {n: q.amax.clone() for n, q in named_quantizers(model).items() if "_weight_" not in n}
     weights_before = model.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
-    train, dev = synthetic_task(12, seed=1), synthetic_task(4, seed=2)
+    train, dev = synthetic_task(8, seed=1), synthetic_task(4, seed=2)
     before = accuracy(model.eval(), dev)
     history = finetune(
         model, train, eval_fn=lambda m: {"accuracy": accuracy(m, dev)},
-        config=FinetuneConfig(epochs=6, learning_rate=2e-3, warmup_ratio=0.1), progress=False,
+        config=FinetuneConfig(epochs=4, learning_rate=2e-3, warmup_ratio=0.1), progress=False,
     )
-    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5, 6]
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
     assert history[-1]["train_loss"] < history[0]["train_loss"] * 0.8
-    assert history[-1]["accuracy"] > max(before, 0.5)
+    assert history[-1]["accuracy"] >= max(before + 0.2, 0.8)
     assert not torch.equal(model.bert.encoder.layer[0].attention.self.query.weight, weights_before)
     for name, quantizer in named_quantizers(model).items():
         if name in activation_amax:

@@ -186,8 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     model = models.load(args.model, task=args.task, quantization="qdq")
     if args.keep_float:
-        kept = keep_float(model, args.keep_float)
-        print(f"kept {len(kept)} quantizer(s) in float")
+        keep_float(model, args.keep_float)
     texts = load_texts(args.data)
     batches = calibration_batches(
         texts, args.model, batch_size=args.batch_size, max_length=args.max_length, num_samples=args.num_samples

@@ -36,12 +36,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from models.architectures import FORCE_DEQUANT_VALUES
 from models.quantization import integer_ops  # noqa: F401  (registers the ibert:: torch ops)
 from models.quantization import integer_reference as ref
 
 logger = logging.getLogger(__name__)
 
-FORCE_DEQUANT_VALUES = ("none", "gelu", "softmax", "layernorm", "nonlinear")
 #: Hugging Face's initial range (x_min = -1e-5, x_max = 1e-5): a QuantAct that has seen no data
 _UNSET_RANGE = 1.1e-5
 _F32 = np.float32
@@ -164,6 +164,46 @@ def round_to_grid(x: Tensor, scale: Scale) -> Tensor:
     if _needs_gradient(x):
         rounded = (x - x.detach()) + rounded  # straight-through estimator
     return rounded
+
+
+def dyadic_multiplier(ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hugging Face's `batch_frexp`: ratio ~ mantissa / 2**exponent, mantissa a 31-bit integer (rounded half up)."""
+    fraction, exponent = np.frexp(np.asarray(ratio, np.float64))
+    mantissa = np.sign(fraction) * np.floor(np.abs(fraction) * 2.0**31 + 0.5)  # Decimal ROUND_HALF_UP
+    return mantissa, 31.0 - exponent
+
+
+def _rescale(x: Tensor, scale: Scale, output_scale: Scale) -> Tensor:
+    """round(round(x / scale) * mantissa / 2**exponent) in float64 for ratio scale / output_scale."""
+    scale = np.asarray(scale, _F32).reshape(-1)
+    scale_t: Tensor | float = float(scale[0]) if scale.size == 1 else _channel_view(scale, x, -1)
+    integers = torch.round(x.detach() / scale_t).to(torch.float64)
+    ratio = scale.astype(np.float64) / np.float64(np.asarray(output_scale, _F32).reshape(-1)[0])
+    mantissa, exponent = dyadic_multiplier(ratio)
+    multiplier = mantissa / 2.0**exponent  # exact: a division by a power of two
+    factor: Tensor | float = float(multiplier[0]) if multiplier.size == 1 else _channel_view(multiplier, integers, -1)
+    return torch.round(integers * factor)
+
+
+def fixed_point_multiply(
+    x: Tensor,
+    scale: Scale,
+    output_scale: Scale,
+    num_bits: int,
+    identity: Tensor | None = None,
+    identity_scale: Scale | None = None,
+) -> Tensor:
+    """Hugging Face's `FixedPointMul`, exactly: x (and identity) on their grids rescaled to the output grid.
+
+    Each input is rounded to its own grid, multiplied by a 31-bit mantissa and shifted (in float64, as
+    Hugging Face does), rounded; the sum is clamped to [-2**(b-1), 2**(b-1) - 1] and times output_scale.
+    """
+    integers = _rescale(x, scale, output_scale)
+    if identity is not None:
+        assert identity_scale is not None
+        integers = integers + _rescale(identity, identity_scale, output_scale)
+    low, high = signed_range(num_bits)
+    return integers.clamp(low, high).to(torch.float32) * float(np.asarray(output_scale, _F32).reshape(-1)[0])
 
 
 def signed_range(num_bits: int) -> tuple[int, int]:
@@ -326,12 +366,21 @@ class QuantAct(nn.Module):
             if identity is not None:
                 raise ValueError("QuantAct: an identity input needs pre_act_scaling_factor (the input's scale)")
             return fake_quantize(x, scale, *symmetric_range(self.activation_bit)), scale
+        if identity is not None and identity_scaling_factor is None:
+            raise ValueError("QuantAct: an identity input needs identity_scaling_factor (its scale)")
+        if not _exporting():
+            requantized = fixed_point_multiply(
+                x, pre_act_scaling_factor, scale, self.activation_bit, identity, identity_scaling_factor
+            )
+            if _needs_gradient(x_act):
+                requantized = (x_act - x_act.detach()) + requantized  # straight-through estimator
+            return requantized, scale
+        # Q/DQ form of the same requantization (a float32 product by 1 / scale instead of the mantissa)
         if snap_inputs:
             x = round_to_grid(x, pre_act_scaling_factor)
         if identity is None:
             return fake_quantize(x, scale, *signed_range(self.activation_bit)), scale
-        if identity_scaling_factor is None:
-            raise ValueError("QuantAct: an identity input needs identity_scaling_factor (its scale)")
+        assert identity_scaling_factor is not None
         if snap_inputs:
             identity = round_to_grid(identity, identity_scaling_factor)
         # FixedPointMul rescales each input to the output grid on its own, then adds and clamps
@@ -437,7 +486,7 @@ class QuantLinear(nn.Module):
         if self.training:
             with torch.no_grad():
                 self.weight_integer.copy_(weight_int)
-                self.fc_scaling_factor.copy_(torch.from_numpy(np.broadcast_to(weight_scale, (self.out_features,))))
+                self.fc_scaling_factor.copy_(torch.from_numpy(np.broadcast_to(weight_scale, (self.out_features,)).copy()))
                 if bias_int is not None:
                     self.bias_integer.copy_(bias_int)
         return weight_int, bias_int, bias_scale

@@ -3,15 +3,17 @@
 For checkpoints that carry none (float RoBERTa, float I-BERT, BERT such as all-MiniLM-L6-v2):
 
     model = models.load(ckpt, quantization="integer")
-    calibrate_integer(model, calibration_batches(load_texts(), ckpt), method="ema")
+    calibrate_integer(model, calibration_batches(load_texts(), ckpt))   # method="minmax"
 
 The batches run in eval numerics (no dropout) through the integer model itself, each QuantAct
 observing its input before it quantizes, exactly as Hugging Face's I-BERT does in training mode, so
 every range is measured on the already-quantized activations that feed it:
 
-- "ema" (default, Hugging Face's rule): the first batch sets the range, later batches move it by an
-  exponential moving average with momentum 0.95;
-- "minmax": running minimum and maximum over all batches (I-BERT's `act_range_momentum = -1`).
+- "minmax" (default): running minimum and maximum over all batches (I-BERT's `act_range_momentum = -1`);
+- "ema" (Hugging Face's training-mode rule): the first batch sets the range, later batches move it by an
+  exponential moving average with momentum 0.95. It is meant for quantization-aware fine-tuning; for
+  post-training calibration min/max keeps the outliers BERT-family models rely on (all-MiniLM-L6-v2:
+  mean sentence cosine to float 0.967 with minmax, 0.962 with ema).
 
 IntLayerNorm's `shift` starts at 0 and is raised, never lowered, until the squared deviations of
 every row sum below 2**32 (Hugging Face's overflow fallback).
@@ -68,7 +70,7 @@ def _encoder_of(model: nn.Module) -> nn.Module:
 def calibrate_integer(
     model: nn.Module,
     batches: Iterable[Mapping[str, torch.Tensor]],
-    method: str = "ema",
+    method: str = "minmax",
     *,
     reset: bool = True,
     data: str | None = None,
@@ -77,7 +79,7 @@ def calibrate_integer(
     """Set the activation ranges and LayerNorm shifts of an integer-mode model from `batches`; returns it.
 
     batches: dicts with input_ids, attention_mask and (optionally) token_type_ids, [batch, sequence].
-    method: "ema" (Hugging Face's moving average) or "minmax" (running min / max).
+    method: "minmax" (running min / max) or "ema" (Hugging Face's moving average).
     reset: start from no ranges (True) or refine the ranges the model has.
     data: a description of the batches' source, recorded with the calibration info.
     """

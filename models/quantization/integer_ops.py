@@ -57,7 +57,7 @@ def _floor_div(a: Tensor, b: Tensor | int) -> Tensor:
 def round_div_half_even(numerator: Tensor, denominator: Tensor | int) -> Tensor:
     quotient = _floor_div(numerator, denominator)
     twice_remainder = 2 * (numerator - quotient * denominator)
-    up = (twice_remainder > denominator) | ((twice_remainder == denominator) & (quotient % 2 == 1))
+    up = (twice_remainder > denominator) | ((twice_remainder == denominator) & (quotient & 1).bool())
     return quotient + up.to(torch.int64)
 
 
@@ -131,11 +131,17 @@ def int_gelu(x: Tensor, input_scale: Sequence[float], output_scale: Sequence[flo
     device = x.device
     x_int = quantize_input(x, torch.from_numpy(np.asarray(input_scale, np.float32)).to(device))
     b_int = torch.from_numpy(consts.b_int).to(device)
-    abs_int = torch.minimum(x_int.abs(), -b_int)
-    erf_int = torch.sign(x_int) * ((abs_int + b_int) ** 2 + torch.from_numpy(consts.c_int).to(device))
-    sigmoid_int = torch.bitwise_right_shift(erf_int, ref.GELU_SHIFT_BITS)  # floor division by 2**14
-    y_int = -(x_int * (sigmoid_int + torch.from_numpy(consts.shift_int).to(device)))
-    return y_int.to(torch.float32) * torch.from_numpy(consts.output_scale).to(device)
+    # in place on one buffer (the tensors are large): t = sign(x) * ((min(|x|, -b) + b)^2 + c) >> 14
+    t = torch.minimum(x_int.abs(), -b_int)
+    t += b_int
+    t *= t
+    t += torch.from_numpy(consts.c_int).to(device)
+    t *= torch.sign(x_int)
+    t.bitwise_right_shift_(ref.GELU_SHIFT_BITS)  # floor division by 2**14: the erf integer
+    t += torch.from_numpy(consts.shift_int).to(device)
+    t *= x_int
+    t.neg_()  # y_int = -(x * (erf + shift)), for a positive output scale
+    return t.to(torch.float32) * torch.from_numpy(consts.output_scale).to(device)
 
 
 @torch.library.custom_op("ibert::int_softmax", mutates_args=())
