@@ -49,6 +49,13 @@ calibrate: setup  ## calibrate all-MiniLM-L6-v2 in qdq on the shipped calibratio
 demo: setup  ## all-MiniLM-L6-v2 float vs INT8 on ONNX Runtime: export (or reuse) into exports/, compare embeddings, search, size, latency
 	$(PY) scripts/demo.py
 
+.PHONY: bench bench-quick
+bench: setup  ## CPU speed/memory/accuracy: PyTorch, float and INT8 exports on ONNX Runtime, ORT quantizers (BERT-base, MiniLM) -> benchmarks/results/bench.{json,png} (docs/benchmarks.md)
+	$(PY) -m benchmarks.bench $(BENCH_FLAGS)
+
+bench-quick: setup  ## the same, MiniLM at sequence 128 only (under two minutes once exports/bench exists)
+	$(PY) -m benchmarks.bench --quick $(BENCH_FLAGS)
+
 .PHONY: engines trtexec-bench
 engines: setup  ## TensorRT engines for every export under exports/ (needs TensorRT + GPU; ENGINE_FLAGS="--fp16 ...")
 	PYTHON=$(PY) scripts/build_engines.sh exports $(ENGINE_FLAGS)
@@ -70,3 +77,7 @@ serve: setup  ## Triton on loopback (HTTP 8000, gRPC 8001, metrics 8002) serving
 serve-bench: setup  ## bounded load test on loopback: Triton (HTTP, gRPC) vs the in-process pipeline -> benchmarks/results/triton-load.{json,png}
 	@test -f exports/minilm-float/export.json -a -f exports/minilm-qdq/export.json || $(MAKE) export
 	$(PY) benchmarks/triton_load.py
+
+.PHONY: eval
+eval: setup  ## accuracy on real data: fine-tuned all-MiniLM-L6-v2 sentiment, float vs PTQ (every calibrator) vs QAT vs I-BERT integer -> benchmarks/results/eval-vader.{json,png}, docs/eval.md (docs/eval.md)
+	$(PY) -m benchmarks.eval $(EVAL_FLAGS)

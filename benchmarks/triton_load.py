@@ -1,4 +1,4 @@
-"""`make serve-bench`: a bounded load test of the demo exports on a real Triton server, against in-process calls.
+"""`make serve-bench`: a bounded load test of the demo exports on a real Triton server vs in-process calls.
 
 For each export (default: exports/minilm-qdq and exports/minilm-float, from `make export`), the text model of
 a `triton-repo` repository (feature-extraction, mean pooling, unit length: the pipeline's sentence
@@ -36,7 +36,7 @@ from trt_runtime.export_dir import read_export_info, write_json_atomic  # noqa: 
 from trt_runtime.triton.repository import RepositoryOptions, write_repository  # noqa: E402
 from trt_runtime.triton.server import TritonServer, server_environment  # noqa: E402
 
-PIPELINE_OPTIONS = {"pooling": "mean", "normalize": True}
+PIPELINE_OPTIONS: dict[str, Any] = {"pooling": "mean", "normalize": True}
 DEFAULT_EXPORTS = ["exports/minilm-qdq", "exports/minilm-float"]
 TEXTS_FILE = ROOT / "calibration_data/vader/amazon_reviews.tsv"  # held out from calibration (calibration.txt)
 
@@ -100,15 +100,36 @@ def batched(pipe: Any, texts: list[str], total: int) -> dict[str, Any]:
     return {"requests": total, "wall_s": round(wall, 3), "throughput_rps": round(total / wall, 2)}
 
 
-def client_load(env: Any, server: TritonServer, protocol: str, model: str, texts: list[str], args: Any) -> dict:
+def client_load(
+    env: Any, server: TritonServer, protocol: str, model: str, texts: list[str], args: Any
+) -> dict:
     url = server.http_url if protocol == "http" else server.grpc_url
     command = [
-        os.fspath(env.python), "-m", "trt_runtime.triton.client", "load", "--url", url, "--protocol", protocol,
-        "--model", model, "--clients", str(args.clients), "--requests", str(args.requests), *texts,
+        os.fspath(env.python),
+        "-m",
+        "trt_runtime.triton.client",
+        "load",
+        "--url",
+        url,
+        "--protocol",
+        protocol,
+        "--model",
+        model,
+        "--clients",
+        str(args.clients),
+        "--requests",
+        str(args.requests),
+        *texts,
     ]
     timeout = 60 * args.requests + 120
     result = subprocess.run(
-        command, capture_output=True, text=True, env=env.environ([ROOT]), cwd=ROOT, timeout=timeout, check=False
+        command,
+        capture_output=True,
+        text=True,
+        env=env.environ([ROOT]),
+        cwd=ROOT,
+        timeout=timeout,
+        check=False,
     )
     if result.returncode != 0:
         raise SystemExit(f"the load client failed:\n{result.stderr[-3000:]}")
@@ -141,13 +162,16 @@ def plot(results: dict[str, Any], path: Path) -> None:
     width = 0.4
     ax2.bar(x - width / 2, [r["latency_ms"]["p50"] for r in per_request], width, label="p50", color="#55A868")
     ax2.bar(x + width / 2, [r["latency_ms"]["p99"] for r in per_request], width, label="p99", color="#C44E52")
-    ax2.set_xticks(x, [f"{r['export']}\n{r['mode']}" for r in per_request], fontsize=7, rotation=30, ha="right")
+    ax2.set_xticks(
+        x, [f"{r['export']}\n{r['mode']}" for r in per_request], fontsize=7, rotation=30, ha="right"
+    )
     ax2.set_ylabel("latency per request (ms)")
     ax2.set_title("latency under load (lower is better)")
     ax2.legend()
     config = results["config"]
     fig.suptitle(
-        f"all-MiniLM-L6-v2 sentence embeddings: Triton {config['server']} (Python backend, dynamic batching) vs "
+        f"all-MiniLM-L6-v2 sentence embeddings: Triton {config['server']} (Python backend, dynamic "
+        f"batching) vs "
         f"in-process, {config['clients']} clients x {config['requests_per_client']} requests, "
         f"{config['cpu_count']} CPU cores",
         fontsize=9,
@@ -179,7 +203,9 @@ def main() -> int:
     env = server_environment(log=say)
     names = [Path(d).name for d in args.exports]
     options = RepositoryOptions(
-        kinds=("text",), max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us,
+        kinds=("text",),
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_us=args.max_queue_delay_us,
         pipeline_options=PIPELINE_OPTIONS,
     )
     write_repository(list(zip(names, args.exports)), args.repo, options, overwrite=True)
@@ -189,7 +215,9 @@ def main() -> int:
         say(f"tritonserver ready: http {server.http_url}, grpc {server.grpc_url}")
         for name in names:
             for protocol in args.protocols:
-                warm_up = argparse.Namespace(clients=args.clients, requests=3)  # every batch size the load forms
+                warm_up = argparse.Namespace(
+                    clients=args.clients, requests=3
+                )  # every batch size the load forms
                 warm = client_load(env, server, protocol, name, texts, warm_up)
                 if warm["errors"]:
                     raise SystemExit(f"warm-up failed: {warm['errors'][:3]}")
@@ -200,7 +228,8 @@ def main() -> int:
                 executions = after["execution_count"] - before["execution_count"]
                 inferences = after["inference_count"] - before["inference_count"]
                 run = {
-                    "export": name, "mode": f"triton-{protocol}",
+                    "export": name,
+                    "mode": f"triton-{protocol}",
                     **summary(data["latencies_s"], data["wall_s"], len(data["errors"])),
                     "server_executions": executions,
                     "mean_server_batch": round(inferences / max(executions, 1), 2),
@@ -209,8 +238,10 @@ def main() -> int:
                     run["first_errors"] = data["errors"][:3]
                 runs.append(run)
                 server_answers.setdefault(name, {}).update(data["answers"])
-                say(f"  {run['throughput_rps']} req/s, p50 {run['latency_ms']['p50']} ms, "
-                    f"p99 {run['latency_ms']['p99']} ms, mean batch {run['mean_server_batch']}")
+                say(
+                    f"  {run['throughput_rps']} req/s, p50 {run['latency_ms']['p50']} ms, "
+                    f"p99 {run['latency_ms']['p99']} ms, mean batch {run['mean_server_batch']}"
+                )
     agreement = {}
     for name, directory in zip(names, args.exports):
         pipe = trt_runtime.pipeline("feature-extraction", directory, "onnxruntime", **PIPELINE_OPTIONS)
@@ -218,15 +249,27 @@ def main() -> int:
         agreement[name] = answer_difference(server_answers[name], reference)
         pipe(texts[:4])  # warm-up
         say(f"{name}: in process, {args.clients} threads x {args.requests} calls ...")
-        runs.append({"export": name, "mode": "in-process", **in_process(pipe, texts, args.clients, args.requests)})
+        runs.append(
+            {"export": name, "mode": "in-process", **in_process(pipe, texts, args.clients, args.requests)}
+        )
         one_call = batched(pipe, texts, args.clients * args.requests)
-        runs.append({
-            "export": name, "mode": "in-process-batched", **one_call,
-            "latency_ms": {"p50": one_call["wall_s"] * 1000, "p90": one_call["wall_s"] * 1000,
-                           "p99": one_call["wall_s"] * 1000, "mean": one_call["wall_s"] * 1000},
-        })
-        say(f"  {runs[-2]['throughput_rps']} req/s (batched: {one_call['throughput_rps']} req/s); "
-            f"server vs in-process: max |diff| {agreement[name]['max_abs_diff']:.2e}")
+        runs.append(
+            {
+                "export": name,
+                "mode": "in-process-batched",
+                **one_call,
+                "latency_ms": {
+                    "p50": one_call["wall_s"] * 1000,
+                    "p90": one_call["wall_s"] * 1000,
+                    "p99": one_call["wall_s"] * 1000,
+                    "mean": one_call["wall_s"] * 1000,
+                },
+            }
+        )
+        say(
+            f"  {runs[-2]['throughput_rps']} req/s (batched: {one_call['throughput_rps']} req/s); "
+            f"server vs in-process: max |diff| {agreement[name]['max_abs_diff']:.2e}"
+        )
     import onnxruntime
 
     results = {

@@ -9,6 +9,7 @@ import models
 from exporter.errors import ExportError, ExportValidationError
 from exporter.pipeline import DEFAULT_KEEP_FLOAT, DEFAULT_PERCENTILE, export
 from exporter.torch_export import MAX_OPSET, MIN_OPSET
+from models.ibert import DEFAULT_WIDE_ACTIVATIONS, WIDE_ACTIVATION_SITES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--calibration-method", default=None,
         help="qdq: max | percentile (default) | mse | entropy, or percentile-99.9 to give the percentile in "
-        "the name; integer: ema (default, I-BERT's moving average) | minmax",
+        "the name; integer: minmax (default) | ema (I-BERT's moving average)",
     )
     parser.add_argument(
         "--percentile", type=float, default=DEFAULT_PERCENTILE, help="for --calibration-method percentile"
@@ -57,9 +58,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--force-dequant", choices=list(models.FORCE_DEQUANT_VALUES), default=None,
         help="integer only: keep these I-BERT nonlinearities in float",
     )
+    parser.add_argument(
+        "--wide-activations", action="append", metavar="SITE", default=None,
+        choices=["none", *WIDE_ACTIVATION_SITES],
+        help="integer only: requantize these activation sites to 16 instead of 8 bits (repeatable): "
+        f"{', '.join(WIDE_ACTIVATION_SITES)}; 'none' keeps I-BERT's 8 bits everywhere (default: "
+        f"{' '.join(DEFAULT_WIDE_ACTIVATIONS)}; none for an I-BERT checkpoint saved with quant_mode=true)",
+    )
     parser.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     parser.add_argument("--quiet", action="store_true", help="print only errors")
     return parser
+
+
+def _wide_activations(values: list[str] | None) -> tuple[str, ...] | None:
+    if values is None:
+        return None
+    if "none" in values and len(values) > 1:
+        raise ExportError("--wide-activations none cannot be combined with sites")
+    return tuple(v for v in values if v != "none")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             calibration_batch_size=args.calibration_batch_size,
             calibration_max_length=args.calibration_max_length,
             force_dequant=args.force_dequant,
+            wide_activations=_wide_activations(args.wide_activations),
             validate=not args.no_validate,
             log=None if args.quiet else lambda message: print(message, file=sys.stderr, flush=True),
         )

@@ -3,24 +3,39 @@
 File names and the export.json schema live in `trt_runtime.export_dir`; this module adds what only the
 writer needs: which checkpoint files to carry over, and the atomic swap.
 
-Replacing an existing output: the new directory is complete (and validated) in `.NAME.tmp-*` first.
-Then the old directory is renamed to `.NAME.old-*`, the new one renamed to NAME, and the old one
-deleted. An export that fails or is interrupted before that point leaves the old output untouched
-(and removes its temporary directory when it can); between the two renames, a few microseconds, the
-old output exists only under its `.old-*` name.
+The new directory is written and validated in a hidden sibling `.NAME.tmp-<pid>-<random>`. Replacing an
+existing output is one atomic step on Linux (renameat2 RENAME_EXCHANGE swaps the two directories; the
+old one, now under the temporary name, is deleted). Where the filesystem cannot exchange, the old output
+is renamed to `.NAME.old-<pid>-<random>`, the new one renamed to NAME, and the old one deleted.
+
+An export that fails (exception, Ctrl-C) removes its temporary directory and leaves the previous output
+untouched. An export that is killed (SIGKILL, power loss) cannot clean up after itself: it leaves the
+previous output untouched and its hidden `.NAME.tmp-<pid>-*` (or, killed inside the fallback swap,
+`.NAME.old-<pid>-*`) behind. The next export to the same NAME removes those of processes that no longer
+run, and if NAME itself is missing because the kill fell between the two renames of the fallback swap,
+first puts the previous output back from `.NAME.old-*`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from exporter.errors import ExportError
-from trt_runtime.export_dir import CONFIG_JSON, EXPORT_JSON
+from trt_runtime.export_dir import (
+    CONFIG_JSON,
+    EXPORT_JSON,
+    remove_stale_temporaries,
+    stale_temporaries,
+    temporary_sibling,
+)
 
 #: Tokenizer files of the Hugging Face formats (fast tokenizer.json; WordPiece vocab.txt; BPE vocab.json +
 #: merges.txt; SentencePiece models), copied when the checkpoint has them.
@@ -54,10 +69,14 @@ def check_output_dir(out_dir: Path, model_dir: Path) -> None:
 
 @contextlib.contextmanager
 def staged_directory(out_dir: Path) -> Iterator[Path]:
-    """Yield an empty temporary sibling of `out_dir`; on normal exit it replaces `out_dir`, on error it is removed."""
+    """Yield an empty temporary sibling of `out_dir`; on normal exit it replaces `out_dir`, on error it is removed.
+
+    First recovers from an earlier export that was killed (see the module docstring).
+    """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the output is an ordinary directory
+    recover_interrupted(out_dir)
+    staging = temporary_sibling(out_dir)
+    staging.mkdir()  # an ordinary directory (umask applies), hidden by its leading dot
     try:
         yield staging
         _replace(staging, out_dir)
@@ -65,25 +84,66 @@ def staged_directory(out_dir: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def recover_interrupted(out_dir: Path) -> list[Path]:
+    """Undo what a killed export left next to `out_dir`; returns the stale paths removed.
+
+    A missing `out_dir` with a stale `.NAME.old-*` beside it means the kill fell between the two renames of
+    the fallback swap: the old output is put back first. Then every stale `.NAME.tmp-*` / `.NAME.old-*`
+    (of a process that no longer runs) is deleted; those of running exports are left alone.
+    """
+    if not out_dir.exists():
+        previous = [p for p in stale_temporaries(out_dir, ("old",)) if (p / EXPORT_JSON).exists()]
+        if previous:
+            newest = max(previous, key=lambda p: p.stat().st_mtime)
+            with contextlib.suppress(OSError):
+                os.rename(newest, out_dir)
+    return remove_stale_temporaries(out_dir)
+
+
 def _replace(new: Path, out_dir: Path) -> None:
     if not out_dir.exists():
         os.rename(new, out_dir)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    os.rename(out_dir, old / out_dir.name)
+    if _exchange(new, out_dir):
+        shutil.rmtree(new, ignore_errors=True)  # `new` now holds the previous output
+        return
+    old = temporary_sibling(out_dir, "old")
+    os.rename(out_dir, old)
     try:
         os.rename(new, out_dir)
     except BaseException:
-        os.rename(old / out_dir.name, out_dir)  # put the previous output back
+        os.rename(old, out_dir)  # put the previous output back
         raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+@functools.cache
+def _renameat2() -> Any:
+    """glibc's renameat2 (2.28+), or None (not Linux, another libc)."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError, TypeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False  # this filesystem or kernel cannot exchange: use two renames
+    raise OSError(error, os.strerror(error), str(b))
 
 
 def copy_checkpoint_files(model_dir: Path, directory: Path) -> list[str]:

@@ -60,8 +60,6 @@ Log = Callable[[str], None]
 #: export.json's calibration "data" when no file was given / when the checkpoint has no tokenizer
 SHIPPED_DATA = "calibration_data/calibration.txt (shipped)"
 GENERATED_DATA = "generated token ids (the checkpoint has no tokenizer)"
-#: what integer calibration sets (QuantAct ranges, IntLayerNorm shifts)
-INTEGER_CALIBRATION_BUFFERS = ("x_min", "x_max", "shift")
 #: qdq quantizer sites kept in float unless told otherwise (models.quantization.SENSITIVE_SITES): with
 #: every site quantized, all-MiniLM-L6-v2's outlier features (FFN outputs up to ~200 where most values
 #: are below 1) share one int8 scale per residual add, and sentence embeddings fall to ~0.83 cosine of
@@ -100,17 +98,22 @@ def export(
     calibration_batch_size: int = 16,
     calibration_max_length: int = 128,
     force_dequant: str | None = None,
+    wide_activations: tuple[str, ...] | list[str] | None = None,
     validate: bool = True,
     log: Log | None = _stderr,
 ) -> Path:
     """Export the checkpoint in `model_dir` as `task` with `quantization` into `out_dir`; returns `out_dir`.
 
     calibration_method: qdq: max | percentile (default) | mse | entropy, or "percentile-99.9" to give the
-        percentile in the name; integer: ema (default, I-BERT's) | minmax. percentile: for "percentile".
+        percentile in the name; integer: minmax (default) | ema (I-BERT's training rule). percentile: for
+        "percentile".
     keep_float: qdq only: quantizer sites left in float, as names of models.quantization.SENSITIVE_SITES
         ("residual-adds", "ffn-output-input", "softmax-output"), fnmatch patterns or "re:" regexes;
         () quantizes every site (QDQBERT's full placement, best for TensorRT speed, worst for accuracy).
     force_dequant: integer mode only (I-BERT's none | gelu | softmax | layernorm | nonlinear).
+    wide_activations: integer mode only: activation sites requantized to 16 instead of 8 bits,
+        "ffn-output-input" and "hidden-states" (models.ibert.WIDE_ACTIVATION_SITES); () is I-BERT's 8 bits
+        everywhere; None: the checkpoint's default (both; () for an I-BERT checkpoint with quant_mode=true).
     validate: compare ONNX Runtime with PyTorch at two batch sizes x two sequence lengths (raises
         ExportValidationError over tolerance; see exporter.validation).
     log: where step lines go (None: silent).
@@ -120,6 +123,7 @@ def export(
     config, arch = _load_config(model_dir)
     task = task or task_from_config(config)
     _check_choices(arch, task, quantization, force_dequant, opset)
+    wide_activations = _check_wide_activations(quantization, wide_activations)
     calibration = None
     if quantization != "none":
         calibration = _calibration_settings(
@@ -130,12 +134,17 @@ def export(
     step = _Steps(say, 4 + (calibration is not None) + validate)
 
     step(f"loading {model_dir} as {arch.model_type} {task}, quantization={quantization}")
-    model = models.load(model_dir, task=task, quantization=quantization, force_dequant=force_dequant)
+    model = models.load(
+        model_dir, task=task, quantization=quantization, force_dequant=force_dequant, wide_activations=wide_activations
+    )
+    if quantization == "integer":
+        wide = model.config.wide_activations
+        say(f"  16-bit activations at: {', '.join(wide)}" if wide else "  8-bit activations everywhere (I-BERT's)")
     signature = signature_of(model)
     limit = max_positions(config, arch)
     tokenizer = load_tokenizer(model_dir)
 
-    with staged_directory(out_dir) as staging, tempfile.TemporaryDirectory(prefix="onnx-raw-") as scratch:
+    with staged_directory(out_dir) as staging, tempfile.TemporaryDirectory(prefix="onnx-raw-", dir=staging) as scratch:
         calibration_record = None
         if calibration is not None:
             step(f"calibrating ({_describe_method(calibration)})")
@@ -271,12 +280,28 @@ def _check_choices(arch: Architecture, task: str, quantization: str, force_dequa
         raise ExportError(f"opset {opset} is not supported; choose {MIN_OPSET} to {MAX_OPSET}")
 
 
+def _check_wide_activations(
+    quantization: str, wide_activations: tuple[str, ...] | list[str] | None
+) -> tuple[str, ...] | None:
+    if wide_activations is None:
+        return None
+    if quantization != "integer":
+        raise ExportError("--wide-activations applies to --quantization integer only; drop it or use integer")
+    from models.ibert import check_wide_activations
+
+    try:
+        return check_wide_activations(wide_activations)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+
+
 def calibration_methods(quantization: str) -> tuple[str, ...]:
     """The calibration methods of a quantized mode, the default first."""
     if quantization == "integer":
+        from models.quantization.integer_calibration import DEFAULT_METHOD as INTEGER_DEFAULT
         from models.quantization.integer_calibration import METHODS as INTEGER_METHODS
 
-        return tuple(sorted(INTEGER_METHODS, key=lambda m: m != "ema"))
+        return tuple(sorted(INTEGER_METHODS, key=lambda m: m != INTEGER_DEFAULT))
     from models.quantization.calibrate import METHODS
 
     return tuple(sorted(METHODS, key=lambda m: m != "percentile"))
@@ -384,6 +409,8 @@ def _calibrate(
     record: dict[str, Any] = {"method": settings.method, "percentile": settings.percentile, "data": label}
     if model.quantization == "qdq":
         record["keep_float"] = list(settings.keep_float)
+    else:
+        record["wide_activations"] = list(model.config.wide_activations)
     record.update(num_samples=num_samples, max_length=max_length)
     return record
 
@@ -402,19 +429,12 @@ def _keep_float(model: models.TaskModel, patterns: tuple[str, ...]) -> list[str]
 def _calibrate_integer(
     model: models.TaskModel, batches: list[dict[str, torch.Tensor]], settings: CalibrationSettings, label: str, path: Path
 ) -> None:
-    """I-BERT's activation ranges and LayerNorm shifts; calibration.json keeps them as buffer values
-    (`models.quantization.integer.load_integer_state` takes them back)."""
-    from models.quantization.integer import integer_modules
-    from models.quantization.integer_calibration import calibrate_integer
+    """I-BERT's activation ranges and LayerNorm shifts, saved as an integer calibration.json
+    (`models.load(..., quantization="integer", calibration=path)` takes them back)."""
+    from models.quantization import calibrate_integer, save_integer_calibration
 
     calibrate_integer(model, batches, method=settings.method, data=label, progress=True)
-    state = {
-        f"{name}.{buffer}": getattr(module, buffer).tolist()
-        for name, module in integer_modules(model)
-        for buffer in INTEGER_CALIBRATION_BUFFERS
-        if isinstance(getattr(module, buffer, None), torch.Tensor)
-    }
-    write_json_atomic(path, {"format_version": 1, "mode": "integer", "method": settings.method, "data": label, "state": state})
+    save_integer_calibration(model, path)
 
 
 def _generated_batches(

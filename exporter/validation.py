@@ -19,6 +19,14 @@ Tolerances (per output, per batch):
   An export bug (wrong scale, axis, zero point or weights) moves outputs by the quantization error or
   more. A Q/DQ pair too many or too few is caught exactly, by counting them against the module's
   enabled quantizers (exporter.qdq), not by this tolerance.
+- integer, in addition: an output beyond that still passes when ONNX Runtime is as close to float as the
+  module is: ||onnx - torch_float|| / ||torch_quantized - torch_float|| within [1 / 1.25, 1.25] (closer to
+  float is as suspect as further: a graph that lost its quantization). I-BERT's integer
+  all-MiniLM-L6-v2 decorrelates further than qdq: one flipped 8-bit step changes a whole row of the next
+  GEMM, and by the last layer two float summation orders (PyTorch and ONNX Runtime, or PyTorch eager and
+  PyTorch with the traced arithmetic) differ by 0.6-1.1 x the quantization error while both stay exactly
+  as far from float (0.212 and 0.212 with 16-bit wide activations). An export bug adds its own error: to
+  pass this it must stay below ~0.75 x the quantization error, the same bound as above.
 """
 
 from __future__ import annotations
@@ -42,20 +50,28 @@ def _relative_l2(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a.astype(np.float64) - b.astype(np.float64))) / max(norm, 1e-30)
 
 
+def _error_ratio(got: np.ndarray, expected: np.ndarray, float_expected: np.ndarray) -> float:
+    """||got - float|| / ||expected - float||: how much further from float ONNX Runtime is than PyTorch."""
+    return _relative_l2(got, float_expected) / max(_relative_l2(expected, float_expected), 1e-30)
+
+
 @dataclass(frozen=True)
 class Tolerance:
     """float (noise_ratio None): |onnx - torch| <= atol x max(1, max |torch|) everywhere.
-    quantized: relative L2 error <= max(atol, noise_ratio x the module's relative quantization error)."""
+    quantized: relative L2 error <= max(atol, noise_ratio x the module's relative quantization error), or,
+    with float_error_ratio r, ||onnx - float|| / ||torch - float|| within [1 / r, r] (as accurate as torch)."""
 
     atol: float
     noise_ratio: float | None = None
+    float_error_ratio: float | None = None
 
     def describe(self) -> str:
         if self.noise_ratio is None:
             return f"|diff| <= {self.atol:g} x max(1, max |torch|)"
-        return (
-            f"relative L2 error <= max({self.atol:g}, {self.noise_ratio:g} x the model's own quantization error)"
-        )
+        text = f"relative L2 error <= max({self.atol:g}, {self.noise_ratio:g} x the model's own quantization error)"
+        if self.float_error_ratio is not None:
+            text += f", or an error to float within {self.float_error_ratio:g}x of the model's"
+        return text
 
     def violation(self, got: np.ndarray, expected: np.ndarray, float_expected: np.ndarray | None = None) -> str | None:
         """None when `got` is within tolerance of `expected`; otherwise what is wrong, in numbers.
@@ -75,13 +91,21 @@ class Tolerance:
             raise ValueError("a quantized tolerance needs the float model's output")
         error = _relative_l2(got, expected)
         allowed = max(self.atol, self.noise_ratio * _relative_l2(float_expected, expected))
-        return None if error <= allowed else f"relative L2 error {error:.3g} > allowed {allowed:.3g}"
+        if error <= allowed:
+            return None
+        problem = f"relative L2 error {error:.3g} > allowed {allowed:.3g}"
+        if self.float_error_ratio is None:
+            return problem
+        ratio = _error_ratio(got, expected, float_expected)
+        if 1 / self.float_error_ratio <= ratio <= self.float_error_ratio:
+            return None
+        return f"{problem}, and its error to float is {ratio:.3g} x the model's (not within {self.float_error_ratio:g}x)"
 
 
 TOLERANCES = {
     "none": Tolerance(atol=1e-4),
     "qdq": Tolerance(atol=1e-3, noise_ratio=0.75),
-    "integer": Tolerance(atol=1e-3, noise_ratio=0.75),
+    "integer": Tolerance(atol=1e-3, noise_ratio=0.75, float_error_ratio=1.25),
 }
 
 
@@ -149,7 +173,10 @@ def compare(
             diffs.append(OutputDiff(shape, name, worst, relative, problem))
             text = f"  {shape}: {name} max |onnx - torch| = {worst:.3g}, relative L2 {relative:.3g}"
             if name in floats:
-                text += f" (quantization error {_relative_l2(floats[name], reference):.3g})"
+                text += f" (quantization error {_relative_l2(floats[name], reference):.3g}"
+                if value.shape == reference.shape:  # the same measure for ONNX Runtime's output
+                    text += f"; ONNX's {_relative_l2(floats[name], reference) * _error_ratio(value, reference, floats[name]):.3g}"
+                text += ")"
             log(text + (f"  FAILED: {problem}" if problem else ""))
     failures = [d for d in diffs if d.violation]
     if tolerance and failures:

@@ -12,6 +12,7 @@ with its scale (`(tensor, scale)`, as Hugging Face does); the pooler stays float
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +40,55 @@ WEIGHT_BIT = 8
 BIAS_BIT = 32
 LN_INPUT_BIT = 22
 LN_OUTPUT_BIT = 32
+
+#: bits of a widened activation site (I-BERT's own widths elsewhere: 16, 22, 32)
+WIDE_ACTIVATION_BIT = 16
+#: activation sites that `wide_activations` requantizes to WIDE_ACTIVATION_BIT instead of ACT_BIT, named as
+#: the qdq side names its keep_float sites (models.quantization.SENSITIVE_SITES), with their QuantActs
+#: (module names in the backbone; {i}: every layer):
+#: - "ffn-output-input": the input of the FFN output projection (the i-GELU output, long one-sided tail);
+#: - "hidden-states": the encoder's hidden states, input of every layer's Q/K/V projections and residual.
+#: Integer-only still (16-bit x 8-bit GEMMs); an ONNX export has no int16 Q/DQ for them, so the GEMMs they
+#: feed run in float in TensorRT (docs/integer.md). Sites before the i-GELU or the attention scores cannot
+#: widen: the i-GELU and i-exp constants (~1 / scale^2) would overflow int64.
+WIDE_ACTIVATION_SITES: dict[str, tuple[str, ...]] = {
+    "ffn-output-input": ("encoder.layer.{i}.intermediate.output_activation", "encoder.layer.{i}.pre_output_act"),
+    "hidden-states": ("embeddings.output_activation", "encoder.layer.{i}.output.output_activation"),
+}
+#: the default for checkpoints calibrated here (all-MiniLM-L6-v2: sentence cosine to float 0.967 -> 0.983);
+#: I-BERT checkpoints saved with quant_mode=true keep I-BERT's 8 bits (their ranges were trained with them)
+DEFAULT_WIDE_ACTIVATIONS: tuple[str, ...] = ("ffn-output-input", "hidden-states")
+
+
+def check_wide_activations(sites: Iterable[str]) -> tuple[str, ...]:
+    """The sites as a tuple in canonical order; unknown names are a ValueError naming the valid ones."""
+    if isinstance(sites, str):
+        sites = (sites,)
+    chosen = tuple(sites)
+    unknown = [site for site in chosen if site not in WIDE_ACTIVATION_SITES]
+    if unknown:
+        raise ValueError(
+            f"wide_activations: unknown site(s) {', '.join(map(repr, unknown))}; choose from "
+            f"{', '.join(WIDE_ACTIVATION_SITES)} (or none: I-BERT's 8-bit activations everywhere)"
+        )
+    return tuple(site for site in WIDE_ACTIVATION_SITES if site in chosen)
+
+
+def default_wide_activations(config: PretrainedConfig, arch: Architecture) -> tuple[str, ...]:
+    """() for an I-BERT checkpoint saved with quant_mode=true (Hugging Face's numerics), else the default."""
+    if arch.model_type == "ibert" and getattr(config, "quant_mode", False):
+        return ()
+    return DEFAULT_WIDE_ACTIVATIONS
+
+
+def wide_activation_names(sites: Iterable[str], num_layers: int) -> set[str]:
+    """The backbone's QuantAct names that `sites` widen."""
+    return {
+        name.format(i=i)
+        for site in check_wide_activations(sites)
+        for name in WIDE_ACTIVATION_SITES[site]
+        for i in range(num_layers if "{i}" in name else 1)
+    }
 
 
 def _linear(in_features: int, out_features: int) -> QuantLinear:
@@ -222,21 +272,32 @@ class IBertIntegerEncoder(nn.Module):
 
 
 class IBertIntegerBackbone(nn.Module):
-    """Integer-only `IBertModel` for ibert, roberta and bert: returns (sequence_output, pooled_output or None)."""
+    """Integer-only `IBertModel` for ibert, roberta and bert: returns (sequence_output, pooled_output or None).
+
+    config.force_dequant: I-BERT's (default none). config.wide_activations: the WIDE_ACTIVATION_SITES requantized
+    to 16 bits (default: default_wide_activations).
+    """
 
     def __init__(self, config: PretrainedConfig, arch: Architecture, add_pooling_layer: bool = True):
         super().__init__()
         if not hasattr(config, "force_dequant"):
             config.force_dequant = "none"
+        wide = getattr(config, "wide_activations", None)
+        config.wide_activations = default_wide_activations(config, arch) if wide is None else check_wide_activations(wide)
         self.arch = arch
         self.max_length = max_positions(config, arch)
         self.causal = bool(getattr(config, "is_decoder", False))
         self.embeddings = IBertIntegerEmbeddings(config, arch.position_style)
         self.encoder = IBertIntegerEncoder(config)
         self.pooler = BertPooler(config) if add_pooling_layer else None
+        widened = wide_activation_names(config.wide_activations, config.num_hidden_layers)
         for name, module in self.named_modules():
             if isinstance(module, QuantAct):
                 module.name = name
+                if name in widened:
+                    module.activation_bit = WIDE_ACTIVATION_BIT
+                    widened.remove(name)
+        assert not widened, f"WIDE_ACTIVATION_SITES names modules the backbone does not have: {sorted(widened)}"
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -57,10 +58,12 @@ def _read_json(path: Path) -> dict:
             data = json.load(f)
     except FileNotFoundError:
         raise CheckpointError(f"{path} not found: a checkpoint directory needs config.json") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not valid JSON ({e}); re-save the checkpoint") from None
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be read ({e}); re-save the checkpoint") from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
+        raise CheckpointError(f"{path} must hold a JSON object; re-save the checkpoint")
     return data
 
 
@@ -73,12 +76,20 @@ def load_config(path: str | os.PathLike) -> tuple[PretrainedConfig, Architecture
     raw = _read_json(config_path)
     if "model_type" not in raw:
         raise CheckpointError(f"{config_path} has no model_type; add one of bert, roberta, ibert, qdqbert, squeezebert")
+    if not isinstance(raw["model_type"], str):
+        raise CheckpointError(f"{config_path}: model_type must be a string, got {raw['model_type']!r}")
     try:
         arch = architecture_for(raw["model_type"], where=str(config_path))
     except ValueError as e:
         raise CheckpointError(str(e)) from None
     fields = {k: v for k, v in raw.items() if k != "model_type"}
-    config = arch.config_class.from_dict(fields)
+    try:
+        config = arch.config_class.from_dict(fields)
+    except Exception as e:  # transformers' config validation: a field of the wrong type or value
+        raise CheckpointError(
+            f"{config_path} has a value {arch.config_class.__name__} refuses ({type(e).__name__}: "
+            f"{' '.join(str(e).split())}); fix config.json or re-save the checkpoint"
+        ) from None
     # The tokenizer, not the model, decides the padding id in a few old configs; keep what the file says.
     return config, arch
 
@@ -100,31 +111,70 @@ def default_quantization(config: PretrainedConfig, arch: Architecture) -> str:
 
 
 def read_state_dict(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
-    """Weights of a checkpoint; safetensors preferred, pickles only through `torch.load(weights_only=True)`."""
+    """Weights of a checkpoint; safetensors preferred, pickles only through `torch.load(weights_only=True)`.
+
+    pytorch_model.bin is read only when no safetensors file exists, and never unpickled in full: a file
+    that needs anything but tensors and plain containers (a malicious `__reduce__`, a pickled module) is
+    refused with CheckpointError, before any of its code runs.
+    """
     for name in WEIGHT_FILES:
         path = directory / name
         if not path.exists():
             continue
         if name == "model.safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path)), path
+            return _load_safetensors(path), path
         if name == "model.safetensors.index.json":
-            from safetensors.torch import load_file
-
             index = _read_json(path)
+            weight_map = index.get("weight_map")
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise CheckpointError(f"{path} has no weight_map object of shard file names; re-save the checkpoint")
             state: dict[str, torch.Tensor] = {}
-            for shard in sorted(set(index.get("weight_map", {}).values())):
-                state.update(load_file(str(directory / shard)))
+            for shard in sorted(set(weight_map.values())):
+                shard_path = directory / shard
+                if Path(shard).name != shard or not shard_path.is_file():
+                    raise CheckpointError(
+                        f"{path} names the shard {shard!r}, which is not a file in {directory}; download the "
+                        f"missing shard or re-save the checkpoint"
+                    )
+                state.update(_load_safetensors(shard_path))
             return state, path
         try:
-            return torch.load(path, map_location="cpu", weights_only=True), path
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # an unpickling error names the offending global
             raise CheckpointError(
-                f"{path}: cannot be loaded safely with torch.load(weights_only=True) ({e}); "
-                f"convert it to model.safetensors"
+                f"{path}: cannot be loaded safely with torch.load(weights_only=True) ({_unpickling_reason(e)}). "
+                f"Nothing in it was run: a pickle can execute code when loaded, so only tensors are read. "
+                f"If you trust its source, convert it to model.safetensors"
             ) from None
+        if not isinstance(loaded, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+        ):
+            raise CheckpointError(
+                f"{path} holds a {type(loaded).__name__}, not a state dict of named tensors; save the model's "
+                f"state_dict() (or model.safetensors) instead"
+            )
+        return dict(loaded), path
     raise CheckpointError(f"{directory} has no weights; expected one of: {', '.join(WEIGHT_FILES)}")
+
+
+def _unpickling_reason(error: Exception) -> str:
+    """The one line of torch's weights_only error that says what was refused (not its advice to unpickle)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    match = re.search(r"WeightsUnpickler error: (.*?)(?: Please use|\n|$)", text)
+    reason = match.group(1) if match else text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return reason.strip().rstrip(".")
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # SafetensorError: truncated, not a safetensors file, bad header
+        raise CheckpointError(
+            f"{path} cannot be read as safetensors ({e}); the file is damaged or incomplete: download or "
+            f"save the checkpoint again"
+        ) from None
 
 
 def _normalize_keys(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -230,6 +280,7 @@ def load(
     quantization: str | None = None,
     *,
     force_dequant: str | None = None,
+    wide_activations: Iterable[str] | None = None,
     calibration: str | os.PathLike | None = None,
     init_missing_head: bool = False,
 ) -> TaskModel:
@@ -239,7 +290,11 @@ def load(
     quantization: "none" (float32), "qdq" (QDQBERT fake quantization) or "integer" (I-BERT integer-only);
         default: what the checkpoint is ("qdq" for qdqbert, "integer" for ibert with quant_mode=true).
     force_dequant: integer mode only; none, gelu, softmax, layernorm or nonlinear (as I-BERT's config).
-    calibration: a calibration.json (amax per quantizer) to apply after loading.
+    wide_activations: integer mode only; activation sites requantized to 16 instead of 8 bits
+        (models.ibert.WIDE_ACTIVATION_SITES: "ffn-output-input", "hidden-states"; () is I-BERT's 8 bits
+        everywhere); default: both, or () for an I-BERT checkpoint saved with quant_mode=true.
+    calibration: a calibration.json to apply after loading (qdq: amax per quantizer; integer: ranges and
+        shifts, whose force_dequant and wide_activations are the defaults of those two arguments).
     init_missing_head: start the task head from random weights when the checkpoint has none (fine-tuning).
     """
     directory = Path(path)
@@ -250,6 +305,17 @@ def load(
     quantization = quantization or default_quantization(config, arch)
     if quantization not in QUANTIZATION_MODES:
         raise ValueError(f"quantization must be one of {', '.join(QUANTIZATION_MODES)}, got {quantization!r}")
+    if calibration is not None and quantization == "integer":
+        from models.quantization.integer_calibration import integer_settings
+
+        force_dequant, wide_activations = integer_settings(calibration, force_dequant, wide_activations)
+    if wide_activations is not None:
+        from models.ibert import check_wide_activations
+
+        wide_activations = check_wide_activations(wide_activations)
+        if quantization != "integer" and wide_activations:
+            raise ValueError("wide_activations applies to quantization='integer' only")
+        config.wide_activations = wide_activations
     if force_dequant is not None:
         if force_dequant not in FORCE_DEQUANT_VALUES:
             raise ValueError(f"force_dequant must be one of {', '.join(FORCE_DEQUANT_VALUES)}, got {force_dequant!r}")

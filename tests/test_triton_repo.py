@@ -1,5 +1,5 @@
-"""`python -m trt_runtime triton-repo`: the repository's files, and every config.pbtxt parsed with Triton's own
-model-config schema (tritonclient's model_config_pb2) and compared with the export's ONNX signature."""
+"""`python -m trt_runtime triton-repo`: the repository's files, and every config.pbtxt parsed with Triton's
+own model-config schema (tritonclient's model_config_pb2) and compared with the export's ONNX signature."""
 
 from __future__ import annotations
 
@@ -29,9 +29,7 @@ def with_engine(export: Path, target: Path, *, max_batch: int = 8, plugins: str 
     """A copy of `export` with a stand-in model.engine and its engine.json (profile batch 1..max_batch)."""
     shutil.copytree(export, target)
     info = read_export_info(target)
-    profile = {
-        spec.name: ShapeRange((1, 1), (4, 64), (max_batch, 128)) for spec in info.inputs
-    }
+    profile = {spec.name: ShapeRange((1, 1), (4, 64), (max_batch, 128)) for spec in info.inputs}
     engine = EngineInfo(
         tensorrt_version="10.13.0",
         gpu_name="NVIDIA H100",
@@ -72,7 +70,9 @@ def repo(exports, tmp_path_factory):
         runner_options={"intra_op_num_threads": 1},
     )
     report = write_repository(
-        [exports["sst2"], ("jit", exports["jit"]), f"ner={exports['ner']}", ("swag", exports["swag"])], output, options
+        [exports["sst2"], ("jit", exports["jit"]), f"ner={exports['ner']}", ("swag", exports["swag"])],
+        output,
+        options,
     )
     return output, report
 
@@ -87,10 +87,15 @@ def test_models_made_and_skipped(repo):
     repo_dir, report = repo
     made = {model.name: model.served_by for model in report.models}
     assert made == {
-        "sst2": "python", "sst2-onnx": "onnxruntime_onnx", "sst2-trt": "tensorrt_plan",
-        "jit": "python", "jit-onnx": "onnxruntime_onnx",
-        "ner": "python", "ner-onnx": "onnxruntime_onnx",
-        "swag": "python", "swag-onnx": "onnxruntime_onnx",
+        "sst2": "python",
+        "sst2-onnx": "onnxruntime_onnx",
+        "sst2-trt": "tensorrt_plan",
+        "jit": "python",
+        "jit-onnx": "onnxruntime_onnx",
+        "ner": "python",
+        "ner-onnx": "onnxruntime_onnx",
+        "swag": "python",
+        "swag-onnx": "onnxruntime_onnx",
     }
     skipped = dict(report.skipped)
     assert set(skipped) == {"jit-trt", "ner-trt", "swag-trt"}
@@ -135,7 +140,10 @@ def test_batching_and_instance_groups(repo):
     onnx, plan, text = configs["sst2-onnx"], configs["sst2-trt"], configs["sst2"]
     assert onnx["platform"] == "onnxruntime_onnx" and plan["platform"] == "tensorrt_plan"
     for config in (onnx, text):
-        assert config["dynamic_batching"] == {"preferred_batch_size": [8, 16], "max_queue_delay_microseconds": "3000"}
+        assert config["dynamic_batching"] == {
+            "preferred_batch_size": [8, 16],
+            "max_queue_delay_microseconds": "3000",
+        }
         assert config["instance_group"] == [{"kind": "KIND_CPU", "count": 2}]
     # the plan: the engine profile's opt batch (4) and max (8)
     assert plan["dynamic_batching"]["preferred_batch_size"] == [4, 8]
@@ -152,13 +160,20 @@ def test_files(repo, exports):
         assert (version / "model.py").read_text() == Path("trt_runtime/triton/python_model.py").read_text()
         info = read_export_info(version / "export")  # checks model.onnx against export.json's sha256
         assert (version / "export/tokenizer.json").exists() and info.task
-        assert (version / "trt_runtime/__init__.py").exists() and (version / "trt_runtime/pipelines/base.py").exists()
+        assert (version / "trt_runtime/__init__.py").exists() and (
+            version / "trt_runtime/pipelines/base.py"
+        ).exists()
         assert not list(version.rglob("__pycache__")) and not list(version.rglob(".cache"))
 
 
 def test_pbtxt_strings_survive_tritons_parser(tmp_path):
     tricky = {"text": 'say "hi"\\ then\nleave\t—  naïve 東京', "control": "\x01"}
-    config = {"name": "m", "backend": "python", "max_batch_size": 0, "parameters": {"options": json.dumps(tricky)}}
+    config = {
+        "name": "m",
+        "backend": "python",
+        "max_batch_size": 0,
+        "parameters": {"options": json.dumps(tricky)},
+    }
     path = tmp_path / "config.pbtxt"
     path.write_text(to_pbtxt(config, header="a comment\nover two lines"), encoding="utf-8")
     (parsed,) = run_client(environment(), "parse-config", str(path))
@@ -189,11 +204,24 @@ def test_names():
 
 def test_command_line(exports, tmp_path, capsys):
     output = tmp_path / "repo"
-    code = cli([
-        "triton-repo", str(exports["sst2"]), "--output", str(output), "--kinds", "text,onnx",
-        "--onnx-backend", "python", "--max-batch-size", "4", "--pipeline-option", "top_k=2",
-        "--runner-option", "intra_op_num_threads=1",
-    ])
+    code = cli(
+        [
+            "triton-repo",
+            str(exports["sst2"]),
+            "--output",
+            str(output),
+            "--kinds",
+            "text,onnx",
+            "--onnx-backend",
+            "python",
+            "--max-batch-size",
+            "4",
+            "--pipeline-option",
+            "top_k=2",
+            "--runner-option",
+            "intra_op_num_threads=1",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "sst2-onnx" in out and "python" in out
@@ -206,5 +234,15 @@ def test_command_line(exports, tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
     assert cli(["triton-repo", str(tmp_path / "nothing"), "--output", str(tmp_path / "r2")]) == 2
     assert "not a directory" in capsys.readouterr().err
-    assert cli(["triton-repo", str(exports["sst2"]), "--output", str(tmp_path / "r3"), "--kinds", "text,gpu"]) == 2
+    assert (
+        cli(["triton-repo", str(exports["sst2"]), "--output", str(tmp_path / "r3"), "--kinds", "text,gpu"])
+        == 2
+    )
     assert "choose from text, onnx, plan" in capsys.readouterr().err
+
+
+def test_the_local_server_refuses_models_it_has_no_backend_for(repo):
+    from trt_runtime.triton.server import TritonServer, TritonServerError
+
+    with pytest.raises(TritonServerError, match=r"sst2-onnx \(onnxruntime\).*--onnx-backend python"):
+        TritonServer(repo[0], environment()).check_repository()

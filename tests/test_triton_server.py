@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ import exporter
 import trt_runtime
 from tests.conftest import SENTENCES
 from tests.runtime_exports import assert_results_close, save_checkpoint, tiny_export
-from tests.triton_helpers import config_signature, environment, onnx_signature, run_client
+from tests.triton_helpers import ROOT, config_signature, environment, onnx_signature, run_client
 from trt_runtime.export_dir import MODEL_ONNX
 from trt_runtime.triton.repository import RepositoryOptions, write_repository
 from trt_runtime.triton.server import TritonServer, binary_problem
@@ -36,8 +37,13 @@ def exports(tmp_path_factory):
     checkpoint = root / "ibert-checkpoint"
     save_checkpoint(checkpoint, "ibert", "text-classification", sharpen=20.0)
     ibert = exporter.export(
-        checkpoint, root / "ibert", task="text-classification", quantization="integer",
-        num_calibration_samples=8, calibration_batch_size=8, log=None,
+        checkpoint,
+        root / "ibert",
+        task="text-classification",
+        quantization="integer",
+        num_calibration_samples=8,
+        calibration_batch_size=8,
+        log=None,
     )
     return {
         "sst2": tiny_export("bert", "text-classification", sharpen=20.0)[1],
@@ -54,7 +60,10 @@ def server(exports, tmp_path_factory):
         pytest.skip(problem)
     repo = tmp_path_factory.mktemp("triton-server") / "repo"
     options = RepositoryOptions(
-        kinds=("text", "onnx"), onnx_backend="python", max_batch_size=8, max_queue_delay_us=QUEUE_DELAY_US,
+        kinds=("text", "onnx"),
+        onnx_backend="python",
+        max_batch_size=8,
+        max_queue_delay_us=QUEUE_DELAY_US,
         runner_options={"intra_op_num_threads": 1},
     )
     write_repository(list(exports.items()), repo, options)
@@ -97,7 +106,9 @@ def test_text_in_gives_the_in_process_answers(server, exports, protocol):
     answers = client(server, protocol, "text", "--model", "sst2", *SENTENCES)  # one request, 8 rows
     assert_results_close(answers, expected, atol=1e-6)
     expected = pipe(exports, "sst2")(SENTENCES[:3], top_k=None)
-    answers = client(server, protocol, "text", "--model", "sst2", "--parameters", '{"top_k": null}', *SENTENCES[:3])
+    answers = client(
+        server, protocol, "text", "--model", "sst2", "--parameters", '{"top_k": null}', *SENTENCES[:3]
+    )
     assert_results_close(answers, expected, atol=1e-6)
     assert all(len(a) == len(expected[0]) > 1 for a in answers)  # every label
 
@@ -107,14 +118,25 @@ def test_question_answering_json_inputs(server, exports, protocol):
     expected = pipe(exports, "qa")(QA_INPUTS, top_k=2)
     texts = [json.dumps(item) for item in QA_INPUTS]
     answers = client(
-        server, protocol, "text", "--model", "qa", "--input-format", "json", "--parameters", '{"top_k": 2}', *texts
+        server,
+        protocol,
+        "text",
+        "--model",
+        "qa",
+        "--input-format",
+        "json",
+        "--parameters",
+        '{"top_k": 2}',
+        *texts,
     )
     assert_results_close(answers, expected, atol=1e-6)
 
 
 def test_ibert_integer_export(server, exports):
     expected = pipe(exports, "ibert")(SENTENCES[:4])
-    assert_results_close(client(server, "grpc", "text", "--model", "ibert", *SENTENCES[:4]), expected, atol=1e-6)
+    assert_results_close(
+        client(server, "grpc", "text", "--model", "ibert", *SENTENCES[:4]), expected, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -126,7 +148,15 @@ def test_onnx_model_gives_what_ort_runner_gives(server, exports, protocol, tmp_p
     mask[1, 6:] = 0
     feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
     np.savez(tmp_path / "in.npz", **feeds)
-    shapes = client(server, protocol, "tensors", "--model", "sst2-onnx", str(tmp_path / "in.npz"), str(tmp_path / "out.npz"))
+    shapes = client(
+        server,
+        protocol,
+        "tensors",
+        "--model",
+        "sst2-onnx",
+        str(tmp_path / "in.npz"),
+        str(tmp_path / "out.npz"),
+    )
     assert shapes == {"logits": [3, runner.info.outputs[0].shape[1]]}
     expected = runner(feeds)
     with np.load(tmp_path / "out.npz") as got:
@@ -135,12 +165,16 @@ def test_onnx_model_gives_what_ort_runner_gives(server, exports, protocol, tmp_p
 
 def test_dynamic_batching_merges_concurrent_requests(server, exports):
     before = server.model_statistics("sst2")
-    answers = client(server, "grpc", "text", "--model", "sst2", "--concurrent", *SENTENCES)  # 8 requests at once
+    answers = client(
+        server, "grpc", "text", "--model", "sst2", "--concurrent", *SENTENCES
+    )  # 8 requests at once
     after = server.model_statistics("sst2")
     inferences = after["inference_count"] - before["inference_count"]
     executions = after["execution_count"] - before["execution_count"]
     assert inferences == len(SENTENCES)
-    assert executions < inferences, f"{inferences} requests ran in {executions} executions: nothing was merged"
+    assert executions < inferences, (
+        f"{inferences} requests ran in {executions} executions: nothing was merged"
+    )
     expected = pipe(exports, "sst2")(SENTENCES)
     # a merged batch pads rows to another length than in-process batching does: float rounding only
     assert_results_close(answers, expected, atol=1e-5)
@@ -155,8 +189,6 @@ def test_a_bad_request_gets_an_error_that_says_why(server):
 
 
 def test_metrics_endpoint(server):
-    import urllib.request
-
     with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
         text = response.read().decode()
     assert 'nv_inference_request_success{model="sst2"' in text
@@ -171,3 +203,48 @@ def test_stops_within_bounded_time(server):
     assert code is not None and process.poll() is not None
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", server.http_port)) != 0, "HTTP port still open after stop()"
+
+
+def test_serve_command_prints_the_endpoints_and_stops_on_ctrl_c(exports, tmp_path):
+    """`python -m trt_runtime triton-serve REPO` (what `make serve` runs), stopped with SIGINT."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    environment()
+    repo = tmp_path / "repo"
+    write_repository([("sst2", exports["sst2"])], repo, RepositoryOptions(kinds=("text",)))
+    command = [sys.executable, "-m", "trt_runtime", "triton-serve", str(repo)]
+    ports = ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
+    process = subprocess.Popen(
+        [*command, *ports],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 240
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if "Ctrl-C stops it" in line or time.monotonic() > deadline:
+                break
+        output = "".join(lines)
+        assert (
+            "ready with sst2" in output and "HTTP    http://127.0.0.1:" in output and "/metrics" in output
+        ), output
+        http = next(line.split()[1] for line in lines if line.strip().startswith("HTTP"))
+        with urllib.request.urlopen(f"{http}/v2/health/ready", timeout=10) as response:
+            assert response.status == 200
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, rest
+        assert "tritonserver stopped (exit status 0)" in rest
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)

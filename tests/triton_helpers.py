@@ -58,7 +58,9 @@ def run_client(env: ServerEnvironment, *args: str, timeout_s: float = 120) -> An
         check=False,
     )
     if result.returncode != 0:
-        raise AssertionError(f"client {' '.join(args[:3])} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"client {' '.join(args[:3])} failed ({result.returncode}):\n{result.stderr[-3000:]}"
+        )
     return json.loads(result.stdout)
 
 

@@ -1,35 +1,45 @@
 """The INT8 graph that ONNX Runtime runs fastest on an x86 CPU, derived from a `qdq` export.
 
-What `python -m exporter --quantization qdq` writes is laid out for TensorRT: every linear layer's
-input, both attention matmuls and the residual adds have a QuantizeLinear/DequantizeLinear pair, weights
-are signed int8. On a CPU, ONNX Runtime turns those pairs into int8 kernels one node at a time and
-keeps the float attention, LayerNorm and GELU subgraphs unfused, which is slower than float. This
-module derives another graph from the same export, computing with the same weights and the same
-calibrated activation scales:
+What `python -m exporter --quantization qdq` writes is laid out for TensorRT: QuantizeLinear /
+DequantizeLinear pairs on the linear layers' inputs (and on the attention matmuls), signed int8
+weights. On a CPU, ONNX Runtime turns those pairs into int8 kernels one node at a time, keeps attention
+unfused, and has no fast s8 x s8 kernel on AVX2: slower than float. This module derives another graph
+from the same export, with the same weights:
 
 1. Q/DQ out: every weight DequantizeLinear becomes a float initializer (the export's int8 weights times
-   their scales: exactly the weights the export computes with); every activation Q/DQ pair is removed,
-   its scale remembered by the float tensor it quantized.
+   their scales: exactly the weights the export computes with); every activation Q/DQ pair is removed
+   and its calibrated scale remembered by the float tensor it quantized.
 2. Fusions: onnxruntime.transformers' BERT optimizer on that float graph (Attention with the Q, K and V
    projections in one GEMM, SkipLayerNormalization with the bias add, BiasGelu). Attention keeps the
    raw 0/1 attention mask, so left padding and masks with holes stay right.
-3. INT8 GEMMs: each linear layer that the export quantized becomes an unsigned-int8-activation x
-   signed-int8-weight kernel: QAttention for the fused attention, MatMulIntegerToFloat after a
-   QuantizeLinear (static: the export's calibrated scale, zero point 128 so the grid is the export's
-   symmetric one) or DynamicQuantizeMatMul (dynamic: range measured on every call). Weights stay
-   per output channel. Everything else (softmax, LayerNorm, GELU, the attention matmuls, the heads the
-   export left in float) stays float32.
+3. INT8 GEMMs: every linear layer whose weights the export quantized (they lie on a per-channel int8
+   grid) becomes an unsigned-int8-activation x signed-int8-weight kernel, the fast one of MLAS:
+   QAttention for the fused attention projections, MatMulIntegerToFloat / DynamicQuantizeMatMul for the
+   others. Weights stay per output channel. Softmax, LayerNorm, GELU, the attention core and whatever
+   the export left float (heads, embeddings) stay float32.
 
-Weights on 7 bits, and why: MLAS's U8S8 kernel on AVX2 without VNNI (vpmaddubsw) adds two u8 x s8
-products in a saturating int16, and 255 x 127 x 2 overflows it: the results are silently wrong by
-up to ~10 % of a GEMM's output range. With 7-bit weights (|w| <= 63) no pair can overflow.
-With AVX-VNNI or AVX512-VNNI (vpdpbusd adds in int32) the weights keep all 8 bits. `weight_bits=None`
-picks by the CPU; the choice is part of the cache key.
+How the activations are quantized (`Recipe`): per row, i.e. per token, on every call ("row", the
+default): each row's own symmetric scale, zero point 128, the [M, 1] row scales given to
+MatMulIntegerToFloat as its input scale; QAttention takes one scale per call ("dynamic"). "static"
+uses the export's calibrated per-tensor scales instead, "dynamic" one scale per tensor per call.
+Measured on all-MiniLM-L6-v2 (mean sentence-embedding cosine to float on held-out sentences, 7-bit
+weights): static 0.988, dynamic 0.988, dynamic + per-row FFN output projection 0.991, per-row 0.994;
+the speed is the same within noise (docs/benchmarks.md). BERT's LayerNorm outputs and FFN activations
+have outlier features and outlier tokens: a per-tensor scale, calibrated (clipping them) or measured
+(spreading the grid over them), loses what per-token scales keep. The FFN output projection, whose
+input the exporter keeps float by default for TensorRT (there it would cost accuracy), is quantized
+here too ("row" for `float_inputs`): in float it would cap the speed-up (a third of the GEMM work).
+
+Weights on 7 bits, and why: MLAS's u8 x s8 kernel on AVX2 without VNNI (vpmaddubsw) adds two u8 x s8
+products in a saturating int16, and 255 x 127 x 2 overflows it: results silently wrong by up to ~10 %
+of a GEMM's output range wherever large activations meet large weights. With 7-bit weights
+(|w| <= 63) no pair can overflow. With AVX-VNNI or AVX512-VNNI (vpdpbusd adds in int32), or off x86,
+the weights keep all 8 bits. `weight_bits=None` picks by the CPU; the choice is part of the cache key.
 
 The derived graph is written once next to the export, `<dir>/.cache/cpu-int8-<onnxruntime version>-
 <sha256[:16] of model.onnx>-<recipe>.onnx` (temporary sibling, then renamed), and `OrtRunner` loads it
-for qdq exports on the CPU execution provider (see `trt_runtime.ort_runner.ort_model_path`).
-model.onnx stays the exported artefact (the one TensorRT builds from).
+for qdq exports on the CPU execution provider (`trt_runtime.ort_runner.choose_graph`). model.onnx
+stays the exported artefact (the one TensorRT builds from).
 """
 
 from __future__ import annotations
@@ -65,22 +75,33 @@ class CpuInt8Error(ValueError):
     """The export cannot be turned into the CPU INT8 graph (not a qdq export, unexpected Q/DQ layout)."""
 
 
+ACTIVATION_MODES = ("static", "dynamic", "row")
+FLOAT_INPUT_MODES = ("row", "dynamic", "float")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """How the CPU graph is made; `tag` names it in the cache key.
 
-    activations: "static" (the export's calibrated scales) or "dynamic" (each call's own range).
+    activations: how the input of a linear layer that the export quantized is quantized: "static"
+        (the export's calibrated per-tensor scale), "dynamic" (per tensor, the range of each call) or
+        "row" (per row, i.e. per token, each call; QAttention takes per-tensor "dynamic").
+    float_inputs: linear layers whose weights the export quantized but whose input it kept float (the
+        FFN output projection by default): "row", "dynamic" (as above) or "float" (a float GEMM).
     weight_bits: 8 or 7; None: 8 where the CPU has VNNI (or is not x86), else 7 (see the module doc).
     fuse: onnxruntime.transformers' fusions (Attention -> QAttention, SkipLayerNormalization, BiasGelu).
     """
 
-    activations: str = "static"
+    activations: str = "row"
+    float_inputs: str = "row"
     weight_bits: int | None = None
     fuse: bool = True
 
     def __post_init__(self) -> None:
-        if self.activations not in ("static", "dynamic"):
-            raise ValueError(f"activations={self.activations!r}; choose static or dynamic")
+        if self.activations not in ACTIVATION_MODES:
+            raise ValueError(f"activations={self.activations!r}; choose one of {', '.join(ACTIVATION_MODES)}")
+        if self.float_inputs not in FLOAT_INPUT_MODES:
+            raise ValueError(f"float_inputs={self.float_inputs!r}; choose one of {', '.join(FLOAT_INPUT_MODES)}")
         if self.weight_bits not in (None, 7, 8):
             raise ValueError(f"weight_bits={self.weight_bits!r}; choose 7, 8 or None (by the CPU)")
 
@@ -88,12 +109,14 @@ class Recipe:
         """This recipe with weight_bits chosen for this CPU where it was None."""
         if self.weight_bits is not None:
             return self
-        return Recipe(self.activations, 8 if int8_dot_products_are_exact() else 7, self.fuse)
+        bits = 8 if int8_dot_products_are_exact() else 7
+        return Recipe(self.activations, self.float_inputs, bits, self.fuse)
 
     @property
     def tag(self) -> str:
         bits = self.resolved().weight_bits
-        return f"v{RECIPE_VERSION}-{self.activations}-w{bits}" + ("-fused" if self.fuse else "")
+        fused = "-fused" if self.fuse else ""
+        return f"v{RECIPE_VERSION}-{self.activations}-{self.float_inputs}-w{bits}{fused}"
 
 
 def cpu_flags() -> set[str]:
@@ -235,7 +258,7 @@ def _remove_unused_initializers(graph: onnx.GraphProto) -> None:
 # --- 2. fusions ------------------------------------------------------------------------------------
 
 
-def _read_config(export_dir: Path) -> dict[str, Any]:
+def read_config(export_dir: Path) -> dict[str, Any]:
     try:
         data = json.loads((export_dir / CONFIG_JSON).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
@@ -296,65 +319,101 @@ def quantize_weight(weight: np.ndarray, bits: int) -> QuantizedWeight:
     return QuantizedWeight(values, scale)
 
 
+def on_int8_grid(weight: np.ndarray) -> bool:
+    """Whether every column of `weight` [K, N] is int8 x one scale: weights that the export quantized
+    (per output channel, max calibration: the largest value of a column is 127 steps)."""
+    amax = np.abs(weight).max(axis=0)
+    scale = np.where(amax > 0, amax / 127.0, 1.0)
+    steps = weight / scale
+    return bool(np.all(np.abs(steps - np.rint(steps)) < 1e-2))
+
+
 @dataclass
 class Summary:
-    """What `quantize_gemms` did."""
+    """What `quantize_gemms` did, counted per linear layer (a QAttention counts as one)."""
 
     attention: int = 0
     matmuls: int = 0
-    static: int = 0
-    dynamic: int = 0
-    float_matmuls: int = 0
+    static: int = 0  # inputs quantized with the export's scale
+    dynamic: int = 0  # ... per tensor, per call
+    row: int = 0  # ... per row, per call
+    float_gemms: int = 0  # MatMul / Attention left float (weights not int8 in the export, or float_inputs="float")
 
 
 class _Builder:
+    """Emits the int8 replacement of one node at a time into `nodes`."""
+
     def __init__(self, graph: onnx.GraphProto, recipe: Recipe, scales: dict[str, float]):
-        self.graph = graph
-        self.recipe = recipe
+        self.recipe = recipe.resolved()
+        self.bits = self.recipe.weight_bits or 8
         self.scales = scales
         self.inits = _initializers(graph)
         self.new_inits: list[onnx.TensorProto] = []
-        self.quantized_inputs: dict[str, tuple[str, str, str]] = {}  # float tensor -> (q, scale, zero point)
+        self.quantized: dict[tuple[str, str], tuple[str, str, str]] = {}  # (tensor, mode) -> (q, scale, zp)
         self.summary = Summary()
+        self.names: set[str] = set()
+
+    def unique(self, name: str) -> str:
+        name = name.replace("/", "_").strip("_")
+        candidate, i = name, 1
+        while candidate in self.names:
+            i += 1
+            candidate = f"{name}_{i}"
+        self.names.add(candidate)
+        return candidate
 
     def constant(self, name: str, value: np.ndarray) -> str:
+        name = self.unique(name)
         self.new_inits.append(numpy_helper.from_array(value, name))
         return name
 
-    def weight(self, name: str) -> np.ndarray | None:
+    def int8_weight(self, name: str) -> np.ndarray | None:
+        """The float value of a constant 2-D weight that the export quantized, else None."""
         init = self.inits.get(name)
-        if init is None:
+        if init is None or len(init.dims) != 2 or init.data_type != TensorProto.FLOAT:
             return None
         value = numpy_helper.to_array(init)
-        return value if value.ndim == 2 and value.dtype == np.float32 else None
+        return value if on_int8_grid(value) else None
 
-    def quantize_input(self, tensor: str, nodes: list[onnx.NodeProto]) -> tuple[str, str, str]:
-        """u8 version of `tensor` (made once, shared by every consumer): (tensor, scale, zero point)."""
-        if tensor in self.quantized_inputs:
-            return self.quantized_inputs[tensor]
-        base = tensor.replace("/", "_").strip("_")
-        quantized = f"{base}_u8"
-        if self.recipe.activations == "static":
-            scale = self.constant(f"{base}_scale", np.array(self.scales[tensor], np.float32))
-            zero = self.constant(f"{base}_zero_point", np.array(ACTIVATION_ZERO_POINT, np.uint8))
-            nodes.append(helper.make_node("QuantizeLinear", [tensor, scale, zero], [quantized], name=f"{base}/Quantize"))
-            self.summary.static += 1
+    def input_mode(self, tensor: str, fused_attention: bool) -> str:
+        """"static" | "dynamic" | "row" | "float" for the input `tensor` of a linear layer."""
+        if tensor in self.scales:
+            mode = self.recipe.activations
         else:
-            scale, zero = f"{base}_scale", f"{base}_zero_point"
-            nodes.append(
-                helper.make_node("DynamicQuantizeLinear", [tensor], [quantized, scale, zero], name=f"{base}/Quantize")
-            )
-            self.summary.dynamic += 1
-        self.quantized_inputs[tensor] = (quantized, scale, zero)
-        return self.quantized_inputs[tensor]
+            mode = self.recipe.float_inputs
+        if mode == "static" and tensor not in self.scales:
+            mode = "dynamic"
+        if mode == "row" and fused_attention:
+            mode = "dynamic"  # QAttention takes one input scale
+        return mode
+
+    def quantize_input(self, tensor: str, mode: str, nodes: list[onnx.NodeProto]) -> tuple[str, str, str]:
+        """The u8 version of `tensor` per tensor (made once, shared by its consumers): (u8, scale, zero point)."""
+        key = (tensor, mode)
+        if key not in self.quantized:
+            base = self.unique(f"{tensor}_u8")
+            if mode == "static":
+                scale = self.constant(f"{tensor}_scale", np.array(self.scales[tensor], np.float32))
+                zero = self.constant(f"{tensor}_zero_point", np.array(ACTIVATION_ZERO_POINT, np.uint8))
+                nodes.append(helper.make_node("QuantizeLinear", [tensor, scale, zero], [base], name=f"{base}/Quantize"))
+            else:
+                scale, zero = f"{base}_scale", f"{base}_zero_point"
+                nodes.append(
+                    helper.make_node("DynamicQuantizeLinear", [tensor], [base, scale, zero], name=f"{base}/Quantize")
+                )
+            self.quantized[key] = (base, scale, zero)
+        return self.quantized[key]
+
+    def count(self, mode: str) -> None:
+        setattr(self.summary, mode, getattr(self.summary, mode) + 1)
 
     def attention(self, node: onnx.NodeProto, nodes: list[onnx.NodeProto]) -> bool:
-        weight = self.weight(node.input[1])
-        if weight is None or node.input[0] not in self.scales:
+        weight = self.int8_weight(node.input[1])
+        mode = self.input_mode(node.input[0], fused_attention=True)
+        if weight is None or mode == "float":
             return False
-        bits = self.recipe.resolved().weight_bits or 8
-        w = quantize_weight(weight, bits)
-        x, x_scale, x_zero = self.quantize_input(node.input[0], nodes)
+        w = quantize_weight(weight, self.bits)
+        x, x_scale, x_zero = self.quantize_input(node.input[0], mode, nodes)
         base = node.name or node.output[0]
         inputs = [
             x,
@@ -367,52 +426,100 @@ class _Builder:
         ]
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         nodes.append(
-            helper.make_node("QAttention", inputs, list(node.output), name=f"{base}/QAttention", domain=MS_DOMAIN, **attributes)
+            helper.make_node(
+                "QAttention", inputs, list(node.output), name=f"{base}/QAttention", domain=MS_DOMAIN, **attributes
+            )
         )
         self.summary.attention += 1
+        self.count(mode)
         return True
 
     def matmul(self, node: onnx.NodeProto, nodes: list[onnx.NodeProto]) -> bool:
-        weight = self.weight(node.input[1])
-        if weight is None or node.input[0] not in self.scales:
+        weight = self.int8_weight(node.input[1])
+        mode = self.input_mode(node.input[0], fused_attention=False)
+        if weight is None or mode == "float":
             return False
-        bits = self.recipe.resolved().weight_bits or 8
-        w = quantize_weight(weight, bits)
+        w = quantize_weight(weight, self.bits)
         base = node.name or node.output[0]
-        w_name = self.constant(f"{base}_weight_s8", w.values)
+        w_values = self.constant(f"{base}_weight_s8", w.values)
         w_scale = self.constant(f"{base}_weight_scale", w.scale)
-        if self.recipe.activations == "dynamic":
+        if mode == "row":
+            self.row_matmul(node, w_values, w_scale, weight.shape, nodes)
+        elif mode == "dynamic":
             nodes.append(
                 helper.make_node(
-                    "DynamicQuantizeMatMul", [node.input[0], w_name, w_scale], list(node.output),
+                    "DynamicQuantizeMatMul", [node.input[0], w_values, w_scale], list(node.output),
                     name=f"{base}/DynamicQuantizeMatMul", domain=MS_DOMAIN,
                 )
             )
-            self.summary.dynamic += 1
         else:
-            x, x_scale, x_zero = self.quantize_input(node.input[0], nodes)
+            x, x_scale, x_zero = self.quantize_input(node.input[0], mode, nodes)
             nodes.append(
                 helper.make_node(
-                    "MatMulIntegerToFloat", [x, w_name, x_scale, w_scale, x_zero], list(node.output),
+                    "MatMulIntegerToFloat", [x, w_values, x_scale, w_scale, x_zero], list(node.output),
                     name=f"{base}/MatMulIntegerToFloat", domain=MS_DOMAIN,
                 )
             )
         self.summary.matmuls += 1
+        self.count(mode)
         return True
 
+    def row_matmul(
+        self, node: onnx.NodeProto, w_values: str, w_scale: str, shape: tuple[int, ...], nodes: list[onnx.NodeProto]
+    ) -> None:
+        """x [..., K] @ W: each row of x quantized with its own symmetric scale max|row| / 127 (zero point
+        128); the [M, 1] row scales go to MatMulIntegerToFloat as its input scale."""
+        k, n = shape
+        x = node.input[0]
+        b = self.unique(f"{node.name or node.output[0]}_row")
+        c = {
+            "rows_shape": self.constant(f"{b}_rows_shape", np.array([-1, k], np.int64)),
+            "flat": self.constant(f"{b}_flat", np.array([-1], np.int64)),
+            "n": self.constant(f"{b}_n", np.array([n], np.int64)),
+            "step": self.constant(f"{b}_step", np.array(1.0 / 127.0, np.float32)),
+            "tiny": self.constant(f"{b}_tiny", np.array(1e-12, np.float32)),
+            "zero_point": self.constant(f"{b}_zero_point", np.array(ACTIVATION_ZERO_POINT, np.uint8)),
+        }
 
-def quantize_gemms(model: onnx.ModelProto, scales: dict[str, float], recipe: Recipe) -> tuple[onnx.ModelProto, Summary]:
-    """Attention and MatMul nodes with constant weights whose input the export quantized -> INT8 kernels."""
+        def node_(op: str, inputs: list[str], output: str, **attrs: Any) -> str:
+            name = f"{b}_{output}"
+            nodes.append(helper.make_node(op, inputs, [name], name=f"{b}/{output}", **attrs))
+            return name
+
+        rows = node_("Reshape", [x, c["rows_shape"]], "rows")  # [M, K]
+        high = node_("ReduceMax", [rows], "max", axes=[1], keepdims=1)
+        low = node_("ReduceMin", [rows], "min", axes=[1], keepdims=1)
+        amax = node_("Max", [high, node_("Neg", [low], "neg_min"), c["tiny"]], "amax")  # [M, 1]
+        scale = node_("Mul", [amax, c["step"]], "scale")
+        scale_flat = node_("Reshape", [scale, c["flat"]], "scale_flat")  # [M]
+        zero_points = node_("Expand", [c["zero_point"], node_("Shape", [scale_flat], "m")], "zero_points")
+        quantized = node_("QuantizeLinear", [rows, scale_flat, zero_points], "u8", axis=0)
+        # a_scale [M, 1]: ONNX Runtime broadcasts it against the weight scales [N] (no separate Mul pass)
+        scaled = node_(
+            "MatMulIntegerToFloat", [quantized, w_values, scale, w_scale, c["zero_point"]], "product",
+            domain=MS_DOMAIN,
+        )
+        out_shape = node_("Concat", [node_("Shape", [x], "batch_dims", end=-1), c["n"]], "out_shape", axis=0)
+        nodes.append(helper.make_node("Reshape", [scaled, out_shape], list(node.output), name=f"{b}/out"))
+
+
+def quantize_gemms(
+    model: onnx.ModelProto, scales: dict[str, float], recipe: Recipe
+) -> tuple[onnx.ModelProto, Summary]:
+    """Attention and MatMul nodes whose constant weights the export quantized -> int8 kernels (in place)."""
     graph = model.graph
     builder = _Builder(graph, recipe, scales)
+    builder.names |= {name for node in graph.node for name in (*node.input, *node.output, node.name)}
+    builder.names |= set(builder.inits)
     nodes: list[onnx.NodeProto] = []
     for node in graph.node:
         done = False
         if node.op_type == "Attention" and node.domain == MS_DOMAIN:
             done = builder.attention(node, nodes)
-        elif node.op_type == "MatMul":
+            builder.summary.float_gemms += not done
+        elif node.op_type == "MatMul" and node.input[1] in builder.inits:
             done = builder.matmul(node, nodes)
-            builder.summary.float_matmuls += not done and builder.weight(node.input[1]) is not None
+            builder.summary.float_gemms += not done
         if not done:
             nodes.append(node)
     del graph.node[:]
@@ -437,17 +544,17 @@ def derive(export_dir: str | os.PathLike, info: ExportInfo, recipe: Recipe | Non
         )
     dequantized = dequantize_qdq(onnx.load(str(export_dir / MODEL_ONNX)))
     model = dequantized.model
-    config = _read_config(export_dir)
+    config = read_config(export_dir)
     if recipe.fuse and info.architecture in FUSABLE_ARCHITECTURES:
         model = fuse_transformer(
             model, int(config.get("num_attention_heads", 0)), int(config.get("hidden_size", 0))
         )
     model, summary = quantize_gemms(model, dequantized.scales, recipe)
     logger.info(
-        "CPU INT8 graph of %s (%s): %d weights and %d activation Q/DQ pairs taken out; %d QAttention, "
-        "%d int8 MatMul (%d static, %d dynamic input quantizations), %d MatMul left float",
+        "CPU INT8 graph of %s (%s): %d weights and %d activation Q/DQ pairs taken out; %d QAttention and "
+        "%d int8 MatMul (inputs: %d static, %d dynamic per tensor, %d per row); %d linear layers left float",
         export_dir, recipe.tag, dequantized.weights, dequantized.activation_pairs, summary.attention,
-        summary.matmuls, summary.static, summary.dynamic, summary.float_matmuls,
+        summary.matmuls, summary.static, summary.dynamic, summary.row, summary.float_gemms,
     )
     doc = f"CPU INT8 graph ({recipe.tag}) derived by trt_runtime.cpu_int8 from {MODEL_ONNX} sha256 {info.onnx_sha256}"
     model.doc_string = doc

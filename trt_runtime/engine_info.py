@@ -14,7 +14,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trt_runtime.export_dir import ENGINE, ENGINE_JSON, MODEL_ONNX, write_json_atomic
+from trt_runtime.export_dir import (
+    ENGINE,
+    ENGINE_JSON,
+    MODEL_ONNX,
+    remove_stale_temporaries,
+    temporary_sibling,
+    write_json_atomic,
+)
 from trt_runtime.profiles import Profile, profile_from_dict, profile_to_dict
 
 ENGINE_FORMAT_VERSION = 1
@@ -71,11 +78,20 @@ class EngineInfo:
             known = set(cls.__dataclass_fields__)
             fields = {k: v for k, v in data.items() if k in known}
             fields["profiles"] = [profile_from_dict(p) for p in data["profiles"]]
-            return cls(**fields)
+            info = cls(**fields)
         except EngineMismatchError:
             raise
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise EngineMismatchError(f"{where} is incomplete or malformed ({e!r}); rebuild the engine") from None
+        wrong = [
+            name
+            for name in ("tensorrt_version", "gpu_name", "compute_capability", "onnx_sha256", "engine_sha256")
+            if not isinstance(getattr(info, name), str)
+        ]
+        if wrong or not info.profiles:
+            what = f"{', '.join(wrong)} must be strings" if wrong else "it has no optimization profile"
+            raise EngineMismatchError(f"{where} is malformed ({what}); rebuild the engine")
+        return info
 
 
 def read_engine_info(directory: str | os.PathLike) -> EngineInfo:
@@ -138,7 +154,8 @@ def check_engine_matches(
 def write_bytes_atomic(path: str | os.PathLike, data: bytes | memoryview) -> None:
     """Write to a temporary sibling, then rename: readers see the old file or the new one, never half."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    remove_stale_temporaries(path)  # `.NAME.tmp-<pid>-*` of a writer that was killed
+    tmp = temporary_sibling(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -153,7 +170,9 @@ def write_engine(directory: str | os.PathLike, engine_bytes: bytes | memoryview,
     """Write model.engine, then engine.json, each atomically.
 
     engine.json records the engine's sha256, so a reader that catches the moment between the two
-    renames sees a mismatch (and is told to rebuild) rather than a wrong engine.
+    renames, or a build killed there, sees a mismatch (and is told to rebuild) rather than a wrong
+    engine. A build killed before the first rename leaves the previous engine and engine.json as they
+    were; its hidden `.model.engine.tmp-<pid>-*` file is removed by the next build.
     """
     directory = Path(directory)
     write_bytes_atomic(directory / ENGINE, engine_bytes)

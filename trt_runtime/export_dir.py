@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +59,10 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
-        return cls(str(data["name"]), str(data["dtype"]), tuple(data["shape"]))
+        name, dtype, shape = data["name"], data["dtype"], data["shape"]
+        if not isinstance(name, str) or not isinstance(dtype, str) or not isinstance(shape, list):
+            raise TypeError(f"a tensor needs a string name and dtype and a list shape, got {data!r}")
+        return cls(name, dtype, tuple(shape))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
@@ -117,8 +123,11 @@ class ExportInfo:
             info = cls(**fields)
         except ExportDirError:
             raise
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ExportDirError(f"{where} is incomplete or malformed ({e!r}); re-export the model") from None
+        problems = _schema_problems(info)
+        if problems:
+            raise ExportDirError(f"{where} is malformed ({'; '.join(problems)}); re-export the model")
         if info.task not in TASKS:
             raise ExportDirError(f"{where}: unknown task {info.task!r}; expected one of {', '.join(TASKS)}")
         if info.quantization not in QUANTIZATION_MODES:
@@ -152,7 +161,12 @@ def read_export_info(directory: str | os.PathLike, verify_sha256: bool = True) -
     onnx_path = directory / MODEL_ONNX
     if not onnx_path.exists():
         raise ExportDirError(f"{onnx_path} not found; re-export the model")
-    if verify_sha256 and info.onnx_sha256 and sha256_file(onnx_path) != info.onnx_sha256:
+    if verify_sha256 and not info.onnx_sha256:
+        raise ExportDirError(
+            f"{path} records no onnx_sha256, so {onnx_path} cannot be checked against it; re-export the model "
+            f"(or pass verify_sha256=False to run it unchecked)"
+        )
+    if verify_sha256 and sha256_file(onnx_path) != info.onnx_sha256:
         raise ExportDirError(
             f"{onnx_path} does not match the sha256 recorded in {path}: the file was changed or damaged "
             f"after export; re-export the model"
@@ -161,11 +175,108 @@ def read_export_info(directory: str | os.PathLike, verify_sha256: bool = True) -
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON to a temporary sibling, then rename: readers see the old file or the new one, never half."""
+    """Write JSON to a temporary sibling, then rename: readers see the old file or the new one, never half.
+
+    The temporary file is `.NAME.tmp-<pid>-<random>`; one left by a writer that was killed is removed by
+    the next write of the same file (`remove_stale_temporaries`).
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    remove_stale_temporaries(path)
+    tmp = temporary_sibling(path)
     try:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# --- temporary siblings of atomic writes, and what a killed writer leaves behind ---------------------------
+
+
+def temporary_sibling(path: str | os.PathLike, kind: str = "tmp") -> Path:
+    """`.NAME.<kind>-<pid>-<random>` next to `path`: hidden, and naming the process that owns it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # ours: another thread of this process may be writing it now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's process, or a pid we cannot ask about: leave its files alone
+    return True
+
+
+def stale_temporaries(path: str | os.PathLike, kinds: tuple[str, ...] = ("tmp", "old")) -> list[Path]:
+    """Hidden siblings `.NAME.<kind>-<pid>-*` of `path` whose process no longer runs (a killed writer's)."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.({'|'.join(map(re.escape, kinds))})-(\d+)(-[^/]*)?")
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return []
+    stale = []
+    for sibling in siblings:
+        match = pattern.fullmatch(sibling.name)
+        if match and not _pid_alive(int(match.group(2))):
+            stale.append(sibling)
+    return sorted(stale)
+
+
+def remove_stale_temporaries(path: str | os.PathLike, kinds: tuple[str, ...] = ("tmp", "old")) -> list[Path]:
+    """Delete what `stale_temporaries` finds (files and directories); returns what was removed."""
+    removed = []
+    for stale in stale_temporaries(path, kinds):
+        try:
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+        except FileNotFoundError:
+            continue  # another process cleaned it up first
+        except OSError:
+            continue  # not ours to remove after all (permissions): leave it
+        removed.append(stale)
+    return removed
+
+
+def _schema_problems(info: ExportInfo) -> list[str]:
+    """Fields of the wrong type or out of range: each would fail later, far from export.json."""
+    problems = []
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    for name in ("architecture", "model_type", "task", "quantization"):
+        if not isinstance(getattr(info, name), str):
+            problems.append(f"{name} must be a string, got {getattr(info, name)!r}")
+    for name, low in (
+        ("opset", 1),
+        ("max_sequence_length", 1),
+        ("vocab_size", 1),
+        ("type_vocab_size", 1),
+        ("pad_token_id", 0),
+    ):
+        value = getattr(info, name)
+        if not is_int(value) or value < low:
+            problems.append(f"{name} must be an integer >= {low}, got {value!r}")
+    if not info.inputs:
+        problems.append("inputs is empty")
+    if not info.outputs:
+        problems.append("outputs is empty")
+    for kind, specs in (("input", info.inputs), ("output", info.outputs)):
+        for spec in specs:
+            bad_dim = any(not isinstance(dim, str) and not (is_int(dim) and dim >= 0) for dim in spec.shape)
+            if not spec.name or bad_dim:
+                problems.append(f"{kind} {spec.name!r} has a bad name or shape {list(spec.shape)}")
+    if info.id2label is not None and not isinstance(info.id2label, dict):
+        problems.append(f"id2label must be an object, got {type(info.id2label).__name__}")
+    if info.onnx_sha256 is not None and not (
+        isinstance(info.onnx_sha256, str) and re.fullmatch(r"[0-9a-f]{64}", info.onnx_sha256)
+    ):
+        problems.append(f"onnx_sha256 must be 64 hex digits, got {info.onnx_sha256!r}")
+    return problems

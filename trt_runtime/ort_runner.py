@@ -1,7 +1,10 @@
 """`OrtRunner`: an export directory run by ONNX Runtime (the CPU fallback; CUDA with onnxruntime-gpu).
 
-Loading: `ort_model_path` says which ONNX file of the export ONNX Runtime runs (one place, so that a
-backend-specific graph can replace model.onnx later). The graph optimizations that do not depend on
+Loading: `ort_model_path` says which ONNX file of the export ONNX Runtime runs. For a `qdq` export on
+the CPU execution provider that is not model.onnx (laid out for TensorRT, slower than float on a CPU)
+but the CPU INT8 graph derived from it by `trt_runtime.cpu_int8` (fused attention and LayerNorm, u8 x
+s8 GEMMs), cached in `<dir>/.cache/cpu-int8-*.onnx`; `graph="exported"` runs model.onnx as exported.
+The graph optimizations that do not depend on
 the machine (ONNX Runtime's "extended" level: fusions, constant folding, Q/DQ fusion) are done once and
 the result is cached next to the export, in `<dir>/.cache/ort-<onnxruntime version>-<sha256[:16] of the
 ONNX>-<level>-<provider>.onnx` (written to a temporary sibling, then renamed). Every load then starts
@@ -45,17 +48,59 @@ GRAPH_OPTIMIZATION_LEVELS = {
 #: The TensorRT execution provider is left out on purpose: TensorRT is served by trt_runtime's own backend.
 AUTO_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 CPU = "CPUExecutionProvider"
+#: which graph of an export the runner loads: see `ort_model_path`
+GRAPHS = ("auto", "exported", "cpu-int8")
 
 ProviderSpec = str | tuple[str, dict[str, Any]]
 
+_ort_errors = ort.capi.onnxruntime_pybind11_state
+#: what InferenceSession raises for a file it cannot read or a graph it cannot build
+_ORT_LOAD_ERRORS = (
+    _ort_errors.Fail,
+    _ort_errors.InvalidProtobuf,
+    _ort_errors.InvalidGraph,
+    _ort_errors.NoSuchFile,
+)
 
-def ort_model_path(export_dir: Path, info: ExportInfo) -> Path:
-    """The ONNX file that the ONNX Runtime backend loads for this export.
 
-    This is the one place that decides it: today the export's own model.onnx for every quantization
-    mode (Q/DQ and `ibert` function bodies run in ONNX Runtime as they are).
+def ort_model_path(
+    export_dir: Path, info: ExportInfo, graph: str = "auto", providers: Sequence[ProviderSpec] | None = None
+) -> Path:
+    """The ONNX file that the ONNX Runtime backend loads for this export (see `choose_graph`)."""
+    return choose_graph(export_dir, info, graph, providers)[0]
+
+
+def choose_graph(
+    export_dir: Path, info: ExportInfo, graph: str = "auto", providers: Sequence[ProviderSpec] | None = None
+) -> tuple[Path, str]:
+    """(ONNX file, why) that ONNX Runtime runs for this export; the one place that decides it.
+
+    graph="auto": for a qdq export whose first provider is the CPU (`providers`; None: the CPU), the
+    CPU INT8 graph derived from model.onnx (`trt_runtime.cpu_int8`, made once and cached in <dir>/.cache;
+    where it cannot be made or written, model.onnx with a warning); otherwise model.onnx as exported
+    (float, `integer` with its `ibert` function bodies, and Q/DQ on other providers).
+    graph="exported": model.onnx. graph="cpu-int8": the derived graph, an error for a non-qdq export.
     """
-    return export_dir / MODEL_ONNX
+    if graph not in GRAPHS:
+        raise ValueError(f"graph={graph!r}; choose one of {', '.join(GRAPHS)}")
+    exported = export_dir / MODEL_ONNX
+    first = (providers[0] if isinstance(providers[0], str) else providers[0][0]) if providers else CPU
+    if graph == "exported":
+        return exported, "the exported graph (asked for)"
+    if graph == "auto" and (info.quantization != "qdq" or first != CPU):
+        return exported, "the exported graph"
+    from trt_runtime import cpu_int8
+
+    try:
+        path, status = cpu_int8.cached_model(export_dir, info)
+    except (cpu_int8.CpuInt8Error, OSError) as e:
+        if graph == "cpu-int8":
+            raise
+        logger.warning(
+            "cannot make the CPU INT8 graph of %s (%s); running the exported Q/DQ graph", export_dir, e
+        )
+        return exported, f"the exported graph (no CPU INT8 graph: {e})"
+    return path, f"the CPU INT8 graph derived from {MODEL_ONNX} ({status})"
 
 
 def _has_external_data(model_path: Path) -> bool:
@@ -97,8 +142,11 @@ class OrtRunner:
         else the CPU. intra_op_num_threads / inter_op_num_threads: ONNX Runtime's thread pools (None:
         its defaults, one thread per physical core). graph_optimization_level: "disable" | "basic" |
         "extended" | "all". cache: keep the optimized graph in <dir>/.cache (see the module doc).
+        graph: "auto" | "exported" | "cpu-int8", which graph of the export runs (`choose_graph`):
+        "auto" runs qdq exports on the CPU as the derived CPU INT8 graph, "exported" forces model.onnx.
     After loading, `providers` lists the providers the session uses, `model_path` the ONNX file it was
-    built from, `cache_status` what happened to the cache and `backend_reason` why these providers.
+    built from, `graph_path` the chosen graph (model.onnx or the derived one) and `graph_reason` why, `cache_status` what happened to the cache and
+    `backend_reason` why these providers.
     """
 
     backend = "onnxruntime"
@@ -113,6 +161,7 @@ class OrtRunner:
         cache: bool = True,
         verify_sha256: bool = True,
         log_severity_level: int = 3,
+        graph: str = "auto",
     ):
         if graph_optimization_level not in GRAPH_OPTIMIZATION_LEVELS:
             raise ValueError(
@@ -133,17 +182,19 @@ class OrtRunner:
         self._threads = (intra_op_num_threads, inter_op_num_threads)
         self._log_severity_level = log_severity_level
         self.graph_optimization_level = graph_optimization_level
-        source = ort_model_path(self.export_dir, self.info)
+        source, self.graph_reason = choose_graph(self.export_dir, self.info, graph, self._providers)
+        self.graph_path = source  # the chosen graph, before ONNX Runtime's optimized-graph cache
         cached, self.cache_status = self._cached_model(source) if cache else (None, "disabled")
         self.session, self.model_path = self._load(source, cached)
         self._check_signature()
         self.providers: list[str] = list(self.session.get_providers())
         logger.info(
-            "onnxruntime %s: %s with %s (%s; optimized graph cache: %s)",
+            "onnxruntime %s: %s with %s (%s; %s; optimized graph cache: %s)",
             ort.__version__,
             self.export_dir,
             ", ".join(self.providers),
             self.backend_reason,
+            self.graph_reason,
             self.cache_status,
         )
 
@@ -182,7 +233,11 @@ class OrtRunner:
 
     def _session(self, path: Path, level: str, optimized_path: Path | None = None) -> ort.InferenceSession:
         options = self._session_options(level, optimized_path)
-        return ort.InferenceSession(str(path), sess_options=options, providers=self._providers)
+        try:
+            return ort.InferenceSession(str(path), sess_options=options, providers=self._providers)
+        except _ORT_LOAD_ERRORS as e:
+            # a damaged or foreign file, not a bug of ours: say which file and what to do
+            raise ExportDirError(f"{path} cannot be loaded by ONNX Runtime ({e}); re-export the model") from e
 
     def cache_key(self, source: Path) -> str:
         """ort-<onnxruntime version>-<sha256[:16] of the ONNX file>-<optimization level>-<provider>."""

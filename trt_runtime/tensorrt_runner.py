@@ -33,7 +33,7 @@ from trt_runtime.profiles import Profile, ProfileError, check_feeds_in_profile
 from trt_runtime.tensorrt_libs import tensorrt_available as tensorrt_available
 from trt_runtime.validation import InputError, validate_feeds
 
-__all__ = ["TensorRTRunner", "profile_limits", "tensorrt_available"]
+__all__ = ["TensorRTRunner", "profile_limits", "tensorrt_available", "validate_for_profile"]
 
 
 def profile_limits(profile: Profile, info: ExportInfo) -> dict[str, int]:
@@ -49,6 +49,17 @@ def profile_limits(profile: Profile, info: ExportInfo) -> dict[str, int]:
         limits["max_sequence_length"] = shape_range.max[-1]
         limits["min_sequence_length"] = shape_range.min[-1]
     return limits
+
+
+def validate_for_profile(feeds: Mapping[str, Any], info: ExportInfo, profile: Profile) -> dict[str, np.ndarray]:
+    """What TensorRTRunner checks before a call: `validate_feeds` within the profile's limits, then every
+    input's shape inside the profile. Raises InputError (only) for a feed it refuses."""
+    arrays = validate_feeds(feeds, info, **profile_limits(profile, info))
+    try:
+        check_feeds_in_profile({name: a.shape for name, a in arrays.items()}, profile)
+    except ProfileError as e:  # same exception type as every other refused input
+        raise InputError(str(e)) from None
+    return arrays
 
 
 class _Buffer:
@@ -146,7 +157,6 @@ class TensorRTRunner:
                 f"{self.directory}"
             )
         self.profile: Profile = self.engine_info.profiles[0]
-        self._limits = profile_limits(self.profile, self.info)
         self._local = threading.local()
         self._states: list[_ThreadState] = []
         self._lock = threading.Lock()
@@ -158,6 +168,19 @@ class TensorRTRunner:
     @property
     def output_names(self) -> list[str]:
         return list(self.info.output_names)
+
+    # the profile's limits, which the pipelines read to size their batches and to truncate (or pad) texts
+    @property
+    def max_batch_size(self) -> int | None:
+        return profile_limits(self.profile, self.info).get("max_batch_size")
+
+    @property
+    def max_sequence_length(self) -> int | None:
+        return profile_limits(self.profile, self.info).get("max_sequence_length")
+
+    @property
+    def min_sequence_length(self) -> int:
+        return profile_limits(self.profile, self.info).get("min_sequence_length", 1)
 
     def _thread_state(self) -> _ThreadState:
         state: _ThreadState | None = getattr(self._local, "state", None)
@@ -178,11 +201,7 @@ class TensorRTRunner:
     def __call__(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         from trt_runtime.tensorrt_libs import cuda_call
 
-        arrays = validate_feeds(feeds, self.info, **self._limits)
-        try:
-            check_feeds_in_profile({name: a.shape for name, a in arrays.items()}, self.profile)
-        except ProfileError as e:  # same exception type as every other refused input
-            raise InputError(str(e)) from None
+        arrays = validate_for_profile(feeds, self.info, self.profile)
         state = self._thread_state()
         context, stream = state.context, state.stream
         h2d = self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice

@@ -185,6 +185,11 @@ class TextTokenizer:
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def max_token_id(self) -> int:
+        """The highest id the tokenizer can produce (added tokens included); ids need not be contiguous."""
+        return max(self.tokenizer.get_vocab(with_added_tokens=True).values(), default=-1)
+
     def num_special_tokens(self, pair: bool) -> int:
         return self.tokenizer.num_special_tokens_to_add(pair)
 

@@ -9,8 +9,13 @@
     calibrate(model, calibration_batches(load_texts(), "ckpt_dir"), method="percentile")
     save_calibration(model, "calibration.json")                       # models.load(..., calibration=...) reads it
 
-I-BERT's integer-only modules (`integer*` here) are separate; they share only
-`load_quantization_state`, the one entry point for quantization state found in checkpoints.
+I-BERT's integer-only modules (`integer*` here) are separate; they share `load_quantization_state`, the
+one entry point for quantization state found in checkpoints, and calibration.json's envelope
+(`load_calibration` applies a file of either mode):
+
+    model = models.load("ckpt_dir", quantization="integer")
+    calibrate_integer(model, calibration_batches(load_texts(), "ckpt_dir"))   # method="minmax"
+    save_integer_calibration(model, "calibration.json")    # models.load(..., calibration=...) reads it
 """
 
 from models.quantization.calibrate import calibrate, collect_stats, compute_amax, finish_calibration
@@ -25,6 +30,11 @@ from models.quantization.descriptor import (
     QUANT_DESC_8BIT_PER_CHANNEL_AXIS0,
     QUANT_DESC_8BIT_PER_TENSOR,
     QuantDescriptor,
+)
+from models.quantization.integer_calibration import (
+    calibrate_integer,
+    load_integer_calibration,
+    save_integer_calibration,
 )
 from models.quantization.nn import QuantConv1d, QuantLinear
 from models.quantization.quantized_model import (
@@ -51,16 +61,19 @@ __all__ = [
     "QuantLinear",
     "TensorQuantizer",
     "calibrate",
+    "calibrate_integer",
     "check_calibrated",
     "collect_stats",
     "compute_amax",
     "finish_calibration",
     "keep_float",
     "load_calibration",
+    "load_integer_calibration",
     "load_quantization_state",
     "named_quantizers",
     "read_calibration",
     "save_calibration",
+    "save_integer_calibration",
     "set_quantization",
     "uncalibrated_quantizers",
 ]

@@ -179,17 +179,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; exit status 0 done, 2 bad input (checkpoint, data, options: the reason on stderr)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return _calibrate_command(args)
+    except ValueError as e:  # CheckpointError, DataError, CalibrationError, a bad --keep-float: no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _calibrate_command(args: argparse.Namespace) -> int:
     import models
+    from models.architectures import max_positions
     from models.data import SHIPPED_DATA_NAME, calibration_batches, load_texts
 
     model = models.load(args.model, task=args.task, quantization="qdq")
     if args.keep_float:
         keep_float(model, args.keep_float)
     texts = load_texts(args.data)
+    # never past the position embeddings (a small model's limit may be under the default 128)
+    max_length = min(args.max_length, max_positions(model.config, model.arch))
     batches = calibration_batches(
-        texts, args.model, batch_size=args.batch_size, max_length=args.max_length, num_samples=args.num_samples
+        texts, args.model, batch_size=args.batch_size, max_length=max_length, num_samples=args.num_samples
     )
     calibrate(model, batches, args.method, args.percentile, data=str(args.data) if args.data else SHIPPED_DATA_NAME)
     path = save_calibration(model, args.output)

@@ -15,6 +15,10 @@ Quantizers are keyed by module name; per-channel amax is a flat list (one value 
 `load_calibration` refuses a file made for another model (architecture or shapes), with unknown or
 missing quantizer names, or with amax of the wrong size. A file made from other weights of the same
 shape (a fine-tuned copy) loads with a warning: its activation ranges may no longer fit.
+
+I-BERT's integer mode writes the same envelope with `"mode": "integer"` and its ranges and shifts instead
+of "quantizers" (models.quantization.integer_calibration); a file without "mode" is qdq.
+`load_calibration` applies either kind to a model of that mode, and says so when model and file differ.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from models.quantization.quantized_model import named_quantizers, set_amax, weig
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+#: calibration.json's "mode": the quantization mode the file calibrates (absent: qdq)
+CALIBRATION_MODES = ("qdq", "integer")
 IDENTITY_FIELDS = (
     "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
 )
@@ -47,15 +53,16 @@ class CalibrationError(ValueError):
     """A calibration file cannot be applied to this model; the message says why and what to do."""
 
 
-def model_identity(model: nn.Module) -> dict[str, Any]:
-    """Architecture and shape fields of the model's config, plus a digest of its quantized weights."""
+def model_identity(model: nn.Module, weights_sha256: str | None = None) -> dict[str, Any]:
+    """Architecture and shape fields of the model's config, plus a digest of its quantized weights
+    (default: the weights of its qdq quantizers)."""
     identity: dict[str, Any] = {}
     config = getattr(model, "config", None)
     if config is not None:
         for name in IDENTITY_FIELDS:
             if hasattr(config, name):
                 identity[name] = getattr(config, name)
-    identity["weights_sha256"] = quantized_weights_sha256(model)
+    identity["weights_sha256"] = quantized_weights_sha256(model) if weights_sha256 is None else weights_sha256
     return identity
 
 
@@ -85,6 +92,7 @@ def calibration_dict(model: nn.Module) -> dict[str, Any]:
     info.pop("format_version", None)
     return {
         "format_version": FORMAT_VERSION,
+        "mode": "qdq",
         **{"method": info.pop("method", "unknown"), **info},
         "model": model_identity(model),
         "quantizers": amax,
@@ -100,7 +108,13 @@ def save_calibration(model: nn.Module, path: str | os.PathLike) -> Path:
     return path
 
 
+def calibration_mode(data: dict[str, Any]) -> str:
+    """The quantization mode a calibration file's content calibrates ("qdq" when it does not say)."""
+    return str(data.get("mode", "qdq"))
+
+
 def read_calibration(path: str | os.PathLike) -> dict[str, Any]:
+    """A calibration.json's content, of either mode (`calibration_mode`); the qdq body is checked here."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -108,7 +122,13 @@ def read_calibration(path: str | os.PathLike) -> dict[str, Any]:
         raise CalibrationError(f"{path} not found; {CALIBRATE_HINT}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CalibrationError(f"{path} is not valid JSON ({e}); {CALIBRATE_HINT}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("quantizers"), dict):
+    if not isinstance(data, dict):
+        raise CalibrationError(f"{path} is not a calibration file (not a JSON object); {CALIBRATE_HINT}")
+    if data.get("mode", "qdq") not in CALIBRATION_MODES:
+        raise CalibrationError(
+            f"{path}: unknown calibration mode {data['mode']!r} (expected one of {', '.join(CALIBRATION_MODES)})"
+        )
+    if calibration_mode(data) == "qdq" and not isinstance(data.get("quantizers"), dict):
         raise CalibrationError(f"{path} is not a calibration file (no 'quantizers' object); {CALIBRATE_HINT}")
     version = data.get("format_version")
     if version != FORMAT_VERSION:
@@ -118,17 +138,15 @@ def read_calibration(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def _check_identity(model: nn.Module, recorded: dict[str, Any], where: str) -> None:
-    own = model_identity(model)
+def check_identity(own: dict[str, Any], recorded: dict[str, Any], where: str, hint: str = CALIBRATE_HINT) -> None:
+    """A file made for another architecture or shape is an error; one made from other weights, a warning."""
     mismatched = [
         f"{field} {recorded[field]!r} (this model: {own[field]!r})"
         for field in IDENTITY_FIELDS
         if field in recorded and field in own and recorded[field] != own[field]
     ]
     if mismatched:
-        raise CalibrationError(
-            f"{where} was made for another model: {'; '.join(mismatched)}. {CALIBRATE_HINT}"
-        )
+        raise CalibrationError(f"{where} was made for another model: {'; '.join(mismatched)}. {hint}")
     if recorded.get("weights_sha256") not in (None, own["weights_sha256"]):
         logger.warning(
             "%s was calibrated on other weights of the same architecture (a fine-tuned copy?); "
@@ -137,21 +155,35 @@ def _check_identity(model: nn.Module, recorded: dict[str, Any], where: str) -> N
 
 
 def load_calibration(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
-    """Apply a calibration.json to a qdq model: amax for every quantizer, float sites disabled.
+    """Apply a calibration.json to a qdq model: amax for every quantizer, float sites disabled; or an
+    integer one (`"mode": "integer"`) to an integer model (integer_calibration.apply_integer_calibration).
 
-    Returns the file's content. Raises CalibrationError naming the problem: another model, unknown or
-    missing quantizer names, amax of the wrong size.
+    Returns the file's content. Raises CalibrationError naming the problem: a file of another mode,
+    another model, unknown or missing quantizer names, amax of the wrong size.
     """
     where = str(path)
     data = read_calibration(path)
+    if calibration_mode(data) == "integer":
+        from models.quantization.integer_calibration import apply_integer_calibration
+
+        return apply_integer_calibration(model, data, where)
     quantizers = named_quantizers(model)
     if not quantizers:
+        integer = getattr(model, "quantization", None) == "integer"
         raise CalibrationError(
             f"the model has no quantizers, so {where} cannot apply; load it with quantization='qdq'"
+            + (f" ({where} is a qdq calibration file; this model is in integer mode, which takes an integer "
+               "calibration file: calibrate_integer, then save_integer_calibration)" if integer else "")
         )
-    _check_identity(model, data.get("model") or {}, where)
+    recorded = data.get("model") or {}
+    float_quantizers = data.get("float_quantizers") or []
+    if not isinstance(recorded, dict) or not isinstance(float_quantizers, list):
+        raise CalibrationError(
+            f"{where} is malformed ('model' must be an object, 'float_quantizers' a list); {CALIBRATE_HINT}"
+        )
+    check_identity(model_identity(model), recorded, where)
     amax: dict[str, Any] = data["quantizers"]
-    disabled = set(data.get("float_quantizers") or [])
+    disabled = {str(name) for name in float_quantizers}
     unknown = sorted((set(amax) | disabled) - set(quantizers))
     missing = sorted(set(quantizers) - set(amax) - disabled)
     if unknown or missing:
@@ -162,10 +194,16 @@ def load_calibration(model: nn.Module, path: str | os.PathLike) -> dict[str, Any
             parts.append(f"no amax for this model's quantizers: {', '.join(missing[:10])}")
         raise CalibrationError(f"{where} does not match the model ({'; '.join(parts)}). {CALIBRATE_HINT}")
     for name, value in amax.items():
-        if not isinstance(value, (int, float, list)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, list)):
             raise CalibrationError(f"{where}: amax of {name} must be a number or a list of numbers, got {value!r}")
         try:
-            set_amax(model, name, quantizers[name], torch.tensor(value, dtype=torch.float32), where)
+            tensor = torch.tensor(value, dtype=torch.float32)
+        except (ValueError, TypeError) as e:  # a list holding strings, nulls, nested lists
+            raise CalibrationError(
+                f"{where}: amax of {name} must be a number or a flat list of numbers ({e}); {CALIBRATE_HINT}"
+            ) from None
+        try:
+            set_amax(model, name, quantizers[name], tensor, where)
         except ValueError as e:
             raise CalibrationError(str(e)) from None
     for name, quantizer in quantizers.items():

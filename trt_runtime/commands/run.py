@@ -105,6 +105,7 @@ def _inputs(args: argparse.Namespace, task: str, texts: list[str]) -> list[Any]:
 
 
 def main(args: argparse.Namespace) -> int:
+    from trt_runtime.engine_info import EngineMismatchError
     from trt_runtime.export_dir import ExportDirError, read_export_info
     from trt_runtime.loader import BackendUnavailableError
     from trt_runtime.pipelines import ALIASES, pipeline
@@ -131,6 +132,7 @@ def main(args: argparse.Namespace) -> int:
         TypeError,
         ExportDirError,
         BackendUnavailableError,
+        EngineMismatchError,  # a stale engine picked by backend="auto": the message says to rebuild
     ) as e:  # InputError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2

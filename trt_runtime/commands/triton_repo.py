@@ -1,4 +1,4 @@
-"""`python -m trt_runtime triton-repo EXPORT_DIR... --output REPO`: a Triton Inference Server model repository.
+"""`python -m trt_runtime triton-repo EXPORT_DIR... --output REPO`: a Triton model repository.
 
 Per export directory NAME (or NAME=DIR): `NAME` (text in, the task pipeline's JSON answer out; Python
 backend), `NAME-onnx` (the ONNX model: onnxruntime_onnx, or --onnx-backend python for a server without
@@ -49,17 +49,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", required=True, metavar="REPO", help="the repository to write")
     parser.add_argument("--force", action="store_true", help="replace REPO if it exists")
     parser.add_argument(
-        "--kinds", default="text,onnx,plan", help="models to make per export, of text,onnx,plan (default: all)"
+        "--kinds",
+        default="text,onnx,plan",
+        help="models to make per export, of text,onnx,plan (default: all)",
     )
     parser.add_argument(
         "--onnx-backend",
         choices=("onnxruntime", "python"),
         default="onnxruntime",
-        help="serve the ONNX model with Triton's onnxruntime backend, or with OrtRunner in the Python backend",
+        help="serve the ONNX model with Triton's onnxruntime backend, or OrtRunner in the Python backend",
     )
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument(
-        "--preferred-batch-sizes", type=_int_list, help="e.g. 4,8 (default: max and half of it; plans: profile opt)"
+        "--preferred-batch-sizes",
+        type=_int_list,
+        help="e.g. 4,8 (default: max and half of it; plans: profile opt)",
     )
     parser.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batching queue delay")
     parser.add_argument("--cpu-instances", type=int, default=1, help="instances of each CPU model")
@@ -72,19 +76,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="trt_runtime backend inside the Python models (auto: the engine where TensorRT and a GPU are)",
     )
     parser.add_argument(
-        "--pipeline-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+        "--pipeline-option",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="default pipeline option of the text models, e.g. pooling=mean, top_k=null (repeat)",
     )
     parser.add_argument(
-        "--runner-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+        "--runner-option",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="runner option of the Python models, e.g. intra_op_num_threads=2 (repeat)",
     )
     parser.add_argument(
-        "--no-vendor-runtime", action="store_true",
+        "--no-vendor-runtime",
+        action="store_true",
         help="do not copy trt_runtime into the Python models (the server's Python must have it installed)",
     )
     parser.add_argument(
-        "--plan-without-engine", action="store_true",
+        "--plan-without-engine",
+        action="store_true",
         help="write the plan model's config even without an engine (copy it to NAME-trt/1/model.plan later)",
     )
 

@@ -24,11 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n", 1)[1].strip() if __doc__ else None
     parser.add_argument("repository", nargs="?", metavar="REPO", help="model repository (from triton-repo)")
-    parser.add_argument("--env", help="server environment directory (default: $TRITON_SERVER_ENV or ~/.cache/...)")
+    parser.add_argument(
+        "--env", help="server environment directory (default: $TRITON_SERVER_ENV or ~/.cache/...)"
+    )
     parser.add_argument("--setup-only", action="store_true", help="make the server environment and exit")
     parser.add_argument("--no-setup", action="store_true", help="fail instead of making the environment")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
-    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--http-port", type=int, default=8000, help="0: any free port (so are the others)")
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--log", help="server log file (default: a temporary file, printed on failure)")
@@ -53,7 +55,10 @@ def main(args: argparse.Namespace) -> int:
             print(f"server environment: {environment.root}\ntritonserver: {environment.tritonserver}")
             return 0
         if not args.repository:
-            print("error: give the model repository (REPO), made by python -m trt_runtime triton-repo", file=sys.stderr)
+            print(
+                "error: give the model repository (REPO), made by python -m trt_runtime triton-repo",
+                file=sys.stderr,
+            )
             return 2
         server = TritonServer(
             args.repository,
@@ -64,10 +69,12 @@ def main(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             log_path=args.log,
         )
+        server.check_repository()
     except TritonServerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _on_signal)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # also where a shell started us with SIGINT ignored
+        signal.signal(signum, _on_signal)
     try:
         print(f"starting tritonserver on {args.repository} (log: {server.log_path}) ...", flush=True)
         server.start(timeout_s=args.start_timeout)
@@ -86,15 +93,18 @@ def main(args: argparse.Namespace) -> int:
         while server.running and (deadline is None or time.monotonic() < deadline):
             time.sleep(0.5)
         if not server.running:
-            print(f"error: tritonserver stopped by itself; its log ends:\n{server.log_tail()}", file=sys.stderr)
+            print(
+                f"error: tritonserver stopped by itself; its log ends:\n{server.log_tail()}", file=sys.stderr
+            )
             return 1
     except (KeyboardInterrupt, _Stop) as e:
-        print(f"\nstopping ({e or 'Ctrl-C'}) ...", flush=True)
+        print(f"\nstopping ({e or 'SIGINT'}) ...", flush=True)
     except TritonServerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave the server running
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not leave the server running
+            signal.signal(signum, signal.SIG_IGN)
         code = server.stop()
     print(f"tritonserver stopped (exit status {code})")
     return 0

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 from tokenizers import Encoding
 
-from trt_runtime.export_dir import ExportInfo
+from trt_runtime.export_dir import ExportDirError, ExportInfo
 from trt_runtime.runner import Runner
 from trt_runtime.tokenization import Text, TextTokenizer
 from trt_runtime.validation import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, InputError
@@ -47,9 +47,12 @@ def batches(indices: Sequence[int], size: int) -> Iterator[list[int]]:
         yield list(indices[start : start + size])
 
 
-def pad_rows(encodings: Sequence[Encoding], pad_id: int, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Right-padded [rows, longest] arrays of the inputs in `names` (only those the model takes)."""
-    length = max(len(e.ids) for e in encodings)
+def pad_rows(
+    encodings: Sequence[Encoding], pad_id: int, names: Sequence[str], min_length: int = 1
+) -> dict[str, np.ndarray]:
+    """Right-padded [rows, max(longest, min_length)] arrays of the inputs in `names` (only those the model
+    takes); min_length: a backend's shortest sequence (a TensorRT profile's), padding masked out."""
+    length = max(min_length, *(len(e.ids) for e in encodings))
     ids = np.full((len(encodings), length), pad_id, dtype=np.int64)
     mask = np.zeros((len(encodings), length), dtype=np.int64)
     types = np.zeros((len(encodings), length), dtype=np.int64)
@@ -82,6 +85,13 @@ class Pipeline:
             )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if tokenizer.max_token_id >= runner.info.vocab_size:
+            raise ExportDirError(
+                f"the tokenizer of {getattr(runner, 'export_dir', 'the export')} has token ids up to "
+                f"{tokenizer.max_token_id}, but the model's vocabulary (export.json vocab_size) has "
+                f"{runner.info.vocab_size} entries, so some texts would give ids the model cannot look up; "
+                f"use the checkpoint's own tokenizer files (re-export), or resize the model's embeddings"
+            )
         self.runner = runner
         self.tokenizer = tokenizer
         self.batch_size = min(batch_size, getattr(runner, "max_batch_size", None) or batch_size)
@@ -93,6 +103,8 @@ class Pipeline:
             tokenizer.model_max_length,
         ]
         self.max_length = min(int(limit) for limit in limits if limit)
+        #: the shortest sequence the backend takes (a TensorRT profile's min); rows are padded up to it
+        self.min_length = int(getattr(runner, "min_sequence_length", None) or 1)
 
     @property
     def info(self) -> ExportInfo:
@@ -170,7 +182,8 @@ class Pipeline:
         }
         rows: list[dict[str, np.ndarray]] = [{} for _ in encodings]
         for batch in batches(order, self.batch_size):
-            outputs = self.runner(pad_rows([encodings[i] for i in batch], self.tokenizer.pad_token_id, names))
+            feeds = pad_rows([encodings[i] for i in batch], self.tokenizer.pad_token_id, names, self.min_length)
+            outputs = self.runner(feeds)
             for position, index in enumerate(batch):
                 length = len(encodings[index].ids)
                 rows[index] = {

@@ -65,7 +65,7 @@ class MultipleChoicePipeline(Pipeline):
         for count, indices in by_count.items():
             for batch in batches(indices, max(1, self.batch_size // count)):
                 encodings = self.encode([(items[i][0], choice) for i in batch for choice in items[i][1]])
-                flat = pad_rows(encodings, self.tokenizer.pad_token_id, names)
+                flat = pad_rows(encodings, self.tokenizer.pad_token_id, names, self.min_length)
                 feeds = {name: array.reshape(len(batch), count, -1) for name, array in flat.items()}
                 outputs = self.runner(feeds)["logits"]
                 for position, index in enumerate(batch):

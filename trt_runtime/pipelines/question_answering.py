@@ -39,6 +39,15 @@ def _example(item: Any, what: str) -> tuple[str, str]:
     )
 
 
+def _int_option(value: Any, what: str, low: int) -> Any:
+    """None, or an int >= low (bools refused); ValueError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{what} must be an int >= {low} (or None for the default), got {value!r}")
+    return value
+
+
 def span_candidates(
     start_probs: np.ndarray, end_probs: np.ndarray, allowed: np.ndarray, top_k: int, max_answer_len: int
 ) -> list[tuple[int, int, float]]:
@@ -111,17 +120,27 @@ class QuestionAnsweringPipeline(Pipeline):
 
     def _run(self, items: list[Any], options: dict[str, Any]) -> list[Any]:
         top_k = top_k_option(options["top_k"]) or 1
-        max_answer_len = options["max_answer_len"]
-        if not isinstance(max_answer_len, int) or max_answer_len < 1:
-            raise ValueError(f"max_answer_len must be a positive int, got {max_answer_len!r}")
-        max_seq_len = min(options["max_seq_len"] or DEFAULT_MAX_SEQ_LEN, self.max_length)
-        doc_stride = options["doc_stride"]
+        max_answer_len = _int_option(options["max_answer_len"], "max_answer_len", 1) or 0
+        if max_answer_len < 1:
+            raise ValueError("max_answer_len must be an int >= 1, got None")
+        max_seq_len = _int_option(options["max_seq_len"], "max_seq_len", 1)
+        max_seq_len = min(max_seq_len or DEFAULT_MAX_SEQ_LEN, self.max_length)
+        doc_stride = _int_option(options["doc_stride"], "doc_stride", 0)
         doc_stride = min(max_seq_len // 2, DEFAULT_DOC_STRIDE) if doc_stride is None else doc_stride
         if doc_stride > max_seq_len:
             raise ValueError(f"doc_stride ({doc_stride}) is larger than max_seq_len ({max_seq_len})")
         align, impossible = bool(options["align_to_words"]), bool(options["handle_impossible_answer"])
 
         windows = [self._windows(q, c, max_seq_len, doc_stride) for q, c in items]
+        for index, example in enumerate(windows):
+            # where the question fills max_seq_len, `tokenizers` returns windows without the context or longer
+            # than asked instead of an error
+            too_long = any(len(window.ids) > max_seq_len for window in example)
+            if too_long or not any(sequence == 1 for sequence in example[0].sequence_ids):
+                raise InputError(
+                    f"input {index}: the question leaves no room for the context within max_seq_len="
+                    f"{max_seq_len} tokens; shorten the question or raise max_seq_len"
+                )
         flat = [window for example in windows for window in example]
         rows = iter(self.run_rows(flat))
         results = []

@@ -19,9 +19,10 @@ In Python:
     answer = json.loads(result.as_numpy("ANSWER")[0, 0])     # what trt_runtime.pipeline returns
 
 --parameters takes the pipeline's call options as JSON ({"top_k": null} included: values that Triton's
-request parameters cannot carry travel as JSON in the `options` parameter). Sub-commands print JSON on stdout: `text` (the answers), `tensors` (an .npz of the export's inputs in,
-an .npz of its outputs out), `load` (latencies and answers), `parse-config` (config.pbtxt files parsed
-with Triton's model-config schema, tritonclient.grpc.model_config_pb2).
+request parameters cannot carry travel as JSON in the `options` parameter). Sub-commands print JSON on
+stdout: `text` (the answers), `tensors` (an .npz of the export's inputs in, an .npz of its outputs out),
+`load` (latencies and answers), `parse-config` (config.pbtxt files parsed with Triton's model-config
+schema, tritonclient.grpc.model_config_pb2).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def infer_tensors(
 def infer_concurrently(
     url: str, protocol: str, model: str, texts: Sequence[str], parameters: Mapping[str, Any] | None = None
 ) -> list[Any]:
-    """Each text as its own request, all at once (one thread and client each): what dynamic batching merges."""
+    """Each text as its own request, all at once (a thread and client each): what dynamic batching merges."""
     answers: list[Any] = [None] * len(texts)
     errors: list[BaseException] = []
     barrier = threading.Barrier(len(texts))
@@ -203,7 +204,9 @@ def _parameters(text: str | None, input_format: str | None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trt_runtime.triton.client", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m trt_runtime.triton.client", description=__doc__.splitlines()[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("text", "tensors", "load"):
         command = sub.add_parser(name)
@@ -237,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         result = {name: list(value.shape) for name, value in outputs.items()}
     elif args.command == "load":
         parameters = _parameters(args.parameters, args.input_format)
-        result = load_test(args.url, args.protocol, args.model, args.texts, args.clients, args.requests, parameters)
+        result = load_test(
+            args.url, args.protocol, args.model, args.texts, args.clients, args.requests, parameters
+        )
     else:
         parameters = _parameters(args.parameters, args.input_format)
         if args.concurrent:

@@ -78,7 +78,9 @@ def read_items(texts: list[str], parameters: dict[str, Any]) -> tuple[list[Any],
         try:
             extra = json.loads(options.pop(OPTIONS))
         except (TypeError, json.JSONDecodeError) as e:
-            raise ValueError(f"request parameter {OPTIONS} must be a JSON object of pipeline options ({e})") from None
+            raise ValueError(
+                f"request parameter {OPTIONS} must be a JSON object of pipeline options ({e})"
+            ) from None
         if not isinstance(extra, dict):
             raise ValueError(f"request parameter {OPTIONS} must be a JSON object, got {type(extra).__name__}")
         options.update(extra)
@@ -165,12 +167,16 @@ class TritonPythonModel:
             options = json.loads(parameters.get("pipeline_options") or "{}")
             batch_size = max(1, int(config.get("max_batch_size") or 1))
             task = parameters.get("task") or None
-            self.pipeline = pipeline(task, export_dir, backend, batch_size=batch_size, **options, **runner_options)
+            self.pipeline = pipeline(
+                task, export_dir, backend, batch_size=batch_size, **options, **runner_options
+            )
             self.runner = self.pipeline.runner
         elif self.mode == MODE_RUNNER:
             self.runner = load(export_dir, backend, **runner_options)
         else:
-            raise ValueError(f"{self.name}: parameter mode={self.mode!r}; use '{MODE_PIPELINE}' or '{MODE_RUNNER}'")
+            raise ValueError(
+                f"{self.name}: parameter mode={self.mode!r}; use '{MODE_PIPELINE}' or '{MODE_RUNNER}'"
+            )
         self.input_names = [spec.name for spec in self.runner.input_specs]
         reason = getattr(self.runner, "backend_reason", "")
         if pb_utils is not None:
@@ -240,7 +246,9 @@ class TritonPythonModel:
             counts = [len(feeds[i][self.input_names[0]]) for i in indices]
             responses, start = [], 0
             for count in counts:
-                tensors = [pb_utils.Tensor(name, value[start : start + count]) for name, value in outputs.items()]
+                tensors = [
+                    pb_utils.Tensor(name, value[start : start + count]) for name, value in outputs.items()
+                ]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
                 start += count
             return responses

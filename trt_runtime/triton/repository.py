@@ -2,11 +2,11 @@
 
 For an export directory named NAME (or given as NAME=DIR) the repository gets up to three models:
 
-| model | what | served by |
-| --- | --- | --- |
-| `NAME` | text in (`TEXT`, TYPE_STRING), the task pipeline's JSON answer out (`ANSWER`) | Python backend: trt_runtime.pipeline |
-| `NAME-onnx` | the export's ONNX inputs/outputs | `onnxruntime_onnx`, or (onnx_backend="python") OrtRunner in the Python backend |
-| `NAME-trt` | the same, from the TensorRT engine (model.engine -> model.plan) | `tensorrt_plan`, KIND_GPU |
+- `NAME`: text in (`TEXT`, TYPE_STRING), the task pipeline's JSON answer out (`ANSWER`); Python backend
+  running trt_runtime.pipeline.
+- `NAME-onnx`: the export's ONNX inputs and outputs; `onnxruntime_onnx`, or (onnx_backend="python")
+  OrtRunner in the Python backend.
+- `NAME-trt`: the same, from the TensorRT engine (model.engine as model.plan); `tensorrt_plan`, KIND_GPU.
 
 Every model batches on the first axis (`max_batch_size` > 0, dims without it, dynamic axes -1) with
 dynamic batching (preferred batch sizes, a maximum queue delay) and an instance group. The Python models
@@ -166,7 +166,9 @@ def _export_files(directory: Path) -> Iterable[Path]:
     """The files of an export directory that travel with it (not caches, temporaries or hidden files)."""
     for path in sorted(directory.rglob("*")):
         relative = path.relative_to(directory)
-        if path.is_file() and not any(part.startswith(".") or part == "__pycache__" for part in relative.parts):
+        if path.is_file() and not any(
+            part.startswith(".") or part == "__pycache__" for part in relative.parts
+        ):
             yield path
 
 
@@ -180,7 +182,11 @@ def _vendor_runtime(target: Path) -> None:
     package = Path(trt_runtime.__file__).parent
     for path in sorted(package.rglob("*")):
         relative = path.relative_to(package)
-        if path.is_file() and "__pycache__" not in relative.parts and path.suffix in (".py", ".pyi", ".typed"):
+        if (
+            path.is_file()
+            and "__pycache__" not in relative.parts
+            and path.suffix in (".py", ".pyi", ".typed")
+        ):
             destination = target / "trt_runtime" / relative
             destination.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, destination)
@@ -211,7 +217,9 @@ def _tensor_io(info: ExportInfo) -> dict[str, Any]:
     }
 
 
-def _python_parameters(options: RepositoryOptions, mode: str, info: ExportInfo, backend: str) -> dict[str, str]:
+def _python_parameters(
+    options: RepositoryOptions, mode: str, info: ExportInfo, backend: str
+) -> dict[str, str]:
     parameters = {
         "mode": mode,
         "export_dir": python_model.EXPORT_SUBDIR,
@@ -324,12 +332,15 @@ def _engine_problem(export: Path, info: ExportInfo) -> tuple[EngineInfo | None, 
         return None, str(e)
     if engine.plugins and engine.plugin_implementation != "aot":
         return engine, (
-            f"the engine's ibert plugins ({', '.join(engine.plugins)}) are JIT Python plugins, which run only "
-            f"in a Python process that registered them; Triton's TensorRT backend cannot load them. Rebuild "
-            f"with TensorRT >= 10.12 (AOT plugins, compiled into the engine) or with --no-plugins"
+            f"the engine's ibert plugins ({', '.join(engine.plugins)}) are JIT Python plugins, which run "
+            f"only in a Python process that registered them; Triton's TensorRT backend cannot load them. "
+            f"Rebuild with TensorRT >= 10.12 (AOT plugins, compiled into the engine) or with --no-plugins"
         )
     if sorted(engine.output_names or info.output_names) != sorted(info.output_names):
-        return engine, f"engine.json's outputs {engine.output_names} are not export.json's; rebuild the engine"
+        return (
+            engine,
+            f"engine.json's outputs {engine.output_names} are not export.json's; rebuild the engine",
+        )
     return engine, None
 
 
@@ -351,12 +362,16 @@ def _plan_notes(engine: EngineInfo | None) -> list[str]:
 def _add_export(
     root: Path, name: str, export: Path, options: RepositoryOptions, report: RepositoryReport
 ) -> None:
-    info = read_export_info(export)  # with the sha256 check: the repository gets the file export.json describes
+    info = read_export_info(
+        export
+    )  # with the sha256 check: the repository gets the file export.json describes
     export_label = str(export)
 
     def record(kind: str, served_by: str, notes: list[str] | None = None) -> None:
         report.models.append(
-            ModelRecord(name + SUFFIX[kind], kind, served_by, export_label, info.task, info.quantization, notes or [])
+            ModelRecord(
+                name + SUFFIX[kind], kind, served_by, export_label, info.task, info.quantization, notes or []
+            )
         )
 
     if "text" in options.kinds:

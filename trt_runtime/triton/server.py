@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 PYTRITON = "nvidia-pytriton==0.7.0"
 ENV_VARIABLE = "TRITON_SERVER_ENV"
@@ -88,7 +89,9 @@ class ServerEnvironment:
         """The environment for tritonserver (and for Python run in this environment)."""
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
         env["PATH"] = f"{self.python.parent}{os.pathsep}{env.get('PATH', '')}"
-        env["LD_LIBRARY_PATH"] = os.pathsep.join([*self.library_path, env.get("LD_LIBRARY_PATH", "")]).strip(":")
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([*self.library_path, env.get("LD_LIBRARY_PATH", "")]).strip(
+            ":"
+        )
         if pythonpath:
             env["PYTHONPATH"] = os.pathsep.join(os.fspath(p) for p in pythonpath)
         else:
@@ -117,8 +120,9 @@ def _probe(python: Path) -> dict[str, str]:
     code = (
         "import json, pathlib, sys, sysconfig, pytriton\n"
         "root = pathlib.Path(pytriton.__file__).parent\n"
+        "config = sysconfig.get_config_var\n"
         "print(json.dumps({'pytriton': str(root), 'libs': str(root.parent / 'nvidia_pytriton.libs'),"
-        " 'libdir': sysconfig.get_config_var('LIBDIR') or '', 'ldlibrary': sysconfig.get_config_var('LDLIBRARY') or '',"
+        " 'libdir': config('LIBDIR') or '', 'ldlibrary': config('LDLIBRARY') or '',"
         " 'version': f'{sys.version_info[0]}.{sys.version_info[1]}'}))"
     )
     return dict(json.loads(_run([python, "-c", code], "looking for tritonserver in the server environment")))
@@ -204,7 +208,9 @@ def server_environment(
         probe = _probe(python)
         tritonserver = Path(probe["pytriton"]) / "tritonserver" / "bin" / "tritonserver"
         if not tritonserver.exists():
-            raise TritonServerError(f"{PYTRITON} installed but {tritonserver} is missing; delete {root} and retry")
+            raise TritonServerError(
+                f"{PYTRITON} installed but {tritonserver} is missing; delete {root} and retry"
+            )
         library_path = [probe["libs"]]
         if probe["libdir"] and (Path(probe["libdir"]) / probe["ldlibrary"]).exists():
             library_path.append(probe["libdir"])  # the base interpreter's libpython, for the stub
@@ -236,7 +242,9 @@ def binary_problem(environment: ServerEnvironment) -> str | None:
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"{environment.tritonserver} does not run here: {e}"
     if "Usage: tritonserver" not in result.stdout + result.stderr:
-        return f"{environment.tritonserver} does not run here: {(result.stdout + result.stderr).strip()[-500:]}"
+        return (
+            f"{environment.tritonserver} does not run here: {(result.stdout + result.stderr).strip()[-500:]}"
+        )
     return None
 
 
@@ -303,7 +311,9 @@ class TritonServer:
     ) -> None:
         self.repository = Path(repository).absolute()
         if not self.repository.is_dir():
-            raise TritonServerError(f"{self.repository} is not a directory; make it with python -m trt_runtime triton-repo")
+            raise TritonServerError(
+                f"{self.repository} is not a directory; make it with python -m trt_runtime triton-repo"
+            )
         self.environment = environment or server_environment()
         self.host = host
         ports = iter(free_ports(3, host if host != "0.0.0.0" else LOOPBACK))
@@ -314,7 +324,9 @@ class TritonServer:
         self.exit_timeout_s = exit_timeout_s
         self.extra_args = list(extra_args)
         self._own_log = log_path is None
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
+        self.log_path = (
+            Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
+        )
         self.process: subprocess.Popen[bytes] | None = None
 
     # --- addresses ---------------------------------------------------------------------------------
@@ -356,13 +368,18 @@ class TritonServer:
     def check_repository(self) -> None:
         """Refuse a repository with models whose backend this server lacks (saying how to regenerate it)."""
         available = set(self.environment.available_backends())
-        missing = {name: backend for name, backend in repository_backends(self.repository).items() if backend not in available}
+        missing = {
+            name: backend
+            for name, backend in repository_backends(self.repository).items()
+            if backend not in available
+        }
         if missing:
             listed = ", ".join(f"{name} ({backend})" for name, backend in sorted(missing.items()))
             raise TritonServerError(
-                f"this tritonserver (from {PYTRITON}) has only the {', '.join(sorted(available))} backend(s), "
-                f"but {listed} need another. Regenerate the repository for it: triton-repo ... --kinds text,onnx "
-                f"--onnx-backend python; serve plans and onnxruntime_onnx models with NVIDIA's Triton container"
+                f"this tritonserver (from {PYTRITON}) has only the {', '.join(sorted(available))} "
+                f"backend(s); these models need another: {listed}. Regenerate the repository for it "
+                f"(triton-repo ... --kinds text,onnx --onnx-backend python), or serve plans and "
+                f"onnxruntime_onnx models with NVIDIA's Triton container"
             )
 
     def start(self, timeout_s: float = 180) -> TritonServer:
@@ -388,8 +405,8 @@ class TritonServer:
             if code is not None:
                 self.process = None
                 raise TritonServerError(
-                    f"tritonserver exited with status {code} while starting; its log ({self.log_path}) ends:\n"
-                    f"{self.log_tail()}"
+                    f"tritonserver exited with status {code} while starting; its log ({self.log_path}) "
+                    f"ends:\n{self.log_tail()}"
                 )
             if self.ready():
                 return self
@@ -443,20 +460,21 @@ class TritonServer:
 
     # --- HTTP JSON helpers (standard library, loopback) ---------------------------------------------
 
-    def get_json(self, path: str) -> object:
+    def get_json(self, path: str) -> dict[str, Any]:
+        """GET http://HOST:HTTP_PORT/PATH as JSON (an object)."""
         with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=30) as response:
-            return json.loads(response.read())
+            data = json.loads(response.read())
+        if not isinstance(data, dict):
+            raise TritonServerError(f"GET {path} answered {type(data).__name__}, not a JSON object")
+        return data
 
-    def model_config(self, model: str) -> dict:
+    def model_config(self, model: str) -> dict[str, Any]:
         """The live server's config of `model` (what it made of config.pbtxt), as JSON."""
-        config = self.get_json(f"/v2/models/{model}/config")
-        assert isinstance(config, dict)
-        return config
+        return self.get_json(f"/v2/models/{model}/config")
 
-    def model_statistics(self, model: str) -> dict:
-        stats = self.get_json(f"/v2/models/{model}/stats")
-        assert isinstance(stats, dict)
-        return dict(stats["model_stats"][0])
+    def model_statistics(self, model: str) -> dict[str, Any]:
+        """/v2/models/MODEL/stats of its (only) version: inference_count, execution_count, ..."""
+        return dict(self.get_json(f"/v2/models/{model}/stats")["model_stats"][0])
 
     def __enter__(self) -> TritonServer:
         return self.start()

@@ -1,0 +1,1 @@
+"""Speed, memory and accuracy measurements (`make bench`: benchmarks/bench.py) with JSON results and plots."""

@@ -1,0 +1,276 @@
+"""`make bench`: float vs INT8 on the CPU, side by side on the same inputs, with the accuracy of each path.
+
+For each model (BERT-base-sized with random weights; all-MiniLM-L6-v2) and shape (batch 1 and 8 x
+sequence 32, 128, 384) it measures PyTorch float eager, our float export on ONNX Runtime, our INT8
+export on ONNX Runtime (the CPU INT8 graph of trt_runtime.cpu_int8), the export's TensorRT-style Q/DQ
+graph on ONNX Runtime, and onnxruntime.quantization's quantize_dynamic / quantize_static applied to our
+float export (benchmarks/variants.py). Reported per variant: median and p90 latency, throughput,
+the ratio to our float export, peak resident memory (a child process per variant), model size, and
+the mean sentence-embedding cosine to PyTorch float on held-out real sentences. Results go to
+benchmarks/results/bench[-quick].json and .png; the table is printed.
+
+    PYTHONPATH=. python -m benchmarks.bench [--quick] [--models bert-base,minilm] [--threads 2] ...
+
+--quick (under two minutes once the exports exist): all-MiniLM-L6-v2 at batch 1 and 8 x sequence 128,
+three rounds, 64 sentences, without the fused-float and default-quantize_static references. The first run exports the models into exports/bench/ (minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import report  # noqa: E402
+from benchmarks.checkpoints import bert_base_random, minilm  # noqa: E402
+from benchmarks.measure import (  # noqa: E402
+    cosine_stats,
+    held_out_sentences,
+    load_now,
+    measure_memory,
+    sentence_embeddings,
+    summarize,
+    time_shape,
+    tokenized_batches,
+)
+from benchmarks.variants import (  # noqa: E402
+    ModelSpec,
+    VariantSpec,
+    build_runner,
+    export,
+    model_size_mb,
+    peer,
+    random_feeds,
+)
+
+VARIANTS = (
+    "pytorch", "ort-float", "ort-float-fused", "ort-int8", "ort-qdq-export",
+    "quantize_dynamic", "quantize_static", "quantize_static-defaults",
+)
+QUICK_VARIANTS = tuple(v for v in VARIANTS if v not in ("ort-float-fused", "quantize_static-defaults"))
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def model_specs(names: list[str], extra: list[str], calibration_samples: int | None, exports: Path) -> list[ModelSpec]:
+    specs = []
+    for name in names:
+        if name == "bert-base":
+            specs.append(ModelSpec(
+                "bert-base", bert_base_random(exports / "checkpoints"),
+                "BERT-base shape (BertConfig defaults: 12 x 768, 12 heads), random weights", False,
+                calibration_samples or 64,  # random weights: the scales only have to be plausible
+            ))
+        elif name == "minilm":
+            specs.append(ModelSpec(
+                "minilm", minilm(), "all-MiniLM-L6-v2 (6 x 384, 12 heads), real weights", True,
+                calibration_samples or 512,  # the exporter's default
+            ))
+        else:
+            raise SystemExit(f"unknown model {name!r}; choose bert-base, minilm, or give --checkpoint NAME=DIR")
+    for item in extra:
+        name, _, directory = item.partition("=")
+        if not directory:
+            raise SystemExit(f"--checkpoint {item!r}: expected NAME=DIR")
+        specs.append(ModelSpec(name, Path(directory), f"checkpoint {directory}", False, calibration_samples or 32))
+    return specs
+
+
+def variant_specs(spec: ModelSpec, wanted: list[str], exports: Path) -> list[VariantSpec]:
+    float_dir = export(spec, "none", exports, say)
+    qdq_dir = export(spec, "qdq", exports, say) if {"ort-int8", "ort-qdq-export"} & set(wanted) else None
+    variants = []
+    for name in wanted:
+        if name == "pytorch":
+            variants.append(VariantSpec(name, "torch", str(spec.checkpoint)))
+        elif name == "ort-float":
+            variants.append(VariantSpec(name, "runner", str(float_dir), "exported"))
+        elif name == "ort-float-fused":
+            variants.append(VariantSpec(name, "file", str(fused_float(float_dir, exports / "peers" / spec.name))))
+        elif name == "ort-int8":
+            variants.append(VariantSpec(name, "runner", str(qdq_dir), "cpu-int8"))
+        elif name == "ort-qdq-export":
+            variants.append(VariantSpec(name, "runner", str(qdq_dir), "exported"))
+        else:
+            variants.append(VariantSpec(name, "file", str(peer(name, float_dir, spec, exports, say))))
+    return variants
+
+
+def fused_float(float_dir: Path, directory: Path) -> Path:
+    """The float export after onnxruntime.transformers' BERT fusions (the same ones the CPU INT8 graph uses)."""
+    import onnx
+
+    from trt_runtime import cpu_int8
+    from trt_runtime.export_dir import MODEL_ONNX, read_export_info
+
+    info = read_export_info(float_dir)
+    target = directory / f"float-fused-{(info.onnx_sha256 or '')[:16]}.onnx"
+    if target.exists():
+        return target
+    config = cpu_int8.read_config(float_dir)
+    model = onnx.load(str(float_dir / MODEL_ONNX))
+    if info.architecture in cpu_int8.FUSABLE_ARCHITECTURES:
+        model = cpu_int8.fuse_transformer(model, int(config.get("num_attention_heads", 0)), int(config.get("hidden_size", 0)))
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        onnx.save(model, str(tmp))
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def machine() -> dict[str, Any]:
+    import onnxruntime
+
+    from trt_runtime import cpu_int8
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    flags = cpu_int8.cpu_flags()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "isa": sorted(flags & {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"}),
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+        "cpu_int8_recipe": cpu_int8.Recipe().tag,
+    }
+
+
+def bench_model(spec: ModelSpec, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    from tqdm import tqdm
+
+    say(f"\n== {spec.name}: {spec.description}")
+    variants = variant_specs(spec, args.variants, args.exports)
+    vocab_size = int(json.loads((spec.checkpoint / "config.json").read_text())["vocab_size"])
+    shapes = [(b, s) for s in args.sequences for b in args.batches]
+    entry: dict[str, Any] = {"description": spec.description, "checkpoint": str(spec.checkpoint),
+                             "real_weights": spec.real_weights, "variants": {}}
+    results["models"][spec.name] = entry
+
+    say(f"  loading {len(variants)} variants ...")
+    runners = {v.name: build_runner(v, args.threads) for v in tqdm(variants, desc="load", leave=False)}
+    for v in variants:
+        entry["variants"][v.name] = {"spec": asdict(v), "size_mb": round(model_size_mb(runners[v.name].files), 1)}
+
+    if args.sentences:
+        say(f"  accuracy: sentence embeddings of {args.sentences} held-out sentences vs PyTorch float")
+        batches = tokenized_batches(spec.checkpoint, held_out_sentences(args.sentences))
+        reference_runner = runners.get("pytorch") or build_runner(VariantSpec("pytorch", "torch", str(spec.checkpoint)), args.threads)
+        reference = sentence_embeddings(reference_runner, batches)
+        for name, runner in tqdm(runners.items(), desc="accuracy", leave=False):
+            entry["variants"][name]["accuracy"] = cosine_stats(sentence_embeddings(runner, batches), reference)
+
+    say(f"  latency: {len(shapes)} shapes x {len(runners)} variants, {args.rounds} rounds (load {load_now():.1f})")
+    for batch, sequence in tqdm(shapes, desc="shapes", leave=False):
+        feeds = random_feeds(batch, sequence, vocab_size)
+        load_before = load_now()
+        latencies = time_shape(runners, feeds, args.rounds)
+        for name, values in latencies.items():
+            timing = asdict(summarize(spec.name, name, batch, sequence, values))
+            timing["load_average"] = [round(load_before, 2), round(load_now(), 2)]
+            results["timings"].append(timing)
+    del runners
+    gc.collect()
+
+    if args.memory:
+        say("  peak memory: one child process per variant")
+        for v in tqdm(variants, desc="memory", leave=False):
+            entry["variants"][v.name]["memory"] = measure_memory(v, shapes, vocab_size, args.threads)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="MiniLM, batch 1 and 8 x sequence 128, 3 rounds")
+    parser.add_argument("--models", default=None, help="comma-separated: bert-base, minilm (default: both)")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="NAME=DIR",
+                        help="also measure this checkpoint (repeatable)")
+    parser.add_argument("--batches", default=None, help="comma-separated (default 1,8)")
+    parser.add_argument("--sequences", default=None, help="comma-separated (default 32,128,384)")
+    parser.add_argument("--variants", default=None, help=f"comma-separated subset of {','.join(VARIANTS)}")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="intra-op threads (default: all cores)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of turns per shape (default 5; quick 3)")
+    parser.add_argument("--sentences", type=int, default=None, help="accuracy sentences (default 512; quick 64; 0: none)")
+    parser.add_argument("--calibration-samples", type=int, default=None,
+                        help="override the calibration samples of the qdq exports and quantize_static")
+    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory children")
+    parser.add_argument("--exports", type=Path, default=ROOT / "exports" / "bench")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--name", default=None, help="results file stem (default bench, or bench-quick)")
+    args = parser.parse_args(argv)
+    ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
+    if args.models is None:
+        args.models = ["minilm"] if args.quick else ["bert-base", "minilm"]
+    else:
+        args.models = [m for m in args.models.split(",") if m]
+    args.batches = ints(args.batches) if args.batches else [1, 8]
+    args.sequences = ints(args.sequences) if args.sequences else ([128] if args.quick else [32, 128, 384])
+    args.variants = args.variants.split(",") if args.variants else list(QUICK_VARIANTS if args.quick else VARIANTS)
+    unknown = set(args.variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
+    args.rounds = args.rounds or (3 if args.quick else 5)
+    args.sentences = (64 if args.quick else 512) if args.sentences is None else args.sentences
+    args.name = args.name or ("bench-quick" if args.quick else "bench")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    started = time.perf_counter()
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "load_average_start": round(load_now(), 2),
+        "models": {},
+        "timings": [],
+    }
+    say(f"{results['machine']['cpu']} ({results['machine']['cores']} cores, {', '.join(results['machine']['isa'])}), "
+        f"onnxruntime {results['machine']['onnxruntime']}, {args.threads} threads; load average {load_now():.1f}")
+    for spec in model_specs(args.models, args.checkpoint, args.calibration_samples, args.exports):
+        bench_model(spec, args, results)
+    report.add_ratios(results)
+    results["goal"] = report.goal_check(results)
+    results["load_average_end"] = round(load_now(), 2)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+
+    from trt_runtime.export_dir import write_json_atomic
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = args.output / f"{args.name}.json", args.output / f"{args.name}.png"
+    write_json_atomic(json_path, results)
+    report.plot(results, png_path)
+    say("\n" + report.table(results))
+    if results["goal"]:
+        say(f"\ngoal ({results['goal']['shape']}): {json.dumps(results['goal']['met'])}; "
+            f"x{results['goal']['x_ort_float']} ort-float, x{results['goal']['x_best_peer']} "
+            f"{results['goal']['best_peer']}, mean cosine {results['goal']['mean_cosine']}")
+    say(f"\nload average {results['load_average_start']} at the start, {results['load_average_end']} at the end; "
+        f"{results['seconds']:.0f} s\nwrote {json_path} and {png_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
