@@ -19,13 +19,14 @@ Tolerances (per output, per batch):
   An export bug (wrong scale, axis, zero point or weights) moves outputs by the quantization error or
   more. A Q/DQ pair too many or too few is caught exactly, by counting them against the module's
   enabled quantizers (exporter.qdq), not by this tolerance.
-- integer, in addition: an output beyond that still passes when ONNX Runtime is as close to float as the
+- qdq and integer, in addition: an output beyond that still passes when ONNX Runtime is as close to float as the
   module is: ||onnx - torch_float|| / ||torch_quantized - torch_float|| within [1 / 1.25, 1.25] (closer to
   float is as suspect as further: a graph that lost its quantization). I-BERT's integer
   all-MiniLM-L6-v2 decorrelates further than qdq: one flipped 8-bit step changes a whole row of the next
   GEMM, and by the last layer two float summation orders (PyTorch and ONNX Runtime, or PyTorch eager and
   PyTorch with the traced arithmetic) differ by 0.6-1.1 x the quantization error while both stay exactly
-  as far from float (0.212 and 0.212 with 16-bit wide activations). An export bug adds its own error: to
+  as far from float (0.212 and 0.212 with 16-bit wide activations). qdq all-MiniLM-L6-v2 does the same on
+  short inputs (one 7-token sentence: 0.13 between the two, 0.147 and 0.15 from float). An export bug adds its own error: to
   pass this it must stay below ~0.75 x the quantization error, the same bound as above.
 """
 
@@ -104,7 +105,7 @@ class Tolerance:
 
 TOLERANCES = {
     "none": Tolerance(atol=1e-4),
-    "qdq": Tolerance(atol=1e-3, noise_ratio=0.75),
+    "qdq": Tolerance(atol=1e-3, noise_ratio=0.75, float_error_ratio=1.25),
     "integer": Tolerance(atol=1e-3, noise_ratio=0.75, float_error_ratio=1.25),
 }
 

@@ -8,6 +8,7 @@ float model giving the quantization error the tolerance is measured against.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -243,16 +244,18 @@ def test_wide_activations_errors_on_the_command_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_integer_tolerance_accepts_flip_cascades_but_not_extra_error():
-    """Integer validation: beyond 0.75 x the quantization error, ONNX Runtime must be as close to float as torch."""
+@pytest.mark.parametrize("quantization", ["integer", "qdq"])
+def test_quantized_tolerance_accepts_flip_cascades_but_not_extra_error(quantization):
+    """Quantized validation: beyond 0.75 x the quantization error, ONNX Runtime must be as close to float as torch."""
     rng = np.random.default_rng(0)
     floats = rng.normal(0, 1, (4, 16, 32)).astype(np.float32)
     torch_out = floats + rng.normal(0, 0.2, floats.shape).astype(np.float32)  # quantization error ~0.2
     # another sample of the same quantization noise (what a cascade of one-step flips gives): 1.4 x q from torch
     cascade = floats + rng.normal(0, 0.2, floats.shape).astype(np.float32)
-    tolerance = TOLERANCES["integer"]
+    tolerance = TOLERANCES[quantization]
     assert tolerance.violation(cascade, torch_out, floats) is None
-    assert "relative L2 error" in TOLERANCES["qdq"].violation(cascade, torch_out, floats)  # qdq keeps the strict rule
+    without_float_rule = dataclasses.replace(tolerance, float_error_ratio=None)
+    assert "relative L2 error" in without_float_rule.violation(cascade, torch_out, floats)  # the first rule alone refuses
     # an export bug adds its own error on top: 1.6 x further from float than torch
     broken = cascade + rng.normal(0, 0.25, floats.shape).astype(np.float32)
     assert "error to float is 1.6" in tolerance.violation(broken, torch_out, floats)
