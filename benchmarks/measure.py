@@ -79,8 +79,15 @@ def summarize(model: str, variant: str, batch: int, sequence: int, latencies: li
     ms = np.array(latencies) * 1000
     median = float(np.median(ms))
     return Timing(
-        model, variant, batch, sequence, len(ms), round(median, 3), round(float(np.percentile(ms, 90)), 3),
-        round(batch * 1000 / median, 2), round(batch * sequence * 1000 / median, 1),
+        model,
+        variant,
+        batch,
+        sequence,
+        len(ms),
+        round(median, 3),
+        round(float(np.percentile(ms, 90)), 3),
+        round(batch * 1000 / median, 2),
+        round(batch * sequence * 1000 / median, 1),
     )
 
 
@@ -108,7 +115,9 @@ def _peak_rss_mb() -> float:
     return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def memory_child(variant: VariantSpec, shapes: list[tuple[int, int]], vocab_size: int, threads: int) -> dict[str, Any]:
+def memory_child(
+    variant: VariantSpec, shapes: list[tuple[int, int]], vocab_size: int, threads: int
+) -> dict[str, Any]:
     """In the child: RSS before loading, then peak RSS after loading and running every shape once."""
     if variant.kind == "torch":
         import torch  # noqa: F401  (imported before the baseline, as the ORT variants import onnxruntime)
@@ -120,8 +129,12 @@ def memory_child(variant: VariantSpec, shapes: list[tuple[int, int]], vocab_size
     for batch, sequence in shapes:  # the first call of a shape allocates its buffers: the peak
         runner(random_feeds(batch, sequence, vocab_size))
     peak = _peak_rss_mb()
-    return {"rss_before_mb": round(before, 1), "rss_loaded_mb": round(loaded, 1), "peak_rss_mb": round(peak, 1),
-            "peak_increase_mb": round(peak - before, 1)}
+    return {
+        "rss_before_mb": round(before, 1),
+        "rss_loaded_mb": round(loaded, 1),
+        "peak_rss_mb": round(peak, 1),
+        "peak_increase_mb": round(peak - before, 1),
+    }
 
 
 def measure_memory(
@@ -129,8 +142,14 @@ def measure_memory(
 ) -> dict[str, Any]:
     """Run `memory_child` in a fresh interpreter; its JSON result (or {"error": ...})."""
     command = [
-        sys.executable, "-m", "benchmarks.measure", "memory", variant.to_json(), json.dumps(shapes),
-        str(vocab_size), str(threads),
+        sys.executable,
+        "-m",
+        "benchmarks.measure",
+        "memory",
+        variant.to_json(),
+        json.dumps(shapes),
+        str(vocab_size),
+        str(threads),
     ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     try:
@@ -138,7 +157,11 @@ def measure_memory(
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout_s:.0f} s"}
     if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+        return {
+            "error": done.stderr.strip().splitlines()[-1]
+            if done.stderr.strip()
+            else f"exit {done.returncode}"
+        }
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
@@ -164,10 +187,17 @@ def tokenized_batches(checkpoint: Path, texts: list[str], batch_size: int = 32) 
     tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
     batches = []
     for start in range(0, len(texts), batch_size):
-        encoded = tokenizer(texts[start : start + batch_size], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="np")
+        encoded = tokenizer(
+            texts[start : start + batch_size],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="np",
+        )
         batch = {k: encoded[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
-        batch["token_type_ids"] = encoded.get("token_type_ids", np.zeros_like(encoded["input_ids"])).astype(np.int64)
+        batch["token_type_ids"] = encoded.get("token_type_ids", np.zeros_like(encoded["input_ids"])).astype(
+            np.int64
+        )
         batches.append(batch)
     return batches
 
@@ -195,10 +225,12 @@ def _main(argv: list[str]) -> int:
         result = memory_child(variant, shapes, int(argv[3]), int(argv[4]))  # type: ignore[arg-type]
         print(json.dumps(result))
         return 0
-    print("usage: python -m benchmarks.measure memory VARIANT_JSON SHAPES_JSON VOCAB_SIZE THREADS", file=sys.stderr)
+    print(
+        "usage: python -m benchmarks.measure memory VARIANT_JSON SHAPES_JSON VOCAB_SIZE THREADS",
+        file=sys.stderr,
+    )
     return 2
 
 
 if __name__ == "__main__":
     sys.exit(_main(sys.argv[1:]))
-

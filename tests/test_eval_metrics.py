@@ -46,7 +46,9 @@ def test_classification_metrics_match_counting(seed):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 2, size=200)
     predicted = np.where(rng.random(200) < 0.8, labels, 1 - labels)
-    assert metrics.accuracy(labels, predicted) == pytest.approx(reference_accuracy(labels, predicted), abs=1e-12)
+    assert metrics.accuracy(labels, predicted) == pytest.approx(
+        reference_accuracy(labels, predicted), abs=1e-12
+    )
     assert metrics.f1(labels, predicted) == pytest.approx(reference_f1(labels, predicted), abs=1e-12)
 
 
@@ -62,7 +64,9 @@ def test_correlations_match_scipy_with_ties(seed):
     targets = rng.integers(-4, 5, size=300).astype(float) / 2  # many ties, as VADER's mean ratings have
     predicted = np.round(targets + rng.normal(0, 1.5, size=300), 1)
     for name in ("pearson", "spearman", "rmse"):
-        assert metrics.METRICS[name](targets, predicted) == pytest.approx(reference(name, targets, predicted), abs=1e-10)
+        assert metrics.METRICS[name](targets, predicted) == pytest.approx(
+            reference(name, targets, predicted), abs=1e-10
+        )
 
 
 def test_rankdata_matches_scipy_average_ties():
@@ -77,8 +81,11 @@ def test_metrics_on_a_batch_of_rows_equal_row_by_row():
     predicted = targets + rng.normal(size=(6, 40))
     labels, guesses = (targets > 0).astype(int), (predicted > 0).astype(int)
     for name, (a, b) in {
-        "accuracy": (labels, guesses), "f1": (labels, guesses), "pearson": (targets, predicted),
-        "spearman": (targets, predicted), "rmse": (targets, predicted),
+        "accuracy": (labels, guesses),
+        "f1": (labels, guesses),
+        "pearson": (targets, predicted),
+        "spearman": (targets, predicted),
+        "rmse": (targets, predicted),
     }.items():
         batch = metrics.METRICS[name](a, b)
         assert batch.shape == (6,)
@@ -122,7 +129,9 @@ def test_paired_bootstrap_equals_a_loop_over_the_same_resamples(metric):
         b = targets + rng.normal(0, 0.7, size=n)
     indices = bootstrap_indices(n, resamples=200, seed=5)
     change = paired_bootstrap(metric, targets, a, b, indices)
-    assert change.value == pytest.approx(reference(metric, targets, b) - reference(metric, targets, a), abs=1e-10)
+    assert change.value == pytest.approx(
+        reference(metric, targets, b) - reference(metric, targets, a), abs=1e-10
+    )
     low, high = loop_bootstrap(metric, targets, a, b, indices)
     assert (change.low, change.high) == pytest.approx((low, high), abs=1e-10)
     assert change.resamples == 200
@@ -134,13 +143,20 @@ def test_paired_bootstrap_agrees_with_scipy_percentile_interval():
     n = 2000
     labels = rng.integers(0, 2, size=n)
     a = np.where(rng.random(n) < 0.88, labels, 1 - labels)
-    b = np.where(rng.random(n) < 0.03, 1 - a, a)  # a quantized model: a few flips of the float model's answers
+    b = np.where(
+        rng.random(n) < 0.03, 1 - a, a
+    )  # a quantized model: a few flips of the float model's answers
 
     def delta(t, pa, pb, axis=-1):
         return (pb == t).mean(axis=axis) - (pa == t).mean(axis=axis)
 
     theirs = stats.bootstrap(
-        (labels, a, b), delta, paired=True, vectorized=True, n_resamples=4000, method="percentile",
+        (labels, a, b),
+        delta,
+        paired=True,
+        vectorized=True,
+        n_resamples=4000,
+        method="percentile",
         rng=np.random.default_rng(1),
     ).confidence_interval
     ours = paired_bootstrap("accuracy", labels, a, b, bootstrap_indices(n, 4000, seed=2))

@@ -45,8 +45,13 @@ def test_regression_keeps_every_sentence_with_its_score():
 
 
 def test_evaluation_splits_never_share_text_with_calibration_or_each_other():
-    calibration = {normalize(line) for line in CALIBRATION_FILE.read_text(encoding="utf-8").splitlines() if line.strip()}
-    splits = {name: {normalize(t) for t in examples(TASKS["regression"], name).texts} for name in ("train", "dev", "test")}
+    calibration = {
+        normalize(line) for line in CALIBRATION_FILE.read_text(encoding="utf-8").splitlines() if line.strip()
+    }
+    splits = {
+        name: {normalize(t) for t in examples(TASKS["regression"], name).texts}
+        for name in ("train", "dev", "test")
+    }
     assert len(calibration) > 900
     for name, texts in splits.items():
         assert not texts & calibration, name
@@ -84,8 +89,12 @@ def test_recipe_keys_follow_the_fields_that_went_in():
     base = Recipe()
     assert base.key(*FLOAT_FIELDS) == Recipe().key(*FLOAT_FIELDS)
     assert base.key(*FLOAT_FIELDS) != Recipe(train_samples=10).key(*FLOAT_FIELDS)
-    assert base.key(*FLOAT_FIELDS) == Recipe(qat_samples=10).key(*FLOAT_FIELDS)  # QAT settings do not retrain float
-    assert base.key(*FLOAT_FIELDS, extra={"task": "binary"}) != base.key(*FLOAT_FIELDS, extra={"task": "regression"})
+    assert base.key(*FLOAT_FIELDS) == Recipe(qat_samples=10).key(
+        *FLOAT_FIELDS
+    )  # QAT settings do not retrain float
+    assert base.key(*FLOAT_FIELDS, extra={"task": "binary"}) != base.key(
+        *FLOAT_FIELDS, extra={"task": "regression"}
+    )
 
 
 def test_recipe_overrides_from_the_command_line():
@@ -98,7 +107,12 @@ def test_recipe_overrides_from_the_command_line():
 
 def test_ptq_variants_cover_every_calibrator_or_those_named():
     assert [v.name for v in ptq_variants()] == [
-        "ptq-max", "ptq-percentile-99.9", "ptq-percentile-99.99", "ptq-percentile-99.999", "ptq-mse", "ptq-entropy",
+        "ptq-max",
+        "ptq-percentile-99.9",
+        "ptq-percentile-99.99",
+        "ptq-percentile-99.999",
+        "ptq-mse",
+        "ptq-entropy",
     ]
     assert [(v.method, v.percentile) for v in ptq_variants(["percentile-99.99"])] == [("percentile", 99.99)]
 
@@ -112,18 +126,58 @@ def test_doc_block_is_replaced_and_prose_kept(tmp_path: Path):
     assert update_doc(missing, f"{TABLE_BEGIN}\nx\n{TABLE_END}").endswith(f"{TABLE_END}\n")
 
 
-def test_markdown_table_formats_points_and_intervals():
+def test_markdown_table_formats_points_intervals_and_the_graph_that_ran():
     change = {"delta": -0.0043, "ci_low": -0.0091, "ci_high": 0.0004}
+    derived = {
+        "graph_reason": "the CPU INT8 graph derived from model.onnx (reused ...)",
+        "graph": "cpu-int8-x.onnx",
+    }
     rows = [
-        {"title": "float (FP32)", "group": "float", "onnxruntime": {"accuracy": 0.9, "f1": 0.91},
-         "pytorch": {"accuracy": 0.9}},
-        {"title": "PTQ max", "group": "ptq",
-         "onnxruntime": {"accuracy": 0.8957, "f1": 0.905, "change_vs_float": {"accuracy": change, "f1": change}},
-         "pytorch": {"accuracy": 0.8957, "change_vs_float": {"accuracy": change}}},
+        {
+            "title": "float (FP32)",
+            "group": "float",
+            "onnxruntime": {"accuracy": 0.9, "f1": 0.91, "runtime": {"graph_reason": "the exported graph"}},
+        },
+        {
+            "title": "PTQ max",
+            "group": "ptq",
+            "onnxruntime": {
+                "accuracy": 0.8957,
+                "f1": 0.905,
+                "change_vs_float": {"accuracy": change, "f1": change},
+                "runtime": derived,
+            },
+            "onnxruntime_exported": {"accuracy": 0.8957, "change_vs_float": {"accuracy": change}},
+        },
     ]
     table = markdown_table("binary", {"metrics": ["accuracy", "f1"], "rows": rows}).splitlines()
     assert len(table) == 4
-    assert table[2].startswith("| float (FP32) | 90.0 | (reference) | 91.0 |")
+    assert table[0].count("|") == 8  # model, graph, 2 x (metric, change), exported-graph change
+    assert "PyTorch" not in table[0]  # a column only when some row has it
+    assert table[2] == "| float (FP32) | exported | 90.0 | (reference) | 91.0 | (reference) | (reference) |"
     assert table[3] == (
-        "| PTQ max | 89.6 | -0.4 [-0.9, +0.0] | 90.5 | -0.4 [-0.9, +0.0] | 89.6 | -0.4 [-0.9, +0.0] |"
+        "| PTQ max | CPU INT8 | 89.6 | -0.4 [-0.9, +0.0] | 90.5 | -0.4 [-0.9, +0.0] | -0.4 [-0.9, +0.0] |"
+    )
+
+
+def test_markdown_table_regression_shows_every_metric_rmse_in_score_units():
+    change = {"delta": 0.0123, "ci_low": -0.001, "ci_high": 0.0251}
+    rows = [
+        {
+            "title": "I-BERT integer, PTQ",
+            "group": "integer",
+            "onnxruntime": {
+                "pearson": 0.81234,
+                "spearman": 0.8,
+                "rmse": 1.2345,
+                "change_vs_float": {"pearson": change, "spearman": change, "rmse": change},
+            },
+        }
+    ]
+    table = markdown_table(
+        "regression", {"metrics": ["pearson", "spearman", "rmse"], "rows": rows}
+    ).splitlines()
+    assert table[2] == (
+        "| I-BERT integer, PTQ | exported | 81.2 | +1.2 [-0.1, +2.5] | 80.0 | +1.2 [-0.1, +2.5] "
+        "| 1.23 | +0.012 [-0.001, +0.025] |"
     )

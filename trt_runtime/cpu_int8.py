@@ -17,6 +17,9 @@ from the same export, with the same weights:
    QAttention for the fused attention projections, MatMulIntegerToFloat / DynamicQuantizeMatMul for the
    others. Weights stay per output channel. Softmax, LayerNorm, GELU, the attention core and whatever
    the export left float (heads, embeddings) stay float32.
+4. SkipLayerNormalization back to Sum + LayerNormalization (`split_skip_layer_norms`): ONNX Runtime's
+   CPU kernel for the fused op is an order of magnitude slower than the two ops (a tenth of the INT8
+   BERT-base graph's time; docs/benchmarks.md).
 
 How the activations are quantized (`Recipe`): per row, i.e. per token, on every call ("row", the
 default): each row's own symmetric scale, zero point 128, the [M, 1] row scales given to
@@ -31,8 +34,9 @@ input the exporter keeps float by default for TensorRT (there it would cost accu
 here too ("row" for `float_inputs`): in float it would cap the speed-up (a third of the GEMM work).
 
 Weights on 7 bits, and why: MLAS's u8 x s8 kernel on AVX2 without VNNI (vpmaddubsw) adds two u8 x s8
-products in a saturating int16, and 255 x 127 x 2 overflows it: results silently wrong by up to ~10 %
-of a GEMM's output range wherever large activations meet large weights. With 7-bit weights
+products in a saturating int16, and 255 x 127 x 2 overflows it: results silently wrong wherever large
+activations meet large weights (a GEMM with every input at the top of its range comes out 99 % wrong
+with 8-bit weights on an AVX2 EPYC, exact with 7-bit ones). With 7-bit weights
 (|w| <= 63) no pair can overflow. With AVX-VNNI or AVX512-VNNI (vpdpbusd adds in int32), or off x86,
 the weights keep all 8 bits. `weight_bits=None` picks by the CPU; the choice is part of the cache key.
 
@@ -63,7 +67,7 @@ from trt_runtime.export_dir import CONFIG_JSON, MODEL_ONNX, ExportInfo, sha256_f
 logger = logging.getLogger(__name__)
 
 #: bumped when the derivation changes, so that older cached graphs are not reused
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: SkipLayerNormalization split back (step 4)
 CACHE_DIR = ".cache"
 MS_DOMAIN = "com.microsoft"
 #: architectures whose float graph onnxruntime.transformers' "bert" optimizer knows how to fuse
@@ -77,6 +81,7 @@ class CpuInt8Error(ValueError):
 
 ACTIVATION_MODES = ("static", "dynamic", "row")
 FLOAT_INPUT_MODES = ("row", "dynamic", "float")
+ATTENTION_MODES = ("mha", "qattention")
 
 
 @dataclass(frozen=True)
@@ -89,33 +94,47 @@ class Recipe:
     float_inputs: linear layers whose weights the export quantized but whose input it kept float (the
         FFN output projection by default): "row", "dynamic" (as above) or "float" (a float GEMM).
     weight_bits: 8 or 7; None: 8 where the CPU has VNNI (or is not x86), else 7 (see the module doc).
-    fuse: onnxruntime.transformers' fusions (Attention -> QAttention, SkipLayerNormalization, BiasGelu).
+    fuse: onnxruntime.transformers' fusions (Attention, SkipLayerNormalization, BiasGelu).
+    attention: what a fused Attention becomes: "qattention" (QAttention: the Q, K and V projections in
+        one u8 x s8 kernel with one per-tensor input scale, then the attention core) or "mha" (the
+        projections as one int8 GEMM like any other linear layer, per-row inputs included, then a float
+        MultiHeadAttention). Measured side by side at BERT-base batch 8 x sequence 128 on an AVX2 EPYC,
+        QAttention was 5-15 % faster in three of three runs; on all-MiniLM-L6-v2 (head size 32) "mha" was
+        4 % faster in one run; the accuracy is the same (mean cosine 0.9949 vs 0.9948). Hence the default.
     """
 
     activations: str = "row"
     float_inputs: str = "row"
     weight_bits: int | None = None
     fuse: bool = True
+    attention: str = "qattention"
 
     def __post_init__(self) -> None:
         if self.activations not in ACTIVATION_MODES:
             raise ValueError(f"activations={self.activations!r}; choose one of {', '.join(ACTIVATION_MODES)}")
         if self.float_inputs not in FLOAT_INPUT_MODES:
-            raise ValueError(f"float_inputs={self.float_inputs!r}; choose one of {', '.join(FLOAT_INPUT_MODES)}")
+            raise ValueError(
+                f"float_inputs={self.float_inputs!r}; choose one of {', '.join(FLOAT_INPUT_MODES)}"
+            )
         if self.weight_bits not in (None, 7, 8):
             raise ValueError(f"weight_bits={self.weight_bits!r}; choose 7, 8 or None (by the CPU)")
+        if self.attention not in ATTENTION_MODES:
+            raise ValueError(f"attention={self.attention!r}; choose one of {', '.join(ATTENTION_MODES)}")
 
     def resolved(self) -> Recipe:
         """This recipe with weight_bits chosen for this CPU where it was None."""
         if self.weight_bits is not None:
             return self
         bits = 8 if int8_dot_products_are_exact() else 7
-        return Recipe(self.activations, self.float_inputs, bits, self.fuse)
+        return Recipe(self.activations, self.float_inputs, bits, self.fuse, self.attention)
 
     @property
     def tag(self) -> str:
         bits = self.resolved().weight_bits
-        fused = "-fused" if self.fuse else ""
+        # QAttention is the default: its tag keeps the form that version 1 had
+        fused = (
+            ("-fused" if self.attention == "qattention" else f"-fused-{self.attention}") if self.fuse else ""
+        )
         return f"v{RECIPE_VERSION}-{self.activations}-{self.float_inputs}-w{bits}{fused}"
 
 
@@ -222,14 +241,20 @@ def dequantize_qdq(model: onnx.ModelProto) -> Dequantized:
                 raise CpuInt8Error(f"{node.name}: the scale {node.input[1]} is not a constant")
             followers = consumers.get(node.output[0], [])
             if not followers or any(f.op_type != "DequantizeLinear" for f in followers):
-                raise CpuInt8Error(f"{node.name}: a QuantizeLinear whose output does not go to DequantizeLinear only")
+                raise CpuInt8Error(
+                    f"{node.name}: a QuantizeLinear whose output does not go to DequantizeLinear only"
+                )
             scale = _scalar(inits[node.input[1]])
             for dq in followers:
                 rename[dq.output[0]] = node.input[0]
                 drop.add(id(dq))
                 result.activation_pairs += 1
                 for user in consumers.get(dq.output[0], []):
-                    if user.op_type == "MatMul" and user.input[0] == dq.output[0] and user.input[1] in weights:
+                    if (
+                        user.op_type == "MatMul"
+                        and user.input[0] == dq.output[0]
+                        and user.input[1] in weights
+                    ):
                         result.scales[node.input[0]] = max(scale, result.scales.get(node.input[0], 0.0))
             drop.add(id(node))
     kept = [node for node in graph.node if id(node) not in drop]
@@ -337,7 +362,8 @@ class Summary:
     static: int = 0  # inputs quantized with the export's scale
     dynamic: int = 0  # ... per tensor, per call
     row: int = 0  # ... per row, per call
-    float_gemms: int = 0  # MatMul / Attention left float (weights not int8 in the export, or float_inputs="float")
+    #: MatMul / Attention left float (weights not int8 in the export, or float_inputs="float")
+    float_gemms: int = 0
 
 
 class _Builder:
@@ -376,7 +402,7 @@ class _Builder:
         return value if on_int8_grid(value) else None
 
     def input_mode(self, tensor: str, fused_attention: bool) -> str:
-        """"static" | "dynamic" | "row" | "float" for the input `tensor` of a linear layer."""
+        """The input mode ("static", "dynamic", "row" or "float") of the input `tensor` of a linear layer."""
         if tensor in self.scales:
             mode = self.recipe.activations
         else:
@@ -395,11 +421,15 @@ class _Builder:
             if mode == "static":
                 scale = self.constant(f"{tensor}_scale", np.array(self.scales[tensor], np.float32))
                 zero = self.constant(f"{tensor}_zero_point", np.array(ACTIVATION_ZERO_POINT, np.uint8))
-                nodes.append(helper.make_node("QuantizeLinear", [tensor, scale, zero], [base], name=f"{base}/Quantize"))
+                nodes.append(
+                    helper.make_node("QuantizeLinear", [tensor, scale, zero], [base], name=f"{base}/Quantize")
+                )
             else:
                 scale, zero = f"{base}_scale", f"{base}_zero_point"
                 nodes.append(
-                    helper.make_node("DynamicQuantizeLinear", [tensor], [base, scale, zero], name=f"{base}/Quantize")
+                    helper.make_node(
+                        "DynamicQuantizeLinear", [tensor], [base, scale, zero], name=f"{base}/Quantize"
+                    )
                 )
             self.quantized[key] = (base, scale, zero)
         return self.quantized[key]
@@ -409,8 +439,17 @@ class _Builder:
 
     def attention(self, node: onnx.NodeProto, nodes: list[onnx.NodeProto]) -> bool:
         weight = self.int8_weight(node.input[1])
+        if weight is None:
+            return False
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (
+            self.recipe.attention == "mha"
+            and not attributes.get("qkv_hidden_sizes")
+            and len(node.output) == 1
+        ):
+            return self.attention_mha(node, weight, attributes, nodes)
         mode = self.input_mode(node.input[0], fused_attention=True)
-        if weight is None or mode == "float":
+        if mode == "float":
             return False
         w = quantize_weight(weight, self.bits)
         x, x_scale, x_zero = self.quantize_input(node.input[0], mode, nodes)
@@ -424,10 +463,57 @@ class _Builder:
             node.input[3] if len(node.input) > 3 else "",
             x_zero,
         ]
-        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         nodes.append(
             helper.make_node(
-                "QAttention", inputs, list(node.output), name=f"{base}/QAttention", domain=MS_DOMAIN, **attributes
+                "QAttention",
+                inputs,
+                list(node.output),
+                name=f"{base}/QAttention",
+                domain=MS_DOMAIN,
+                **attributes,
+            )
+        )
+        self.summary.attention += 1
+        self.count(mode)
+        return True
+
+    def attention_mha(
+        self,
+        node: onnx.NodeProto,
+        weight: np.ndarray,
+        attributes: dict[str, Any],
+        nodes: list[onnx.NodeProto],
+    ) -> bool:
+        """Attention(x, W_qkv, b, mask) -> int8 GEMM x @ W_qkv (one GEMM, inputs quantized as any linear
+        layer's), Split into Q, K, V, and MultiHeadAttention(Q, K, V, bias b, raw mask) in float.
+
+        The difference to QAttention: the input gets per-row scales like every other linear layer's
+        (QAttention takes one), and the projection runs as one GEMM; measured slower at BERT-base on
+        AVX2 (see `Recipe.attention`), so it is an option, not the default."""
+        mode = self.input_mode(node.input[0], fused_attention=False)
+        if mode == "float":
+            return False
+        base = node.name or node.output[0]
+        qkv = self.unique(f"{base}_qkv")
+        self.linear(node.input[0], weight, base, qkv, mode, nodes)
+        hidden = weight.shape[1] // 3
+        sizes = self.constant(f"{base}_qkv_split", np.array([hidden] * 3, np.int64))
+        q, k, v = (self.unique(f"{base}_{part}") for part in "qkv")
+        nodes.append(helper.make_node("Split", [qkv, sizes], [q, k, v], name=f"{base}/Split", axis=-1))
+        mask = node.input[3] if len(node.input) > 3 else ""
+        kept = {
+            name: value
+            for name, value in attributes.items()
+            if name in ("num_heads", "mask_filter_value", "scale")
+        }
+        nodes.append(
+            helper.make_node(
+                "MultiHeadAttention",
+                [q, k, v, node.input[2], mask],
+                list(node.output),
+                name=f"{base}/MultiHeadAttention",
+                domain=MS_DOMAIN,
+                **kept,
             )
         )
         self.summary.attention += 1
@@ -439,39 +525,55 @@ class _Builder:
         mode = self.input_mode(node.input[0], fused_attention=False)
         if weight is None or mode == "float":
             return False
-        w = quantize_weight(weight, self.bits)
-        base = node.name or node.output[0]
-        w_values = self.constant(f"{base}_weight_s8", w.values)
-        w_scale = self.constant(f"{base}_weight_scale", w.scale)
-        if mode == "row":
-            self.row_matmul(node, w_values, w_scale, weight.shape, nodes)
-        elif mode == "dynamic":
-            nodes.append(
-                helper.make_node(
-                    "DynamicQuantizeMatMul", [node.input[0], w_values, w_scale], list(node.output),
-                    name=f"{base}/DynamicQuantizeMatMul", domain=MS_DOMAIN,
-                )
-            )
-        else:
-            x, x_scale, x_zero = self.quantize_input(node.input[0], mode, nodes)
-            nodes.append(
-                helper.make_node(
-                    "MatMulIntegerToFloat", [x, w_values, x_scale, w_scale, x_zero], list(node.output),
-                    name=f"{base}/MatMulIntegerToFloat", domain=MS_DOMAIN,
-                )
-            )
+        self.linear(node.input[0], weight, node.name or node.output[0], node.output[0], mode, nodes)
         self.summary.matmuls += 1
         self.count(mode)
         return True
 
+    def linear(
+        self, x: str, weight: np.ndarray, base: str, output: str, mode: str, nodes: list[onnx.NodeProto]
+    ) -> None:
+        """output = x @ weight as a u8 x s8 GEMM, x quantized by `mode` ("row" | "dynamic" | "static")."""
+        w = quantize_weight(weight, self.bits)
+        w_values = self.constant(f"{base}_weight_s8", w.values)
+        w_scale = self.constant(f"{base}_weight_scale", w.scale)
+        if mode == "row":
+            self.row_matmul(x, output, w_values, w_scale, weight.shape, nodes)
+        elif mode == "dynamic":
+            nodes.append(
+                helper.make_node(
+                    "DynamicQuantizeMatMul",
+                    [x, w_values, w_scale],
+                    [output],
+                    name=f"{base}/DynamicQuantizeMatMul",
+                    domain=MS_DOMAIN,
+                )
+            )
+        else:
+            xq, x_scale, x_zero = self.quantize_input(x, mode, nodes)
+            nodes.append(
+                helper.make_node(
+                    "MatMulIntegerToFloat",
+                    [xq, w_values, x_scale, w_scale, x_zero],
+                    [output],
+                    name=f"{base}/MatMulIntegerToFloat",
+                    domain=MS_DOMAIN,
+                )
+            )
+
     def row_matmul(
-        self, node: onnx.NodeProto, w_values: str, w_scale: str, shape: tuple[int, ...], nodes: list[onnx.NodeProto]
+        self,
+        x: str,
+        output: str,
+        w_values: str,
+        w_scale: str,
+        shape: tuple[int, ...],
+        nodes: list[onnx.NodeProto],
     ) -> None:
         """x [..., K] @ W: each row of x quantized with its own symmetric scale max|row| / 127 (zero point
         128); the [M, 1] row scales go to MatMulIntegerToFloat as its input scale."""
         k, n = shape
-        x = node.input[0]
-        b = self.unique(f"{node.name or node.output[0]}_row")
+        b = self.unique(f"{output}_row")
         c = {
             "rows_shape": self.constant(f"{b}_rows_shape", np.array([-1, k], np.int64)),
             "flat": self.constant(f"{b}_flat", np.array([-1], np.int64)),
@@ -496,11 +598,13 @@ class _Builder:
         quantized = node_("QuantizeLinear", [rows, scale_flat, zero_points], "u8", axis=0)
         # a_scale [M, 1]: ONNX Runtime broadcasts it against the weight scales [N] (no separate Mul pass)
         scaled = node_(
-            "MatMulIntegerToFloat", [quantized, w_values, scale, w_scale, c["zero_point"]], "product",
+            "MatMulIntegerToFloat",
+            [quantized, w_values, scale, w_scale, c["zero_point"]],
+            "product",
             domain=MS_DOMAIN,
         )
         out_shape = node_("Concat", [node_("Shape", [x], "batch_dims", end=-1), c["n"]], "out_shape", axis=0)
-        nodes.append(helper.make_node("Reshape", [scaled, out_shape], list(node.output), name=f"{b}/out"))
+        nodes.append(helper.make_node("Reshape", [scaled, out_shape], [output], name=f"{b}/out"))
 
 
 def quantize_gemms(
@@ -531,6 +635,65 @@ def quantize_gemms(
     return model, builder.summary
 
 
+# --- 4. SkipLayerNormalization back to Sum + LayerNormalization -------------------------------------
+
+#: ONNX's LayerNormalization (the op this pass emits) exists from opset 17
+LAYER_NORM_OPSET = 17
+
+
+def split_skip_layer_norms(model: onnx.ModelProto) -> int:
+    """SkipLayerNormalization(x, skip, gamma, beta[, bias]) -> LayerNormalization(Sum(x, skip[, bias]))
+    (in place); the number replaced.
+
+    Why: ONNX Runtime's CPU SkipLayerNormalization kernel is an order of magnitude slower than the
+    two ops it fuses (measured with onnxruntime 1.32 at 8 x 128 x 768: 10-20 ms vs 1.5 ms; a tenth of
+    the INT8 BERT-base graph's time). Sum, not Add: ONNX Runtime's optimizer fuses Add +
+    LayerNormalization back into SkipLayerNormalization. Nodes whose mean / inverse-std outputs are
+    used are kept; the skip-sum output (the 4th) becomes the Sum's output."""
+    opset = next((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), 0)
+    if opset < LAYER_NORM_OPSET:
+        return 0
+    graph = model.graph
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    nodes: list[onnx.NodeProto] = []
+    replaced = 0
+    for node in graph.node:
+        outputs = list(node.output) + [""] * (4 - len(node.output))
+        if (
+            node.op_type != "SkipLayerNormalization"
+            or node.domain != MS_DOMAIN
+            or any(name and name in used for name in outputs[1:3])
+        ):
+            nodes.append(node)
+            continue
+        base = node.name or outputs[0]
+        total = outputs[3] or f"{base}_skip_sum"
+        addends = [node.input[0], node.input[1]] + (
+            [node.input[4]] if len(node.input) > 4 and node.input[4] else []
+        )
+        epsilon = float(
+            _attribute(node, "epsilon", 1e-12)
+        )  # SkipLayerNormalization's default, not ONNX's 1e-5
+        layer_norm_inputs = [total, node.input[2]] + (
+            [node.input[3]] if len(node.input) > 3 and node.input[3] else []
+        )
+        nodes.append(helper.make_node("Sum", addends, [total], name=f"{base}/Sum"))
+        nodes.append(
+            helper.make_node(
+                "LayerNormalization",
+                layer_norm_inputs,
+                [outputs[0]],
+                name=f"{base}/LayerNorm",
+                axis=-1,
+                epsilon=epsilon,
+            )
+        )
+        replaced += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return replaced
+
+
 # --- the whole derivation and its cache ------------------------------------------------------------
 
 
@@ -550,11 +713,20 @@ def derive(export_dir: str | os.PathLike, info: ExportInfo, recipe: Recipe | Non
             model, int(config.get("num_attention_heads", 0)), int(config.get("hidden_size", 0))
         )
     model, summary = quantize_gemms(model, dequantized.scales, recipe)
+    split_skip_layer_norms(model)
     logger.info(
         "CPU INT8 graph of %s (%s): %d weights and %d activation Q/DQ pairs taken out; %d QAttention and "
         "%d int8 MatMul (inputs: %d static, %d dynamic per tensor, %d per row); %d linear layers left float",
-        export_dir, recipe.tag, dequantized.weights, dequantized.activation_pairs, summary.attention,
-        summary.matmuls, summary.static, summary.dynamic, summary.row, summary.float_gemms,
+        export_dir,
+        recipe.tag,
+        dequantized.weights,
+        dequantized.activation_pairs,
+        summary.attention,
+        summary.matmuls,
+        summary.static,
+        summary.dynamic,
+        summary.row,
+        summary.float_gemms,
     )
     doc = f"CPU INT8 graph ({recipe.tag}) derived by trt_runtime.cpu_int8 from {MODEL_ONNX} sha256 {info.onnx_sha256}"
     model.doc_string = doc

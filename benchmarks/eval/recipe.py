@@ -30,7 +30,8 @@ INTEGER_METHOD = "minmax"
 @dataclass(frozen=True)
 class Recipe:
     # float fine-tuning (all-MiniLM-L6-v2 + a new text-classification head)
-    train_samples: int = 4096  # a seeded sample of the train split
+    # sized for `make eval` < 30 min on two cores (docs/eval.md, "Time"): fine-tuning is the costliest stage
+    train_samples: int = 2048  # a seeded sample of the train split (64 steps of 32)
     epochs: int = 1
     learning_rate: float = 1e-4
     batch_size: int = 32
@@ -42,7 +43,7 @@ class Recipe:
     calibration_batch_size: int = 16
     calibration_max_length: int = 128
     # quantization-aware training of the qdq model (from the best calibrator's amax)
-    qat_samples: int = 2048
+    qat_samples: int = 1024
     qat_epochs: int = 1
     qat_learning_rate: float = 1e-5
     # quantization-aware fine-tuning of the I-BERT integer model (eager integer mode is ~10x slower)
@@ -51,7 +52,9 @@ class Recipe:
     integer_qat_learning_rate: float = 1e-5
     integer_qat_batch_size: int = 16
     # evaluation
-    dev_samples: int = 1024  # calibrator choice and per-layer sensitivity (PyTorch, a seeded dev sample)
+    dev_samples: int = (
+        256  # calibrator choice and per-layer sensitivity (PyTorch, a seeded dev sample; 19 passes)
+    )
     eval_batch_size: int = 32
     bootstrap_resamples: int = 1000
     bootstrap_seed: int = 0
@@ -69,15 +72,32 @@ class Recipe:
 
 
 FLOAT_FIELDS = (
-    "train_samples", "epochs", "learning_rate", "batch_size", "max_length", "freeze_word_embeddings", "seed",
+    "train_samples",
+    "epochs",
+    "learning_rate",
+    "batch_size",
+    "max_length",
+    "freeze_word_embeddings",
+    "seed",
 )
 CALIBRATION_FIELDS = ("calibration_samples", "calibration_batch_size", "calibration_max_length")
 QAT_FIELDS = (
-    "qat_samples", "qat_epochs", "qat_learning_rate", "batch_size", "max_length", "freeze_word_embeddings", "seed",
+    "qat_samples",
+    "qat_epochs",
+    "qat_learning_rate",
+    "batch_size",
+    "max_length",
+    "freeze_word_embeddings",
+    "seed",
 )
 INTEGER_QAT_FIELDS = (
-    "integer_qat_samples", "integer_qat_epochs", "integer_qat_learning_rate", "integer_qat_batch_size",
-    "max_length", "freeze_word_embeddings", "seed",
+    "integer_qat_samples",
+    "integer_qat_epochs",
+    "integer_qat_learning_rate",
+    "integer_qat_batch_size",
+    "max_length",
+    "freeze_word_embeddings",
+    "seed",
 )
 
 
@@ -121,7 +141,9 @@ def float_variant() -> Variant:
 def ptq_variants(names: Sequence[str] | None = None) -> list[Variant]:
     """One PTQ row per calibrator (all of CALIBRATORS, or those named), with the exporter's float sites."""
     return [
-        Variant(f"ptq-{name}", f"PTQ {name.replace('-', ' ')}", "qdq", "float", method, percentile, group="ptq")
+        Variant(
+            f"ptq-{name}", f"PTQ {name.replace('-', ' ')}", "qdq", "float", method, percentile, group="ptq"
+        )
         for name, method, percentile in CALIBRATORS
         if names is None or name in names
     ]
@@ -137,18 +159,28 @@ def calibrator(name: str) -> tuple[str, float | None]:
 def all_sites_variant(best: str) -> Variant:
     method, percentile = calibrator(best)
     return Variant(
-        f"ptq-{best}-all-sites", f"PTQ {best.replace('-', ' ')}, every site INT8", "qdq", "float", method,
-        percentile, keep_float=(), group="ptq",
+        f"ptq-{best}-all-sites",
+        f"PTQ {best.replace('-', ' ')}, every site INT8",
+        "qdq",
+        "float",
+        method,
+        percentile,
+        keep_float=(),
+        group="ptq",
     )
 
 
 def qat_variant(best: str) -> Variant:
     method, percentile = calibrator(best)
-    return Variant(f"qat-{best}", f"QAT (from {best.replace('-', ' ')})", "qdq", "qat", method, percentile, group="qat")
+    return Variant(
+        f"qat-{best}", f"QAT (from {best.replace('-', ' ')})", "qdq", "qat", method, percentile, group="qat"
+    )
 
 
 def integer_variants() -> list[Variant]:
     return [
         Variant("integer-ptq", "I-BERT integer, PTQ", "integer", "float", INTEGER_METHOD, group="integer"),
-        Variant("integer-qat", "I-BERT integer, QAT", "integer", "integer-qat", INTEGER_METHOD, group="integer"),
+        Variant(
+            "integer-qat", "I-BERT integer, QAT", "integer", "integer-qat", INTEGER_METHOD, group="integer"
+        ),
     ]

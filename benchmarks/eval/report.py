@@ -28,7 +28,12 @@ def scale(metric: str) -> float:
 
 
 def score(
-    task: Task, data: Examples, reference: np.ndarray, candidate: np.ndarray, recipe: Recipe, indices: np.ndarray
+    task: Task,
+    data: Examples,
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    recipe: Recipe,
+    indices: np.ndarray,
 ) -> dict[str, Any]:
     """Metrics of `candidate` predictions and their change vs `reference` (float on the same runtime)."""
     from benchmarks.eval.steps import predictions
@@ -36,7 +41,8 @@ def score(
     ref, cand = predictions(task, reference), predictions(task, candidate)
     record: dict[str, Any] = {m: float(METRICS[m](data.targets, cand)) for m in task.metrics}
     record["change_vs_float"] = {
-        m: paired_bootstrap(m, data.targets, ref, cand, indices, recipe.confidence).to_dict() for m in task.metrics
+        m: paired_bootstrap(m, data.targets, ref, cand, indices, recipe.confidence).to_dict()
+        for m in task.metrics
     }
     if task.regression:
         record["rms_change_vs_float"] = float(np.sqrt(np.mean((candidate - reference) ** 2)))
@@ -67,28 +73,46 @@ def _delta(change: dict[str, Any] | None, metric: str) -> str:
     return f"{value:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
+def graph_ran(row: dict[str, Any]) -> str:
+    """Which graph the pipeline ran for this row: "CPU INT8" (derived from a qdq export) or "exported"."""
+    runtime = (row.get("onnxruntime") or {}).get("runtime") or {}
+    reason = str(runtime.get("graph_reason") or "")
+    return "CPU INT8" if "CPU INT8" in reason or "cpu-int8" in str(runtime.get("graph", "")) else "exported"
+
+
 def markdown_table(task_name: str, task_result: dict[str, Any]) -> str:
+    """One row per model: every task metric and its change vs float on the pipeline's default graph, then
+    the headline change on the exported Q/DQ graph and in PyTorch where those were run."""
     metrics: list[str] = task_result["metrics"]
     headline = metrics[0]
-    second = metrics[1]
-    header = (
-        f"| model | {TITLES[headline]} | Δ vs float [95% CI] | {TITLES[second]} | Δ vs float [95% CI] "
-        f"| {TITLES[headline]}, PyTorch | Δ vs float, PyTorch [95% CI] |"
-    )
-    lines = [header, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for row in task_result["rows"]:
+    rows = task_result["rows"]
+    extra = [
+        (column, title)
+        for column, title in (("onnxruntime_exported", "exported Q/DQ graph"), ("pytorch", "PyTorch"))
+        if any(column in row for row in rows)
+    ]
+    header = "| model | graph run |" + "".join(f" {TITLES[m]} | Δ vs float [95% CI] |" for m in metrics)
+    header += "".join(f" Δ {TITLES[headline]}, {title} [95% CI] |" for _, title in extra)
+    lines = [header, "| --- | --- |" + " ---: | ---: |" * len(metrics) + " ---: |" * len(extra)]
+    for row in rows:
         ort = row.get("onnxruntime") or {}
-        pt = row.get("pytorch") or {}
         is_float = row["group"] == "float"
-        cells = [
-            row["title"],
-            _points(ort.get(headline), headline),
-            "(reference)" if is_float else _delta(ort.get("change_vs_float", {}).get(headline), headline),
-            _points(ort.get(second), second),
-            "(reference)" if is_float else _delta(ort.get("change_vs_float", {}).get(second), second),
-            _points(pt.get(headline), headline),
-            "(reference)" if is_float else _delta(pt.get("change_vs_float", {}).get(headline), headline),
-        ]
+        cells = [row["title"], graph_ran(row)]
+        for metric in metrics:
+            cells.append(_points(ort.get(metric), metric))
+            cells.append(
+                "(reference)" if is_float else _delta(ort.get("change_vs_float", {}).get(metric), metric)
+            )
+        for column, _ in extra:
+            record = row.get(column)
+            if (
+                is_float
+            ):  # the exported graph's reference is float's ONNX Runtime run (float has no Q/DQ graph)
+                cells.append("(reference)")
+            elif record is None:
+                cells.append("–")
+            else:
+                cells.append(_delta(record["change_vs_float"].get(headline), headline))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -102,10 +126,14 @@ def sensitivity_table(task_result: dict[str, Any]) -> str | None:
     regression = headline != "accuracy"
     columns = ["rms_change"] if regression else ["flip_rate", "rms_change"]
     names = {"flip_rate": "flipped", "rms_change": "RMS change"}
-    header = "| layer | " + " | ".join(
-        f"{sites}: Δ {TITLES[headline]} [95% CI] | " + " | ".join(f"{sites}: {names[c]}" for c in columns)
-        for sites in ("default sites", "every site")
-    ) + " |"
+    header = (
+        "| layer | "
+        + " | ".join(
+            f"{sites}: Δ {TITLES[headline]} [95% CI] | " + " | ".join(f"{sites}: {names[c]}" for c in columns)
+            for sites in ("default sites", "every site")
+        )
+        + " |"
+    )
     lines = [header, "| --- |" + " ---: |" * (2 * (1 + len(columns)))]
     for row in sensitivity["layers"]:
         cells = [row["layer"]]
@@ -129,12 +157,19 @@ def markdown(results: dict[str, Any]) -> str:
         TABLE_BEGIN,
         "",
         f"Measured {results['created']} on {results['machine']['cpu']} ({results['machine']['cores']} cores), "
-        f"`make eval` wall time {results['wall_seconds'] / 60:.1f} min"
-        + (" (stages reused from the cache: " + ", ".join(results["reused"]) + ")" if results.get("reused") else "")
+        f"this run's wall time {results['wall_seconds'] / 60:.1f} min"
+        + (f" ({len(results['reused'])} exports reused from the cache)" if results.get("reused") else "")
+        + f"; every stage made from scratch (a cold run) sums to {results['stage_seconds_total'] / 60:.1f} min"
         + f"; {recipe['bootstrap_resamples']} paired bootstrap resamples of the test sentences (seed "
-        f"{recipe['bootstrap_seed']}). ONNX Runtime columns: `trt_runtime.pipeline(..., backend=\"onnxruntime\")` "
-        "with its defaults; PyTorch columns: the same exported model (checkpoint + the export's calibration.json) "
-        "in PyTorch.",
+        f'{recipe["bootstrap_seed"]}). Metric columns: `trt_runtime.pipeline(..., backend="onnxruntime")` with '
+        'its defaults ("graph run": a qdq export runs on the CPU as the derived CPU INT8 graph); "exported Q/DQ '
+        'graph": model.onnx as exported (what TensorRT is given), run with `graph="exported"`'
+        + (
+            "; PyTorch: the same exported model (checkpoint + the export's calibration.json) in PyTorch"
+            if results["options"].get("pytorch")
+            else ""
+        )
+        + ". Δ in points (accuracy, F1, correlations x 100); RMSE in score units.",
     ]
     for task_name, task_result in results["tasks"].items():
         test = task_result["test"]
@@ -183,12 +218,24 @@ def plot_deltas(results: dict[str, Any]) -> bytes:
     import matplotlib.pyplot as plt
 
     tasks = list(results["tasks"].items())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 0.42 * _max_rows(tasks) + 1.8), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(tasks), figsize=(6.5 * len(tasks), 0.42 * _max_rows(tasks) + 1.8), squeeze=False
+    )
     for ax, (task_name, task_result) in zip(axes[0], tasks):
         metric = task_result["metrics"][0]
         rows = [row for row in task_result["rows"] if row["group"] != "float"]
         y = np.arange(len(rows))[::-1]
-        for offset, runtime, style in ((0.15, "onnxruntime", "o"), (-0.15, "pytorch", "s")):
+        runtimes = [
+            (runtime, style, label)
+            for runtime, style, label in (
+                ("onnxruntime", "o", "pipeline, CPU default graph"),
+                ("onnxruntime_exported", "D", "exported Q/DQ graph"),
+                ("pytorch", "s", "PyTorch (same model)"),
+            )
+            if any(runtime in row for row in rows)
+        ]
+        offsets = np.linspace(0.2, -0.2, len(runtimes)) if len(runtimes) > 1 else [0.0]
+        for offset, (runtime, style, label) in zip(offsets, runtimes):
             values, lows, highs, ys = [], [], [], []
             for position, row in zip(y, rows):
                 change = (row.get(runtime) or {}).get("change_vs_float", {}).get(metric)
@@ -199,15 +246,23 @@ def plot_deltas(results: dict[str, Any]) -> bytes:
                 lows.append((change["delta"] - change["ci_low"]) * k)
                 highs.append((change["ci_high"] - change["delta"]) * k)
                 ys.append(position + offset)
-            label = "ONNX Runtime (defaults)" if runtime == "onnxruntime" else "PyTorch (same model)"
-            ax.errorbar(values, ys, xerr=[lows, highs], fmt=style, capsize=3, label=label,
-                        mfc="white" if runtime == "pytorch" else None)
+            ax.errorbar(
+                values,
+                ys,
+                xerr=[lows, highs],
+                fmt=style,
+                capsize=3,
+                label=label,
+                mfc="white" if runtime != "onnxruntime" else None,
+            )
         ax.axvline(0.0, color="black", linewidth=0.8)
         if metric == "accuracy":
             ax.axvline(-0.5, color="grey", linestyle="--", linewidth=0.8, label="-0.5 point")
         ax.set_yticks(y)
         ax.set_yticklabels([row["title"] for row in rows])
-        ax.set_xlabel(f"Δ {TITLES[metric]} vs float ({'points' if metric != 'rmse' else 'score units'}), 95% CI")
+        ax.set_xlabel(
+            f"Δ {TITLES[metric]} vs float ({'points' if metric != 'rmse' else 'score units'}), 95% CI"
+        )
         ax.set_title(f"{task_name}: {task_result['test']['num_examples']} test sentences")
         ax.grid(axis="x", alpha=0.3)
         ax.legend(loc="lower left", fontsize=8)
@@ -236,7 +291,9 @@ def plot_sensitivity(results: dict[str, Any]) -> bytes | None:
         ax.set_xticks(x)
         ax.set_xticklabels([row["layer"].replace("layer ", "L") for row in layers])
         ax.set_ylabel("RMS change of the output vs float")
-        ax.set_title(f"{task_name}: one layer INT8 ({task_result['dev_analysis']['sensitivity']['calibrator']})")
+        ax.set_title(
+            f"{task_name}: one layer INT8 ({task_result['dev_analysis']['sensitivity']['calibrator']})"
+        )
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

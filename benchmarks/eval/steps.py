@@ -130,7 +130,9 @@ class Workspace:
     base: Path  # the pretrained checkpoint (all-MiniLM-L6-v2)
     say: Say
     progress: bool = True
-    timings: dict[str, float] = field(default_factory=dict)
+    threads: int = 2  # ONNX Runtime's intra-op threads (torch's are set once, in __main__)
+    #: stage -> {"seconds": wall time when it was made, "reused": whether this run took it from the cache}
+    timings: dict[str, dict[str, Any]] = field(default_factory=dict)
     _tokenizer: Any = None
 
     @property
@@ -139,8 +141,12 @@ class Workspace:
             self._tokenizer = load_tokenizer(self.base)
         return self._tokenizer
 
-    def timed(self, name: str, started: float) -> None:
-        self.timings[name] = round(time.monotonic() - started, 1)
+    def record(self, name: str, seconds: float | None, *, reused: bool) -> None:
+        """A stage's wall time; for a reused stage, the time it took when it was made (the cold-run cost)."""
+        self.timings[name] = {
+            "seconds": None if seconds is None else round(float(seconds), 1),
+            "reused": reused,
+        }
 
 
 def _reusable_stage(directory: Path, key: str) -> dict[str, Any] | None:
@@ -157,14 +163,22 @@ def calibration_set(ws: Workspace) -> list[dict[str, torch.Tensor]]:
 
     r = ws.recipe
     return calibration_batches(
-        load_texts(), ws.tokenizer, batch_size=r.calibration_batch_size, max_length=r.calibration_max_length,
+        load_texts(),
+        ws.tokenizer,
+        batch_size=r.calibration_batch_size,
+        max_length=r.calibration_max_length,
         num_samples=r.calibration_samples,
     )
 
 
 def torch_logits(
-    model: torch.nn.Module, texts: Sequence[str], tokenizer: Any, batch_size: int, max_length: int,
-    desc: str, progress: bool = True,
+    model: torch.nn.Module,
+    texts: Sequence[str],
+    tokenizer: Any,
+    batch_size: int,
+    max_length: int,
+    desc: str,
+    progress: bool = True,
 ) -> np.ndarray:
     """[len(texts), labels] float32 logits, run in batches of similar length (eval mode, no gradients)."""
     model.eval()
@@ -217,10 +231,13 @@ def float_checkpoint(ws: Workspace) -> tuple[Path, str]:
     from models.qat import finetune, new_task_model, save_checkpoint
 
     r = ws.recipe
-    key = r.key(*FLOAT_FIELDS, extra={"task": ws.task.name, "base": checkpoint_identity(ws.base), "split": SPLIT_SALT})
+    key = r.key(
+        *FLOAT_FIELDS, extra={"task": ws.task.name, "base": checkpoint_identity(ws.base), "split": SPLIT_SALT}
+    )
     directory = ws.root / f"float-{key}"
-    if _reusable_stage(directory, key):
+    if record := _reusable_stage(directory, key):
         ws.say(f"  reusing the fine-tuned float checkpoint {directory}")
+        ws.record("fine-tune float", record.get("seconds"), reused=True)
         return directory, key
     started = time.monotonic()
     train = examples(ws.task, "train", limit=r.train_samples, seed=r.seed)
@@ -233,10 +250,13 @@ def float_checkpoint(ws: Workspace) -> tuple[Path, str]:
         model.config.problem_type = "regression"
     batches = training_batches(ws.task, train, ws.tokenizer, r.batch_size, r.max_length)
     _freeze(model, r)
-    history = finetune(model, batches, config=_finetune_config(r.epochs, r.learning_rate, r.seed), progress=ws.progress)
+    history = finetune(
+        model, batches, config=_finetune_config(r.epochs, r.learning_rate, r.seed), progress=ws.progress
+    )
     save_checkpoint(model, ws.base, directory)
-    write_json(directory / STAGE_JSON, {"key": key, "stage": "float", "history": history, "seconds": _since(started)})
-    ws.timed("fine-tune float", started)
+    seconds = _since(started)
+    write_json(directory / STAGE_JSON, {"key": key, "stage": "float", "history": history, "seconds": seconds})
+    ws.record("fine-tune float", seconds, reused=False)
     return directory, key
 
 
@@ -251,23 +271,30 @@ def qat_checkpoint(ws: Workspace, float_dir: Path, float_key: str, best: str) ->
     method, percentile = calibrator(best)
     key = r.key(*QAT_FIELDS, *CALIBRATION_FIELDS, extra={"float": float_key, "calibrator": best})
     directory = ws.root / f"qat-{best}-{key}"
-    if _reusable_stage(directory, key):
+    if record := _reusable_stage(directory, key):
         ws.say(f"  reusing the QAT checkpoint {directory}")
+        ws.record("QAT", record.get("seconds"), reused=True)
         return directory, key
     started = time.monotonic()
     model = models.load(float_dir, task="text-classification", quantization="qdq")
     keep_float(model, list(DEFAULT_KEEP_FLOAT))
     calibrate(model, calibration_set(ws), method=method, percentile=percentile or 99.99, progress=ws.progress)
     train = examples(ws.task, "train", limit=r.qat_samples, seed=r.seed)
-    ws.say(f"  QAT ({best} start): {len(train)} train sentences, {r.qat_epochs} epoch(s), lr {r.qat_learning_rate:g}")
+    ws.say(
+        f"  QAT ({best} start): {len(train)} train sentences, {r.qat_epochs} epoch(s), lr {r.qat_learning_rate:g}"
+    )
     batches = training_batches(ws.task, train, ws.tokenizer, r.batch_size, r.max_length)
     _freeze(model, r)
     history = finetune(
-        model, batches, config=_finetune_config(r.qat_epochs, r.qat_learning_rate, r.seed), progress=ws.progress
+        model,
+        batches,
+        config=_finetune_config(r.qat_epochs, r.qat_learning_rate, r.seed),
+        progress=ws.progress,
     )
     save_checkpoint(model, ws.base, directory)
-    write_json(directory / STAGE_JSON, {"key": key, "stage": "qat", "history": history, "seconds": _since(started)})
-    ws.timed("QAT", started)
+    seconds = _since(started)
+    write_json(directory / STAGE_JSON, {"key": key, "stage": "qat", "history": history, "seconds": seconds})
+    ws.record("QAT", seconds, reused=False)
     return directory, key
 
 
@@ -279,10 +306,13 @@ def integer_qat_checkpoint(ws: Workspace, float_dir: Path, float_key: str) -> tu
     from models.quantization.integer_calibration import calibrate_integer
 
     r = ws.recipe
-    key = r.key(*INTEGER_QAT_FIELDS, *CALIBRATION_FIELDS, extra={"float": float_key, "method": INTEGER_METHOD})
+    key = r.key(
+        *INTEGER_QAT_FIELDS, *CALIBRATION_FIELDS, extra={"float": float_key, "method": INTEGER_METHOD}
+    )
     directory = ws.root / f"integer-qat-{key}"
-    if _reusable_stage(directory, key):
+    if record := _reusable_stage(directory, key):
         ws.say(f"  reusing the integer QAT checkpoint {directory}")
+        ws.record("integer QAT", record.get("seconds"), reused=True)
         return directory, key
     started = time.monotonic()
     model = models.load(float_dir, task="text-classification", quantization="integer")
@@ -295,14 +325,18 @@ def integer_qat_checkpoint(ws: Workspace, float_dir: Path, float_key: str) -> tu
     batches = training_batches(ws.task, train, ws.tokenizer, r.integer_qat_batch_size, r.max_length)
     _freeze(model, r)
     history = finetune(
-        model, batches, config=_finetune_config(r.integer_qat_epochs, r.integer_qat_learning_rate, r.seed),
+        model,
+        batches,
+        config=_finetune_config(r.integer_qat_epochs, r.integer_qat_learning_rate, r.seed),
         progress=ws.progress,
     )
     save_checkpoint(model, ws.base, directory)
+    seconds = _since(started)
     write_json(
-        directory / STAGE_JSON, {"key": key, "stage": "integer-qat", "history": history, "seconds": _since(started)}
+        directory / STAGE_JSON,
+        {"key": key, "stage": "integer-qat", "history": history, "seconds": seconds},
     )
-    ws.timed("integer QAT", started)
+    ws.record("integer QAT", seconds, reused=False)
     return directory, key
 
 
@@ -358,9 +392,16 @@ def dev_analysis(
 
     r = ws.recipe
     key = r.key(
-        *CALIBRATION_FIELDS, "dev_samples", "eval_batch_size", "bootstrap_resamples", "bootstrap_seed", "confidence",
+        *CALIBRATION_FIELDS,
+        "dev_samples",
+        "eval_batch_size",
+        "bootstrap_resamples",
+        "bootstrap_seed",
+        "confidence",
         extra={
-            "float": float_key, "sensitivity": sensitivity, "keep_float": list(DEFAULT_KEEP_FLOAT),
+            "float": float_key,
+            "sensitivity": sensitivity,
+            "keep_float": list(DEFAULT_KEEP_FLOAT),
             "calibrators": list(calibrators),
         },
     )
@@ -368,6 +409,7 @@ def dev_analysis(
     cached = read_json(path)
     if isinstance(cached, dict) and cached.get("key") == key:
         ws.say(f"  reusing the dev analysis {path}")
+        ws.record("dev analysis", cached.get("seconds"), reused=True)
         return cached
     started = time.monotonic()
     dev = examples(ws.task, "dev", limit=r.dev_samples, seed=r.seed)
@@ -388,8 +430,12 @@ def dev_analysis(
             m: float(METRICS[m](dev.targets, predictions(ws.task, scores))) for m in ws.task.metrics
         }
         change = paired_bootstrap(
-            ws.task.headline, dev.targets, predictions(ws.task, float_scores), predictions(ws.task, scores),
-            indices, r.confidence,
+            ws.task.headline,
+            dev.targets,
+            predictions(ws.task, float_scores),
+            predictions(ws.task, scores),
+            indices,
+            r.confidence,
         )
         record["change"] = change.to_dict()
         record.update(_fidelity(ws.task, logits, float_logits))
@@ -401,7 +447,9 @@ def dev_analysis(
     batches = calibration_set(ws)
     chosen = [c for c in CALIBRATORS if c[0] in calibrators]
     if not chosen:
-        raise EvalError(f"no known calibrator among {list(calibrators)}; calibrators: {', '.join(c[0] for c in CALIBRATORS)}")
+        raise EvalError(
+            f"no known calibrator among {list(calibrators)}; calibrators: {', '.join(c[0] for c in CALIBRATORS)}"
+        )
     results: dict[str, Any] = {}
     amax: dict[str, dict[str, torch.Tensor]] = {}
     # one max pass and one histogram pass serve every calibrator (calibration runs the float model, so
@@ -440,7 +488,9 @@ def dev_analysis(
         "key": key,
         "split": "dev",
         "num_examples": len(dev),
-        "float": {m: float(METRICS[m](dev.targets, predictions(ws.task, float_scores))) for m in ws.task.metrics},
+        "float": {
+            m: float(METRICS[m](dev.targets, predictions(ws.task, float_scores))) for m in ws.task.metrics
+        },
         "calibrators": results,
         "best_calibrator": best,
         "selection": "the calibrator whose dev outputs move least from float's (RMS change), default float sites",
@@ -461,7 +511,7 @@ def dev_analysis(
         result["sensitivity"] = {"calibrator": best, "layers": per_layer}
     result["seconds"] = _since(started)
     write_json(path, result)
-    ws.timed("dev analysis", started)
+    ws.record("dev analysis", result["seconds"], reused=False)
     return result
 
 
@@ -492,13 +542,20 @@ def export_variant(
             info = None
         if info is not None and info.onnx_sha256 == record.get("onnx_sha256"):
             ws.say(f"  reusing the export {out}")
+            ws.record(f"export {variant.name}", record.get("seconds"), reused=True)
             return out, True
     started = time.monotonic()
     ws.say(f"  exporting {variant.name}: {', '.join(f'{k}={v}' for k, v in kwargs.items() if k != 'task')}")
-    exporter.export(checkpoint, out, validate=validate, log=lambda message: ws.say(f"    {message}"), **kwargs)
+    exporter.export(
+        checkpoint, out, validate=validate, log=lambda message: ws.say(f"    {message}"), **kwargs
+    )
     info = read_export_info(out)
-    write_json(sidecar, {"key": key, "variant": variant.name, "onnx_sha256": info.onnx_sha256, "seconds": _since(started)})
-    ws.timed(f"export {variant.name}", started)
+    seconds = _since(started)
+    write_json(
+        sidecar,
+        {"key": key, "variant": variant.name, "onnx_sha256": info.onnx_sha256, "seconds": seconds},
+    )
+    ws.record(f"export {variant.name}", seconds, reused=False)
     return out, False
 
 
@@ -529,27 +586,50 @@ def _save_scores(path: Path, key: str, found: Predictions) -> None:
     write_json(path.with_suffix(".json"), {"key": key, "runtime": found.runtime})
 
 
-def runtime_predictions(ws: Workspace, export_dir: Path, data: Examples, name: str) -> Predictions:
-    """`trt_runtime.pipeline("text-classification", dir, backend="onnxruntime")` with the runtime's defaults."""
+def runtime_predictions(
+    ws: Workspace, export_dir: Path, data: Examples, name: str, graph: str = "auto"
+) -> Predictions:
+    """`trt_runtime.pipeline("text-classification", dir, backend="onnxruntime", graph=graph)`.
+
+    graph="auto" is what a user gets on the CPU (a qdq export runs as the derived CPU INT8 graph);
+    graph="exported" runs model.onnx's Q/DQ graph as exported, i.e. the numerics TensorRT is given.
+    """
     import trt_runtime
     from trt_runtime.export_dir import read_export_info
 
     info = read_export_info(export_dir, verify_sha256=False)
     import onnxruntime
 
-    key = digest({"onnx": info.onnx_sha256, "examples": data.digest(), "ort": onnxruntime.__version__, "runtime": 1})
-    path = ws.root / "predictions" / f"{name}.onnxruntime.{data.split}.npz"
+    key = digest(
+        {
+            "onnx": info.onnx_sha256,
+            "examples": data.digest(),
+            "ort": onnxruntime.__version__,
+            "graph": graph,
+            "runtime": 2,
+        }
+    )
+    runtime_name = "onnxruntime" if graph == "auto" else f"onnxruntime-{graph}"
+    path = ws.root / "predictions" / f"{name}.{runtime_name}.{data.split}.npz"
     cached = _cached_scores(path, key)
     if cached is not None:
+        ws.record(f"test {name} ({runtime_name})", cached.runtime.get("seconds"), reused=True)
         return cached
     started = time.monotonic()
     pipe = trt_runtime.pipeline(
-        "text-classification", export_dir, backend="onnxruntime", batch_size=ws.recipe.eval_batch_size, top_k=None
+        "text-classification",
+        export_dir,
+        backend="onnxruntime",
+        batch_size=ws.recipe.eval_batch_size,
+        top_k=None,
+        graph=graph,
+        intra_op_num_threads=ws.threads,
     )
     runner = pipe.runner
     runtime = {
         "backend": getattr(runner, "backend", "onnxruntime"),
-        "graph": Path(str(getattr(runner, "model_path", "model.onnx"))).name,
+        "graph_option": graph,
+        "graph": Path(str(getattr(runner, "graph_path", "model.onnx"))).name,
         "graph_reason": getattr(runner, "graph_reason", None),
         "providers": list(getattr(runner, "providers", [])),
         "graph_optimization_level": getattr(runner, "graph_optimization_level", None),
@@ -559,7 +639,13 @@ def runtime_predictions(ws: Workspace, export_dir: Path, data: Examples, name: s
     order = sorted(range(len(data)), key=lambda i: len(data.texts[i]))  # chunks of similar length
     scores = np.zeros(len(data), dtype=np.float64)
     chunk = 256
-    with tqdm(total=len(data), desc=f"test: {name} (ONNX Runtime)", unit="text", disable=not ws.progress, leave=False) as bar:
+    with tqdm(
+        total=len(data),
+        desc=f"test: {name} (ONNX Runtime)",
+        unit="text",
+        disable=not ws.progress,
+        leave=False,
+    ) as bar:
         for start in range(0, len(order), chunk):
             positions = order[start : start + chunk]
             results = pipe([data.texts[i] for i in positions])
@@ -569,6 +655,7 @@ def runtime_predictions(ws: Workspace, export_dir: Path, data: Examples, name: s
     runtime["seconds"] = _since(started)
     found = Predictions(scores, runtime)
     _save_scores(path, key, found)
+    ws.record(f"test {name} ({runtime_name})", runtime["seconds"], reused=False)
     return found
 
 
@@ -581,10 +668,13 @@ def pytorch_predictions(
     from trt_runtime.export_dir import read_export_info
 
     info = read_export_info(export_dir, verify_sha256=False)
-    key = digest({"onnx": info.onnx_sha256, "examples": data.digest(), "torch": torch.__version__, "runtime": 1})
+    key = digest(
+        {"onnx": info.onnx_sha256, "examples": data.digest(), "torch": torch.__version__, "runtime": 1}
+    )
     path = ws.root / "predictions" / f"{name}.pytorch.{data.split}.npz"
     cached = _cached_scores(path, key)
     if cached is not None:
+        ws.record(f"test {name} (pytorch)", cached.runtime.get("seconds"), reused=True)
         return cached
     started = time.monotonic()
     calibration = export_dir / "calibration.json"
@@ -599,13 +689,23 @@ def pytorch_predictions(
             kwargs["wide_activations"] = tuple(wide)
     model = models.load(checkpoint, task="text-classification", quantization=variant.quantization, **kwargs)
     logits = torch_logits(
-        model, data.texts, ws.tokenizer, ws.recipe.eval_batch_size, eval_max_length(checkpoint),
-        f"test: {name} (PyTorch)", ws.progress,
+        model,
+        data.texts,
+        ws.tokenizer,
+        ws.recipe.eval_batch_size,
+        eval_max_length(checkpoint),
+        f"test: {name} (PyTorch)",
+        ws.progress,
     )
-    runtime = {"backend": "pytorch", "torch": torch.__version__, "calibration": "export's calibration.json",
-               "seconds": _since(started)}
+    runtime = {
+        "backend": "pytorch",
+        "torch": torch.__version__,
+        "calibration": "export's calibration.json",
+        "seconds": _since(started),
+    }
     found = Predictions(scores_from_logits(ws.task, logits), runtime)
     _save_scores(path, key, found)
+    ws.record(f"test {name} (pytorch)", runtime["seconds"], reused=False)
     return found
 
 
@@ -619,6 +719,7 @@ def checkpoint_predictions(
     path = ws.root / "predictions" / f"{name}.as-trained.{data.split}.npz"
     cached = _cached_scores(path, key)
     if cached is not None:
+        ws.record(f"test {name} as trained (pytorch)", cached.runtime.get("seconds"), reused=True)
         return cached
     started = time.monotonic()
     model = models.load(checkpoint, task="text-classification", quantization=quantization)
@@ -630,12 +731,22 @@ def checkpoint_predictions(
         for quantizer_name in uncalibrated_quantizers(model):
             quantizers[quantizer_name].disable()
     logits = torch_logits(
-        model, data.texts, ws.tokenizer, ws.recipe.eval_batch_size, eval_max_length(checkpoint),
-        f"test: {name} as trained (PyTorch)", ws.progress,
+        model,
+        data.texts,
+        ws.tokenizer,
+        ws.recipe.eval_batch_size,
+        eval_max_length(checkpoint),
+        f"test: {name} as trained (PyTorch)",
+        ws.progress,
     )
     found = Predictions(
         scores_from_logits(ws.task, logits),
-        {"backend": "pytorch", "calibration": "the checkpoint's own (as trained)", "seconds": _since(started)},
+        {
+            "backend": "pytorch",
+            "calibration": "the checkpoint's own (as trained)",
+            "seconds": _since(started),
+        },
     )
     _save_scores(path, key, found)
+    ws.record(f"test {name} as trained (pytorch)", found.runtime["seconds"], reused=False)
     return found
