@@ -16,10 +16,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,17 +56,11 @@ class EvalError(RuntimeError):
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to a hidden temporary sibling, then rename: readers see the old file or the new one."""
+    """The runtime's atomic write (temporary sibling, then rename), into a directory made if missing."""
+    from trt_runtime.engine_info import write_bytes_atomic as write_atomically
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, data)
 
 
 def write_json(path: Path, data: Any) -> None:
