@@ -189,7 +189,7 @@ def test_split_skip_layer_norm_matches_onnx_runtimes_kernel():
 
 def test_derived_graph_is_fused_int8_without_qdq(tiny_exports):
     _, qdq_dir = tiny_exports
-    model = cpu_int8.derive(qdq_dir, read_export_info(qdq_dir))
+    model = cpu_int8.derive(qdq_dir, read_export_info(qdq_dir), cpu_int8.Recipe(attention="qattention"))
     ops = [node.op_type for node in model.graph.node]
     assert ops.count("QAttention") == 2  # one per layer: Q, K and V projections in one u8 x s8 GEMM
     assert ops.count("MatMulIntegerToFloat") == 6  # per layer: attention output and the two FFN projections
@@ -219,7 +219,27 @@ def test_mha_attention_is_one_int8_gemm_and_multi_head_attention(tiny_exports):
     reference = OrtRunner(float_dir)(feeds)["last_hidden_state"]
     mask = feeds["attention_mask"].astype(bool)
     assert 1e-5 < _relative_l2(ours[mask], reference[mask]) < RELATIVE_L2_TOLERANCE
-    assert recipe.tag.endswith("-fused-mha") and cpu_int8.Recipe().tag.endswith("-fused")
+    assert recipe.tag.endswith("-fused-mha") and cpu_int8.Recipe(attention="qattention").tag.endswith(
+        "-fused"
+    )
+    assert cpu_int8.Recipe().attention == "qattention"  # the default
+
+
+@pytest.mark.parametrize("attention", ["mha", "qattention"])
+def test_only_mha_answers_a_row_alike_alone_and_in_a_batch(tiny_exports, attention):
+    """attention="mha" answers a sequence bit for bit alike alone and in a batch; the default QAttention's
+    one input scale per call lets the batch companions move it (documented, as quantize_dynamic's)."""
+    _, qdq_dir = tiny_exports
+    model = cpu_int8.derive(qdq_dir, read_export_info(qdq_dir), cpu_int8.Recipe(attention=attention))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    feeds = {k: v for k, v in _feeds().items() if k in names}
+    batched = session.run(["last_hidden_state"], feeds)[0]
+    alone = session.run(["last_hidden_state"], {k: v[:1] for k, v in feeds.items()})[0]
+    if attention == "mha":
+        np.testing.assert_array_equal(alone[0], batched[0])
+    else:
+        assert np.abs(alone[0] - batched[0]).max() > 0
 
 
 @pytest.mark.parametrize("left_padding", [False, True], ids=["right-padded", "left-padded"])
@@ -290,6 +310,29 @@ def test_unwritable_export_dir_falls_back_to_the_exported_graph(tiny_exports, tm
     assert runner.graph_path == export_dir / MODEL_ONNX and "no CPU INT8 graph" in runner.graph_reason
     assert "cannot make the CPU INT8 graph" in caplog.text
     assert runner(_feeds())["last_hidden_state"].shape == (4, 16, 32)
+
+
+def test_without_the_onnx_package_the_exported_graph_runs_and_says_why(
+    tiny_exports, tmp_path, monkeypatch, caplog
+):
+    """A runtime-only environment (numpy, onnxruntime, tokenizers; e.g. a Triton server's) lacks `onnx`."""
+    import sys
+
+    export_dir = _fresh_copy(tiny_exports[1], tmp_path / "qdq")
+    import trt_runtime
+
+    # as if `onnx` were missing: importing trt_runtime.cpu_int8 raises ImportError
+    monkeypatch.setitem(sys.modules, "trt_runtime.cpu_int8", None)
+    monkeypatch.delattr(trt_runtime, "cpu_int8")
+    runner = OrtRunner(export_dir, cache=False)
+    assert runner.graph_path == export_dir / MODEL_ONNX and "pip install onnx sympy" in runner.graph_reason
+    assert "needs the onnx and sympy packages" in caplog.text
+    with pytest.raises(ImportError, match="pip install onnx sympy"):
+        OrtRunner(export_dir, cache=False, graph="cpu-int8")
+    reference = ort.InferenceSession(str(export_dir / MODEL_ONNX), providers=["CPUExecutionProvider"])
+    feeds = _feeds()
+    expected = reference.run(["last_hidden_state"], feeds)[0]
+    np.testing.assert_allclose(runner(feeds)["last_hidden_state"], expected, rtol=1e-4, atol=1e-4)
 
 
 # --- the benchmark's machinery ------------------------------------------------------------------------

@@ -14,8 +14,10 @@ from the same export, with the same weights:
    raw 0/1 attention mask, so left padding and masks with holes stay right.
 3. INT8 GEMMs: every linear layer whose weights the export quantized (they lie on a per-channel int8
    grid) becomes an unsigned-int8-activation x signed-int8-weight kernel, the fast one of MLAS:
-   QAttention for the fused attention projections, MatMulIntegerToFloat / DynamicQuantizeMatMul for the
-   others. Weights stay per output channel. Softmax, LayerNorm, GELU, the attention core and whatever
+   QAttention for the fused attention's Q, K and V projections (or, `Recipe.attention="mha"`, one
+   MatMulIntegerToFloat before a float MultiHeadAttention), MatMulIntegerToFloat / DynamicQuantizeMatMul
+   for the others.
+   Weights stay per output channel. Softmax, LayerNorm, GELU, the attention core and whatever
    the export left float (heads, embeddings) stay float32.
 4. SkipLayerNormalization back to Sum + LayerNormalization (`split_skip_layer_norms`): ONNX Runtime's
    CPU kernel for the fused op is an order of magnitude slower than the two ops (a tenth of the INT8
@@ -96,11 +98,16 @@ class Recipe:
     weight_bits: 8 or 7; None: 8 where the CPU has VNNI (or is not x86), else 7 (see the module doc).
     fuse: onnxruntime.transformers' fusions (Attention, SkipLayerNormalization, BiasGelu).
     attention: what a fused Attention becomes: "qattention" (QAttention: the Q, K and V projections in
-        one u8 x s8 kernel with one per-tensor input scale, then the attention core) or "mha" (the
-        projections as one int8 GEMM like any other linear layer, per-row inputs included, then a float
-        MultiHeadAttention). Measured side by side at BERT-base batch 8 x sequence 128 on an AVX2 EPYC,
-        QAttention was 5-15 % faster in three of three runs; on all-MiniLM-L6-v2 (head size 32) "mha" was
-        4 % faster in one run; the accuracy is the same (mean cosine 0.9949 vs 0.9948). Hence the default.
+        one u8 x s8 kernel with one per-tensor input scale per call, then the attention core) or "mha"
+        (the projections as one int8 GEMM like any other linear layer, per-row inputs included, then a
+        float MultiHeadAttention). QAttention is faster: 5-15 % at BERT-base batch 8 x sequence 128 on
+        an AVX2 EPYC in three of three side-by-side runs, and on a quiet machine "mha" fell to the
+        speed of quantize_dynamic (1.60x float at BERT-base, 1.24x on all-MiniLM-L6-v2;
+        benchmarks/results/bench-goal-mha.json). Its price: the one scale per call makes a row depend
+        slightly on its batch companions (max |difference| 0.006, cosine 0.9993, in a sentence
+        embedding of all-MiniLM-L6-v2 alone vs in a batch of three), as with ONNX Runtime's
+        quantize_dynamic; "mha" answers every row alike alone or in any batch, bit for bit. Accuracy
+        is the same (mean cosine 0.9949 vs 0.9948).
     """
 
     activations: str = "row"

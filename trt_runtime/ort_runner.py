@@ -89,12 +89,22 @@ def choose_graph(
         return exported, "the exported graph (asked for)"
     if graph == "auto" and (info.quantization != "qdq" or first != CPU):
         return exported, "the exported graph"
-    from trt_runtime import cpu_int8
-
     try:
-        path, status = cpu_int8.cached_model(export_dir, info)
-    except (cpu_int8.CpuInt8Error, OSError) as e:
+        from trt_runtime import cpu_int8  # needs onnx
+
+        path, status = cpu_int8.cached_model(export_dir, info)  # onnxruntime.transformers needs sympy
+    except ImportError as e:  # deriving the graph needs onnx and sympy; running an export does not
+        problem = (
+            f"deriving the CPU INT8 graph needs the onnx and sympy packages ({e}): pip install onnx sympy"
+        )
         if graph == "cpu-int8":
+            raise ImportError(problem) from e
+        logger.warning(
+            "%s; running the exported Q/DQ graph of %s, slower than float on a CPU", problem, export_dir
+        )
+        return exported, f"the exported graph ({problem})"
+    except Exception as e:
+        if graph == "cpu-int8" or not isinstance(e, (cpu_int8.CpuInt8Error, OSError)):
             raise
         logger.warning(
             "cannot make the CPU INT8 graph of %s (%s); running the exported Q/DQ graph", export_dir, e

@@ -587,6 +587,7 @@ def runtime_predictions(
     graph="exported" runs model.onnx's Q/DQ graph as exported, i.e. the numerics TensorRT is given.
     """
     import trt_runtime
+    from trt_runtime import cpu_int8
     from trt_runtime.export_dir import read_export_info
 
     info = read_export_info(export_dir, verify_sha256=False)
@@ -599,6 +600,8 @@ def runtime_predictions(
             "ort": onnxruntime.__version__,
             "graph": graph,
             "runtime": 2,
+            # the derived CPU INT8 graph's recipe: a new default recipe means new predictions
+            "cpu_int8": cpu_int8.Recipe().tag if graph == "auto" and info.quantization == "qdq" else None,
         }
     )
     runtime_name = "onnxruntime" if graph == "auto" else f"onnxruntime-{graph}"

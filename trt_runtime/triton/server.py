@@ -7,8 +7,8 @@ has no onnxruntime and no tensorrt backend: on it, ONNX models are served throug
 (`triton-repo --onnx-backend python`) and plans not at all (use NVIDIA's Triton container for those).
 
 pytriton pins numpy < 2, so the server gets a virtual environment of its own (the server environment):
-nvidia-pytriton (which brings tritonclient[grpc,http]), numpy < 2, and the onnxruntime and tokenizers
-versions of the environment that creates it (so the Python models compute what the in-process pipeline
+nvidia-pytriton (which brings tritonclient[grpc,http]), numpy < 2, and the onnxruntime, tokenizers, onnx and
+sympy versions of the environment that creates it (so the Python models compute what the in-process pipeline
 computes). It lives in `$TRITON_SERVER_ENV`, or `~/.cache/qbert-deploy/triton-server-py3.X` (kept
 across clones of the project), and is re-created when those requirements change.
 
@@ -53,10 +53,11 @@ class TritonServerError(RuntimeError):
 
 
 def server_requirements() -> list[str]:
-    """What the server environment installs: pytriton, numpy < 2, and this environment's onnxruntime and
-    tokenizers versions (the same numbers in the server as in-process)."""
+    """What the server environment installs: pytriton, numpy < 2, and this environment's onnxruntime,
+    tokenizers, onnx and sympy versions (the same numbers in the server as in-process)."""
     requirements = [PYTRITON, "numpy>=1.26,<2"]
-    for distribution in ("onnxruntime", "tokenizers"):
+    # onnx and sympy: OrtRunner derives the CPU INT8 graph of qdq exports with them (trt_runtime.cpu_int8)
+    for distribution in ("onnxruntime", "tokenizers", "onnx", "sympy"):
         try:
             requirements.append(f"{distribution}=={importlib.metadata.version(distribution)}")
         except importlib.metadata.PackageNotFoundError:
