@@ -220,7 +220,7 @@ def _finetune_config(epochs: int, learning_rate: float, seed: int) -> Any:
 def float_checkpoint(ws: Workspace) -> tuple[Path, str]:
     """all-MiniLM-L6-v2 with a new head, fine-tuned in float on a seeded sample of the train split."""
     from models.data import SPLIT_SALT
-    from models.qat import finetune, new_task_model, save_checkpoint
+    from models.qat import new_task_model
 
     r = ws.recipe
     key = r.key(
@@ -240,14 +240,9 @@ def float_checkpoint(ws: Workspace) -> tuple[Path, str]:
     model = new_task_model(ws.base, "text-classification", labels=ws.task.labels)
     if ws.task.regression:
         model.config.problem_type = "regression"
-    batches = training_batches(ws.task, train, ws.tokenizer, r.batch_size, r.max_length)
-    _freeze(model, r)
-    history = finetune(
-        model, batches, config=_finetune_config(r.epochs, r.learning_rate, r.seed), progress=ws.progress
+    seconds = _train_and_save(
+        ws, model, train, r.batch_size, r.epochs, r.learning_rate, directory, key, "float", started
     )
-    save_checkpoint(model, ws.base, directory)
-    seconds = _since(started)
-    write_json(directory / STAGE_JSON, {"key": key, "stage": "float", "history": history, "seconds": seconds})
     ws.record("fine-tune float", seconds, reused=False)
     return directory, key
 
@@ -256,7 +251,6 @@ def qat_checkpoint(ws: Workspace, float_dir: Path, float_key: str, best: str) ->
     """The float checkpoint in qdq mode, calibrated as the exporter does with `best`, then QAT."""
     import models
     from exporter.pipeline import DEFAULT_KEEP_FLOAT
-    from models.qat import finetune, save_checkpoint
     from models.quantization import calibrate, keep_float
 
     r = ws.recipe
@@ -275,17 +269,9 @@ def qat_checkpoint(ws: Workspace, float_dir: Path, float_key: str, best: str) ->
     ws.say(
         f"  QAT ({best} start): {len(train)} train sentences, {r.qat_epochs} epoch(s), lr {r.qat_learning_rate:g}"
     )
-    batches = training_batches(ws.task, train, ws.tokenizer, r.batch_size, r.max_length)
-    _freeze(model, r)
-    history = finetune(
-        model,
-        batches,
-        config=_finetune_config(r.qat_epochs, r.qat_learning_rate, r.seed),
-        progress=ws.progress,
+    seconds = _train_and_save(
+        ws, model, train, r.batch_size, r.qat_epochs, r.qat_learning_rate, directory, key, "qat", started
     )
-    save_checkpoint(model, ws.base, directory)
-    seconds = _since(started)
-    write_json(directory / STAGE_JSON, {"key": key, "stage": "qat", "history": history, "seconds": seconds})
     ws.record("QAT", seconds, reused=False)
     return directory, key
 
@@ -294,7 +280,6 @@ def integer_qat_checkpoint(ws: Workspace, float_dir: Path, float_key: str) -> tu
     """The float checkpoint in I-BERT integer mode, calibrated as the exporter does, then fine-tuned in
     integer mode (straight-through gradients; activation ranges follow I-BERT's training-mode EMA)."""
     import models
-    from models.qat import finetune, save_checkpoint
     from models.quantization.integer_calibration import calibrate_integer
 
     r = ws.recipe
@@ -314,22 +299,48 @@ def integer_qat_checkpoint(ws: Workspace, float_dir: Path, float_key: str) -> tu
         f"  integer-mode QAT: {len(train)} train sentences, {r.integer_qat_epochs} epoch(s), "
         f"lr {r.integer_qat_learning_rate:g}, batch {r.integer_qat_batch_size}"
     )
-    batches = training_batches(ws.task, train, ws.tokenizer, r.integer_qat_batch_size, r.max_length)
-    _freeze(model, r)
-    history = finetune(
+    seconds = _train_and_save(
+        ws,
         model,
-        batches,
-        config=_finetune_config(r.integer_qat_epochs, r.integer_qat_learning_rate, r.seed),
-        progress=ws.progress,
-    )
-    save_checkpoint(model, ws.base, directory)
-    seconds = _since(started)
-    write_json(
-        directory / STAGE_JSON,
-        {"key": key, "stage": "integer-qat", "history": history, "seconds": seconds},
+        train,
+        r.integer_qat_batch_size,
+        r.integer_qat_epochs,
+        r.integer_qat_learning_rate,
+        directory,
+        key,
+        "integer-qat",
+        started,
     )
     ws.record("integer QAT", seconds, reused=False)
     return directory, key
+
+
+def _train_and_save(
+    ws: Workspace,
+    model: torch.nn.Module,
+    train: Examples,
+    batch_size: int,
+    epochs: int,
+    learning_rate: float,
+    directory: Path,
+    key: str,
+    stage: str,
+    started: float,
+) -> float:
+    """The common tail of the three training stages: fine-tune, save the checkpoint, then its stage record
+    (last, so that an interrupted stage is never taken for a finished one)."""
+    from models.qat import finetune, save_checkpoint
+
+    r = ws.recipe
+    batches = training_batches(ws.task, train, ws.tokenizer, batch_size, r.max_length)
+    _freeze(model, r)
+    history = finetune(
+        model, batches, config=_finetune_config(epochs, learning_rate, r.seed), progress=ws.progress
+    )
+    save_checkpoint(model, ws.base, directory)
+    seconds = _since(started)
+    write_json(directory / STAGE_JSON, {"key": key, "stage": stage, "history": history, "seconds": seconds})
+    return seconds
 
 
 def _since(started: float) -> float:
