@@ -157,13 +157,7 @@ def fused_float(float_dir: Path, directory: Path) -> Path:
         model = cpu_int8.fuse_transformer(
             model, int(config.get("num_attention_heads", 0)), int(config.get("hidden_size", 0))
         )
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        onnx.save(model, str(tmp))
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    cpu_int8.save_model_atomically(model, target)
     return target
 
 

@@ -757,7 +757,12 @@ def cached_model(
     path = cache_path(export_dir, info, recipe)
     if path.exists():
         return path, f"reused {path}"
-    model = derive(export_dir, info, recipe)
+    save_model_atomically(derive(export_dir, info, recipe), path)
+    return path, f"created {path}"
+
+
+def save_model_atomically(model: onnx.ModelProto, path: Path) -> None:
+    """onnx.save to a temporary sibling, then rename: readers see no file or the whole graph."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.onnx")
     try:
@@ -765,4 +770,3 @@ def cached_model(
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path, f"created {path}"
