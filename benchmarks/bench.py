@@ -2,7 +2,7 @@
 
 For each model (BERT-base-sized with random weights; all-MiniLM-L6-v2) and shape (batch 1 and 8 x
 sequence 32, 128, 384) it measures PyTorch float eager, our float export on ONNX Runtime, our INT8
-export on ONNX Runtime (the CPU INT8 graph of trt_runtime.cpu_int8), the export's TensorRT-style Q/DQ
+export on ONNX Runtime (the CPU INT8 graph of trt_runtime.backends.onnxruntime.cpu_int8), the export's TensorRT-style Q/DQ
 graph on ONNX Runtime, and onnxruntime.quantization's quantize_dynamic / quantize_static applied to our
 float export (benchmarks/variants.py). Reported per variant: median and p90 latency, throughput,
 the ratio to our float export, peak resident memory (a fresh child process per variant, at the
@@ -144,8 +144,9 @@ def fused_float(float_dir: Path, directory: Path) -> Path:
     """The float export after onnxruntime.transformers' BERT fusions (the same ones the CPU INT8 graph uses)."""
     import onnx
 
-    from trt_runtime import cpu_int8
-    from trt_runtime.export_dir import MODEL_ONNX, read_export_info
+    from trt_runtime.backends.onnxruntime import cpu_int8
+    from trt_runtime.contract.export_dir import MODEL_ONNX, read_export_info
+    from trt_runtime.contract.files import save_onnx_atomic
 
     info = read_export_info(float_dir)
     target = directory / f"float-fused-{(info.onnx_sha256 or '')[:16]}.onnx"
@@ -157,14 +158,14 @@ def fused_float(float_dir: Path, directory: Path) -> Path:
         model = cpu_int8.fuse_transformer(
             model, int(config.get("num_attention_heads", 0)), int(config.get("hidden_size", 0))
         )
-    cpu_int8.save_model_atomically(model, target)
+    save_onnx_atomic(model, target)
     return target
 
 
 def machine() -> dict[str, Any]:
     import onnxruntime
 
-    from trt_runtime import cpu_int8
+    from trt_runtime.backends.onnxruntime import cpu_int8
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -328,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     results["load_average_end"] = round(load_now(), 2)
     results["seconds"] = round(time.perf_counter() - started, 1)
 
-    from trt_runtime.export_dir import write_json_atomic
+    from trt_runtime.contract.files import write_json_atomic
 
     args.output.mkdir(parents=True, exist_ok=True)
     json_path, png_path = args.output / f"{args.name}.json", args.output / f"{args.name}.png"

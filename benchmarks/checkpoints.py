@@ -8,10 +8,10 @@ vocabulary), so that it calibrates on the shipped text like a real model.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
+
+from trt_runtime.contract.files import atomic_directory
 
 BERT_BASE_SEED = 0
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
@@ -32,17 +32,11 @@ def bert_base_random(root: Path) -> Path:
     model = BertModel(BertConfig())
     model.eval()
     tokenizer_dir = demo_checkpoint()
-    staging = Path(tempfile.mkdtemp(prefix=".bert-base-random-", dir=root))
-    try:
+    with atomic_directory(target) as staging:
         model.save_pretrained(staging)
         for name in TOKENIZER_FILES:
             if (tokenizer_dir / name).exists():
                 shutil.copy2(tokenizer_dir / name, staging / name)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

@@ -33,7 +33,7 @@ def onnx_file(variant: VariantSpec, threads: int) -> str:
     """The ONNX file a variant's session loads (for runner variants: the graph OrtRunner chose)."""
     if variant.kind != "runner":
         return variant.path
-    from trt_runtime.ort_runner import OrtRunner
+    from trt_runtime.backends.onnxruntime.runner import OrtRunner
 
     return str(OrtRunner(variant.path, intra_op_num_threads=threads, graph=variant.graph).graph_path)
 
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     result = profile(variants, args.batch, args.sequence, vocab_size, args.runs + 1, args.threads)
     out = {"model": args.model, "batch": args.batch, "sequence": args.sequence, "threads": args.threads,
            "load_average": [round(load, 2), round(load_now(), 2)], "variants": result}
-    from trt_runtime.export_dir import write_json_atomic
+    from trt_runtime.contract.files import write_json_atomic
 
     args.output.mkdir(parents=True, exist_ok=True)
     path = args.output / f"profile-{args.model}-b{args.batch}-s{args.sequence}.json"

@@ -170,7 +170,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         fontsize=10,
     )
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    from trt_runtime.contract.files import atomic_file
+
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(path)

@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import trt_runtime  # noqa: E402
-from trt_runtime.export_dir import read_export_info, write_json_atomic  # noqa: E402
+from trt_runtime.contract.export_dir import read_export_info  # noqa: E402
+from trt_runtime.contract.files import atomic_file, write_json_atomic  # noqa: E402
 from trt_runtime.triton.repository import RepositoryOptions, write_repository  # noqa: E402
 from trt_runtime.triton.server import TritonServer, server_environment  # noqa: E402
 
@@ -177,10 +178,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
         fontsize=9,
     )
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main() -> int:

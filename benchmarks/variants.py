@@ -7,7 +7,7 @@ Variants of one model, all on the same inputs:
 | `pytorch` | PyTorch float eager (`models.load`, `torch.inference_mode`) |
 | `ort-float` | our float export on ONNX Runtime (`OrtRunner`: model.onnx, ORT's own graph optimizations) |
 | `ort-float-fused` | the float export after onnxruntime.transformers' BERT fusions (reference: what fusions alone give) |
-| `ort-int8` | our INT8 export on ONNX Runtime (`OrtRunner`: the CPU INT8 graph of `trt_runtime.cpu_int8`) |
+| `ort-int8` | our INT8 export on ONNX Runtime (`OrtRunner`: the CPU INT8 graph of `trt_runtime.backends.onnxruntime.cpu_int8`) |
 | `ort-qdq-export` | the same INT8 export's TensorRT-style Q/DQ graph as exported (`graph="exported"`) |
 | `quantize_dynamic` | `onnxruntime.quantization.quantize_dynamic` on our float export (after `quant_pre_process`) |
 | `quantize_static` | `quantize_static` on our float export, set up as ONNX Runtime's CPU guidance says: u8 activations, s8 per-channel weights with reduce_range, MatMul only, QDQ, MinMax calibration on the shipped text |
@@ -21,8 +21,8 @@ the float export (sha256) and the onnxruntime version they were made from.
 from __future__ import annotations
 
 import json
-import os
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from trt_runtime.export_dir import ExportInfo
+    from trt_runtime.contract.export_dir import ExportInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "feature-extraction"
@@ -83,7 +83,7 @@ def _exporter_defaults() -> dict[str, Any]:
 
 
 def _reusable(out_dir: Path, spec: ModelSpec, quantization: str) -> bool:
-    from trt_runtime.export_dir import CONFIG_JSON, ExportDirError, read_export_info
+    from trt_runtime.contract.export_dir import CONFIG_JSON, ExportDirError, read_export_info
 
     try:
         info = read_export_info(out_dir)
@@ -183,7 +183,8 @@ def peer(name: str, float_dir: Path, spec: ModelSpec, root: Path, log: Log) -> P
     import onnxruntime
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from trt_runtime.export_dir import MODEL_ONNX, read_export_info, write_json_atomic
+    from trt_runtime.contract.export_dir import MODEL_ONNX, read_export_info
+    from trt_runtime.contract.files import reserved_path, write_json_atomic
 
     info = read_export_info(float_dir)
     directory = root / "peers" / spec.name
@@ -193,15 +194,10 @@ def peer(name: str, float_dir: Path, spec: ModelSpec, root: Path, log: Log) -> P
         return target
     log(f"  making {name} from {float_dir / MODEL_ONNX} ...")
     directory.mkdir(parents=True, exist_ok=True)
-    pre = directory / f".{name}.pre-{os.getpid()}.onnx"
-    tmp = directory / f".{name}.tmp-{os.getpid()}.onnx"
-    try:
+    with tempfile.TemporaryDirectory(prefix=f".{name}-pre-", dir=directory) as scratch, reserved_path(target) as tmp:
+        pre = Path(scratch) / "pre.onnx"
         quant_pre_process(str(float_dir / MODEL_ONNX), str(pre), skip_symbolic_shape=True)
         _make_peer(name, pre, tmp, spec, info)
-        os.replace(tmp, target)
-    finally:
-        pre.unlink(missing_ok=True)
-        tmp.unlink(missing_ok=True)
     write_json_atomic(note, made_from)
     return target
 
@@ -251,7 +247,7 @@ def build_runner(variant: VariantSpec, threads: int) -> Runner:
         files = sorted(Path(variant.path).glob("*.safetensors")) + sorted(Path(variant.path).glob("*.bin"))
         return Runner(run_torch, files, names)
     if variant.kind == "runner":
-        from trt_runtime.ort_runner import OrtRunner
+        from trt_runtime.backends.onnxruntime.runner import OrtRunner
 
         runner = OrtRunner(variant.path, intra_op_num_threads=threads, inter_op_num_threads=1, graph=variant.graph)
         session = runner.session

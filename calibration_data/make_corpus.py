@@ -16,7 +16,7 @@ import tarfile
 from pathlib import Path
 
 from models.data import CALIBRATION_FILE, LABELLED_DIR, calibration_subset, labelled_sentences
-from models.quantization.atomic import write_text_atomic
+from trt_runtime.contract.files import write_text_atomic
 
 GROUND_TRUTH = {
     "tweets": "tweets_GroundTruth.txt",

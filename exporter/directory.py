@@ -1,41 +1,26 @@
 """Writing the export directory: a temporary sibling that replaces the output only once it is complete.
 
-File names and the export.json schema live in `trt_runtime.export_dir`; this module adds what only the
+File names and the export.json schema live in `trt_runtime.contract.export_dir`; this module adds what only the
 writer needs: which checkpoint files to carry over, and the atomic swap.
 
-The new directory is written and validated in a hidden sibling `.NAME.tmp-<pid>-<random>`. Replacing an
-existing output is one atomic step on Linux (renameat2 RENAME_EXCHANGE swaps the two directories; the
-old one, now under the temporary name, is deleted). Where the filesystem cannot exchange, the old output
-is renamed to `.NAME.old-<pid>-<random>`, the new one renamed to NAME, and the old one deleted.
-
-An export that fails (exception, Ctrl-C) removes its temporary directory and leaves the previous output
-untouched. An export that is killed (SIGKILL, power loss) cannot clean up after itself: it leaves the
-previous output untouched and its hidden `.NAME.tmp-<pid>-*` (or, killed inside the fallback swap,
-`.NAME.old-<pid>-*`) behind. The next export to the same NAME removes those of processes that no longer
-run, and if NAME itself is missing because the kill fell between the two renames of the fallback swap,
-first puts the previous output back from `.NAME.old-*`.
+The new directory is written and validated in a hidden, locked sibling `.NAME.tmp-<random>` and swapped in
+whole by `trt_runtime.contract.files.atomic_directory` (renameat2 RENAME_EXCHANGE where the filesystem has
+it, two renames otherwise). An export that fails (exception, Ctrl-C) removes its staging directory and
+leaves the previous output untouched. One that is killed leaves its staging directory behind, unlocked:
+the next export to the same NAME removes it, and if NAME itself is missing because the kill fell between
+the two renames of the fallback swap, first puts the previous export back from `.NAME.old-*`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
-import functools
-import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from exporter.errors import ExportError
-from trt_runtime.export_dir import (
-    CONFIG_JSON,
-    EXPORT_JSON,
-    remove_stale_temporaries,
-    stale_temporaries,
-    temporary_sibling,
-)
+from trt_runtime.contract.export_dir import CONFIG_JSON, EXPORT_JSON, ExportDirError, read_export_info
+from trt_runtime.contract.files import atomic_directory
+from trt_runtime.contract.files import recover_interrupted as files_recover_interrupted
 
 #: Tokenizer files of the Hugging Face formats (fast tokenizer.json; WordPiece vocab.txt; BPE vocab.json +
 #: merges.txt; SentencePiece models), copied when the checkpoint has them.
@@ -60,90 +45,34 @@ def check_output_dir(out_dir: Path, model_dir: Path) -> None:
     if out_dir.exists():
         if not out_dir.is_dir():
             raise ExportError(f"--output {out_dir} exists and is not a directory; choose another path")
-        if any(out_dir.iterdir()) and not (out_dir / EXPORT_JSON).exists():
+        if any(out_dir.iterdir()) and not is_export_directory(out_dir):
             raise ExportError(
-                f"--output {out_dir} exists, is not empty and is not an export directory (no {EXPORT_JSON}); "
-                "refusing to replace it: choose a new path or remove it yourself"
+                f"--output {out_dir} exists, is not empty and is not an export directory (no {EXPORT_JSON} of "
+                "this format beside a model.onnx); refusing to replace it: choose a new path or remove it yourself"
             )
 
 
-@contextlib.contextmanager
-def staged_directory(out_dir: Path) -> Iterator[Path]:
-    """Yield an empty temporary sibling of `out_dir`; on normal exit it replaces `out_dir`, on error it is removed.
-
-    First recovers from an earlier export that was killed (see the module docstring).
-    """
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    recover_interrupted(out_dir)
-    staging = temporary_sibling(out_dir)
-    staging.mkdir()  # an ordinary directory (umask applies), hidden by its leading dot
+def is_export_directory(directory: Path) -> bool:
+    """Whether `directory` holds an export of this format (its export.json parses as one): the only kind of
+    directory the exporter replaces, or puts back after an interrupted swap."""
     try:
-        yield staging
-        _replace(staging, out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        read_export_info(directory, verify_sha256=False)
+    except ExportDirError:
+        return False
+    return True
+
+
+def staged_directory(out_dir: Path) -> contextlib.AbstractContextManager[Path]:
+    """An empty, locked staging sibling of `out_dir`; on normal exit it replaces `out_dir`, on error it is removed.
+
+    First recovers from an earlier export that was killed (`trt_runtime.contract.files.atomic_directory`).
+    """
+    return atomic_directory(out_dir, is_previous_version=is_export_directory)
 
 
 def recover_interrupted(out_dir: Path) -> list[Path]:
-    """Undo what a killed export left next to `out_dir`; returns the stale paths removed.
-
-    A missing `out_dir` with a stale `.NAME.old-*` beside it means the kill fell between the two renames of
-    the fallback swap: the old output is put back first. Then every stale `.NAME.tmp-*` / `.NAME.old-*`
-    (of a process that no longer runs) is deleted; those of running exports are left alone.
-    """
-    if not out_dir.exists():
-        previous = [p for p in stale_temporaries(out_dir, ("old",)) if (p / EXPORT_JSON).exists()]
-        if previous:
-            newest = max(previous, key=lambda p: p.stat().st_mtime)
-            with contextlib.suppress(OSError):
-                os.rename(newest, out_dir)
-    return remove_stale_temporaries(out_dir)
-
-
-def _replace(new: Path, out_dir: Path) -> None:
-    if not out_dir.exists():
-        os.rename(new, out_dir)
-        return
-    if _exchange(new, out_dir):
-        shutil.rmtree(new, ignore_errors=True)  # `new` now holds the previous output
-        return
-    old = temporary_sibling(out_dir, "old")
-    os.rename(out_dir, old)
-    try:
-        os.rename(new, out_dir)
-    except BaseException:
-        os.rename(old, out_dir)  # put the previous output back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-_RENAME_EXCHANGE = 2  # linux/fs.h
-_AT_FDCWD = -100
-
-
-@functools.cache
-def _renameat2() -> Any:
-    """glibc's renameat2 (2.28+), or None (not Linux, another libc)."""
-    try:
-        function = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError, TypeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where that is not available."""
-    renameat2 = _renameat2()
-    if renameat2 is None:
-        return False
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    error = ctypes.get_errno()
-    if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
-        return False  # this filesystem or kernel cannot exchange: use two renames
-    raise OSError(error, os.strerror(error), str(b))
+    """Undo what a killed export left next to `out_dir` (see `trt_runtime.contract.files.recover_interrupted`)."""
+    return files_recover_interrupted(out_dir, is_export_directory)
 
 
 def copy_checkpoint_files(model_dir: Path, directory: Path) -> list[str]:

@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from trt_runtime.export_dir import IBERT_DOMAIN, MODEL_ONNX
+from trt_runtime.contract import ibert
+from trt_runtime.contract.export_dir import MODEL_ONNX
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 #: protobuf cannot serialize a message over 2 GiB; bigger models keep their weights in one external file
@@ -22,7 +23,7 @@ EXTERNAL_DATA_FILE = MODEL_ONNX + ".data"
 
 
 def _keep_unfolded(node: gs.Node) -> bool:
-    return node.op in QDQ_OPS or node.domain == IBERT_DOMAIN
+    return node.op in QDQ_OPS or node.domain == ibert.DOMAIN
 
 
 def fold_and_prune(graph: gs.Graph) -> gs.Graph:

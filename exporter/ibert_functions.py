@@ -1,6 +1,6 @@
 """The `ibert` ONNX domain: model-local function bodies of IntGELU, IntSoftmax and IntLayerNorm.
 
-Each body computes, in standard ONNX ops, exactly what `models.quantization.integer_reference` (the
+Each body computes, in standard ONNX ops, exactly what `trt_runtime.contract.ibert` (the
 contract of the domain) computes: the float32 constants with the same float32 operations in the same
 order, the data path in int64. ONNX Runtime and onnx.reference run them as part of the model; the
 TensorRT builder strips them so its parser takes the plugins of the same name instead.
@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from models.quantization import integer_reference as ref
-from trt_runtime.export_dir import IBERT_DOMAIN, IBERT_DOMAIN_VERSION
+from trt_runtime.contract import ibert
+from trt_runtime.contract import ibert as ref
 
 FLOAT, INT64, UINT64 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.UINT64
 _ATTRIBUTE_TYPES = {
@@ -277,7 +277,7 @@ def ibert_function(op_type: str, opset: int) -> onnx.FunctionProto:
     (result,) = build(body)
     body.nodes.append(helper.make_node("Identity", [result], ["Y"], name=f"{op_type}_output"))
     function = helper.make_function(
-        IBERT_DOMAIN,
+        ibert.DOMAIN,
         op_type,
         inputs,
         ["Y"],
@@ -285,22 +285,22 @@ def ibert_function(op_type: str, opset: int) -> onnx.FunctionProto:
         opset_imports=[helper.make_opsetid("", opset)],
         attributes=attributes,
         attribute_protos=[helper.make_attribute(name, value) for name, value in defaults.items()],
-        doc_string=f"I-BERT's integer {op_type[3:]}, exactly as models.quantization.integer_reference computes it.",
+        doc_string=f"I-BERT's integer {op_type[3:]}, exactly as trt_runtime.contract.ibert computes it.",
     )
     return function
 
 
 def add_ibert_functions(model: onnx.ModelProto) -> list[str]:
     """Attach the function of every `ibert` op the graph uses and import the domain; returns the op types."""
-    used = sorted({n.op_type for n in model.graph.node if n.domain == IBERT_DOMAIN})
+    used = sorted({n.op_type for n in model.graph.node if n.domain == ibert.DOMAIN})
     unknown = [op for op in used if op not in _OPS]
     if unknown:
-        raise ValueError(f"the graph uses {IBERT_DOMAIN} ops without a function body: {', '.join(unknown)}")
+        raise ValueError(f"the graph uses {ibert.DOMAIN} ops without a function body: {', '.join(unknown)}")
     if not used:
         return used
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     existing = {(f.domain, f.name) for f in model.functions}
-    model.functions.extend(ibert_function(op, opset) for op in used if (IBERT_DOMAIN, op) not in existing)
-    if not any(o.domain == IBERT_DOMAIN for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(IBERT_DOMAIN, IBERT_DOMAIN_VERSION))
+    model.functions.extend(ibert_function(op, opset) for op in used if (ibert.DOMAIN, op) not in existing)
+    if not any(o.domain == ibert.DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(ibert.DOMAIN, ibert.DOMAIN_VERSION))
     return used

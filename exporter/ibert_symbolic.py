@@ -1,7 +1,7 @@
 """TorchScript-exporter symbolics: each `torch.ops.ibert.*` custom op becomes one `ibert::` ONNX node.
 
 The torch ops' arguments after the tensors are the ONNX attributes, in order
-(models.quantization.integer_ops); here they become node attributes of the matching type.
+(models.quantization.integer.ops); here they become node attributes of the matching type.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from torch.onnx import register_custom_op_symbolic, symbolic_helper
 
-from trt_runtime.export_dir import IBERT_DOMAIN
+from trt_runtime.contract import ibert
 
 
 def _typed_like(output: Any, x: Any) -> Any:
@@ -22,7 +22,7 @@ def _typed_like(output: Any, x: Any) -> Any:
 @symbolic_helper.parse_args("v", "fs", "fs")
 def _int_gelu(g: Any, x: Any, input_scale: list[float], output_scale: list[float]) -> Any:
     return _typed_like(
-        g.op(f"{IBERT_DOMAIN}::IntGELU", x, input_scale_f=input_scale, output_scale_f=output_scale), x
+        g.op(f"{ibert.DOMAIN}::IntGELU", x, input_scale_f=input_scale, output_scale_f=output_scale), x
     )
 
 
@@ -31,7 +31,7 @@ def _int_softmax(
     g: Any, x: Any, axis: int, output_bits: int, input_scale: float, exp_scale: float, output_scale: float
 ) -> Any:
     node = g.op(
-        f"{IBERT_DOMAIN}::IntSoftmax", x, axis_i=axis, output_bits_i=output_bits, input_scale_f=input_scale,
+        f"{ibert.DOMAIN}::IntSoftmax", x, axis_i=axis, output_bits_i=output_bits, input_scale_f=input_scale,
         exp_scale_f=exp_scale, output_scale_f=output_scale,
     )
     return _typed_like(node, x)
@@ -42,7 +42,7 @@ def _int_layernorm(
     g: Any, x: Any, weight: Any, bias: Any, axis: int, input_scale: float, shift: int, output_scale: list[float]
 ) -> Any:
     node = g.op(
-        f"{IBERT_DOMAIN}::IntLayerNorm", x, weight, bias, axis_i=axis, input_scale_f=input_scale, shift_i=shift,
+        f"{ibert.DOMAIN}::IntLayerNorm", x, weight, bias, axis_i=axis, input_scale_f=input_scale, shift_i=shift,
         output_scale_f=output_scale,
     )
     return _typed_like(node, x)
@@ -53,7 +53,7 @@ SYMBOLICS: dict[str, Callable[..., Any]] = {"ibert::int_gelu": _int_gelu, "ibert
 
 def register_ibert_symbolics(opset: int) -> None:
     """Register the three symbolics for `opset` (idempotent: a later registration replaces the earlier)."""
-    import models.quantization.integer_ops  # noqa: F401  (defines the torch ops the symbolics map)
+    import models.quantization.integer.ops  # noqa: F401  (defines the torch ops the symbolics map)
 
     for name, symbolic in SYMBOLICS.items():
         register_custom_op_symbolic(name, symbolic, opset)

@@ -47,14 +47,8 @@ from exporter.torch_export import MAX_OPSET, MIN_OPSET, WRAPPED, torchscript_exp
 from exporter.validation import TOLERANCES, compare, ort_runner
 from models.architectures import Architecture, max_positions
 from models.loading import task_from_config
-from trt_runtime.export_dir import (
-    CALIBRATION_JSON,
-    EXPORT_JSON,
-    ONNX_METADATA_KEY,
-    ExportInfo,
-    sha256_file,
-    write_json_atomic,
-)
+from trt_runtime.contract.export_dir import CALIBRATION_JSON, EXPORT_JSON, ONNX_METADATA_KEY, ExportInfo
+from trt_runtime.contract.files import sha256_file, write_json_atomic
 
 Log = Callable[[str], None]
 #: export.json's calibration "data" when no file was given / when the checkpoint has no tokenizer
@@ -298,11 +292,11 @@ def _check_wide_activations(
 def calibration_methods(quantization: str) -> tuple[str, ...]:
     """The calibration methods of a quantized mode, the default first."""
     if quantization == "integer":
-        from models.quantization.integer_calibration import DEFAULT_METHOD as INTEGER_DEFAULT
-        from models.quantization.integer_calibration import METHODS as INTEGER_METHODS
+        from models.quantization.integer.calibration import DEFAULT_METHOD as INTEGER_DEFAULT
+        from models.quantization.integer.calibration import METHODS as INTEGER_METHODS
 
         return tuple(sorted(INTEGER_METHODS, key=lambda m: m != INTEGER_DEFAULT))
-    from models.quantization.calibrate import METHODS
+    from models.quantization.qdq.calibrate import METHODS
 
     return tuple(sorted(METHODS, key=lambda m: m != "percentile"))
 
@@ -480,7 +474,7 @@ def _clean_up(raw: onnx.ModelProto, model: models.TaskModel, say: Log) -> onnx.M
 def _enabled_quantizers(model: models.TaskModel) -> tuple[int, int]:
     """(weight, activation) quantizers that fake-quantize in `model` (qdq mode)."""
     from models.quantization import named_quantizers
-    from models.quantization.quantized_model import weight_of
+    from models.quantization.qdq.quantized_model import weight_of
 
     enabled = [name for name, q in named_quantizers(model).items() if q.is_quant_enabled]
     weights = sum(weight_of(model, name) is not None for name in enabled)

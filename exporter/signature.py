@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from models import TaskModel
-from trt_runtime.export_dir import TensorSpec
+from trt_runtime.contract.export_dir import TensorSpec
 
 # Dynamic axis names of Hugging Face optimum's ONNX export.
 BATCH = "batch_size"

@@ -18,7 +18,7 @@ import torch
 from exporter.ibert_symbolic import register_ibert_symbolics
 from exporter.signature import OnnxSignatureModule, Signature
 from models import TaskModel
-from trt_runtime.export_dir import IBERT_DOMAIN, IBERT_DOMAIN_VERSION
+from trt_runtime.contract import ibert
 
 #: the wrapper's attribute that holds the task model; stripped from ONNX names afterwards
 WRAPPED = "model"
@@ -51,6 +51,6 @@ def torchscript_export(
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,
-            custom_opsets={IBERT_DOMAIN: IBERT_DOMAIN_VERSION} if model.quantization == "integer" else None,
+            custom_opsets={ibert.DOMAIN: ibert.DOMAIN_VERSION} if model.quantization == "integer" else None,
         )
     return onnx.load(str(path))

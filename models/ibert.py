@@ -4,7 +4,7 @@ The module tree and names are Hugging Face's `IBertModel` (`embeddings.embedding
 `encoder.layer.N.attention.self.query_activation`, `...softmax`, `...output.ln_input_act`,
 `...LayerNorm`, `pre_intermediate_act`, ...), so I-BERT `quant_mode=true` checkpoints load with their
 activation ranges and LayerNorm shifts, and float I-BERT, RoBERTa and BERT checkpoints load their
-weights (then need calibration: models.quantization.integer_calibration). Nothing in it depends on
+weights (then need calibration: models.quantization.integer.calibration). Nothing in it depends on
 RoBERTa: BERT positions (absolute) and token types work the same way. Every module passes its output
 with its scale (`(tensor, scale)`, as Hugging Face does); the pooler stays float, as in I-BERT.
 """
@@ -21,7 +21,7 @@ from transformers import PretrainedConfig
 from models.architectures import Architecture, max_positions
 from models.bert import BertPooler
 from models.layers import check_sequence_length, extended_attention_mask, roberta_position_ids
-from models.quantization.integer import (
+from models.quantization.integer.modules import (
     IntGELU,
     IntLayerNorm,
     IntSoftmax,

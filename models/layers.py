@@ -14,7 +14,7 @@ from torch import nn
 
 def make_linear(in_features: int, out_features: int, quantization: str, bias: bool = True) -> nn.Linear:
     if quantization == "qdq":
-        from models.quantization.nn import QuantLinear
+        from models.quantization.qdq.nn import QuantLinear
 
         return QuantLinear(in_features, out_features, bias=bias)
     return nn.Linear(in_features, out_features, bias=bias)
@@ -22,7 +22,7 @@ def make_linear(in_features: int, out_features: int, quantization: str, bias: bo
 
 def make_conv1x1(in_channels: int, out_channels: int, groups: int, quantization: str) -> nn.Conv1d:
     if quantization == "qdq":
-        from models.quantization.nn import QuantConv1d
+        from models.quantization.qdq.nn import QuantConv1d
 
         return QuantConv1d(in_channels, out_channels, kernel_size=1, groups=groups)
     return nn.Conv1d(in_channels, out_channels, kernel_size=1, groups=groups)
@@ -31,8 +31,8 @@ def make_conv1x1(in_channels: int, out_channels: int, groups: int, quantization:
 def make_input_quantizer(quantization: str) -> nn.Module:
     """A per-tensor activation quantizer in qdq mode, the identity otherwise."""
     if quantization == "qdq":
-        from models.quantization.nn import QuantLinear
-        from models.quantization.tensor_quantizer import TensorQuantizer
+        from models.quantization.qdq.nn import QuantLinear
+        from models.quantization.qdq.tensor_quantizer import TensorQuantizer
 
         return TensorQuantizer(QuantLinear.default_quant_desc_input)
     return nn.Identity()

@@ -306,7 +306,7 @@ def load(
     if quantization not in QUANTIZATION_MODES:
         raise ValueError(f"quantization must be one of {', '.join(QUANTIZATION_MODES)}, got {quantization!r}")
     if calibration is not None and quantization == "integer":
-        from models.quantization.integer_calibration import integer_settings
+        from models.quantization.integer.calibration import integer_settings
 
         force_dequant, wide_activations = integer_settings(calibration, force_dequant, wide_activations)
     if wide_activations is not None:

@@ -38,9 +38,9 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from models.loading import load_config, load_weights, read_state_dict
-from models.quantization.atomic import atomic_directory
-from models.quantization.quantized_model import check_calibrated
+from models.quantization.qdq.quantized_model import check_calibrated
 from models.tasks import TaskModel, task_class
+from trt_runtime.contract.files import atomic_directory
 
 logger = logging.getLogger(__name__)
 

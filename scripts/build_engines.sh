@@ -20,7 +20,7 @@ fi
 
 # fail early, with the reason, where the builder cannot run at all
 if ! reason=$("$PYTHON" -c '
-from trt_runtime.tensorrt_libs import tensorrt_available
+from trt_runtime.backends.tensorrt.libs import tensorrt_available
 ok, reason = tensorrt_available()
 print(reason)
 raise SystemExit(0 if ok else 1)

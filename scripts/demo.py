@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a plain script from a fresh clone
 
 import trt_runtime  # noqa: E402
-from trt_runtime.export_dir import CONFIG_JSON, ExportDirError, read_export_info  # noqa: E402
+from trt_runtime.contract.export_dir import CONFIG_JSON, ExportDirError, read_export_info  # noqa: E402
 
 TASK = "feature-extraction"
 LATENCY_CALLS = 50
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             TASK, directory, backend="onnxruntime", pooling="mean", normalize=True, batch_size=32
         )
         runner = pipes[name].runner
-        # the INT8 export runs as the CPU INT8 graph derived from model.onnx (trt_runtime.cpu_int8)
+        # the INT8 export runs as the CPU INT8 graph derived from model.onnx (trt_runtime.backends.onnxruntime.cpu_int8)
         graph = getattr(runner, "graph_reason", "the exported graph")
         say(f"  {name}: {runner.backend} on {', '.join(runner.providers)}; {graph}")
     # both models take turns on the same chunks, so that load from other processes hits both alike

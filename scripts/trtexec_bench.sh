@@ -69,8 +69,8 @@ for dir in "${exports[@]}"; do
     name="$(basename "$dir")"
     [[ "$MODE" == build ]] && name="$name-trtexec-build"
     echo "== $dir ($MODE)"
-    # the model, shape and precision flags come from export.json / engine.json (trt_runtime.trtexec)
-    if ! model_args_text="$("$PYTHON" -m trt_runtime.trtexec args "$dir" "${mode_args[@]}")"; then
+    # the model, shape and precision flags come from export.json / engine.json (trt_runtime.backends.tensorrt.trtexec)
+    if ! model_args_text="$("$PYTHON" -m trt_runtime.backends.tensorrt.trtexec args "$dir" "${mode_args[@]}")"; then
         failed+=("$dir")
         continue
     fi
@@ -86,7 +86,7 @@ for dir in "${exports[@]}"; do
         failed+=("$dir")
         continue
     fi
-    "$PYTHON" -m trt_runtime.trtexec summarize "$dir" --label "$name" \
+    "$PYTHON" -m trt_runtime.backends.tensorrt.trtexec summarize "$dir" --label "$name" \
         --times "$scratch/$name-times.json" --profile "$scratch/$name-profile.json" \
         --out "$RESULTS/trtexec-$name.json" --command "$(printf '%q ' "${args[@]}")" || failed+=("$dir")
 done

@@ -13,17 +13,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from trt_runtime.contract import compat as _compat
+
+_compat.install()  # the previous release's module names keep importing, with a DeprecationWarning
+
 if TYPE_CHECKING:
+    from trt_runtime.backends.base import Runner
     from trt_runtime.loader import load
     from trt_runtime.pipelines import pipeline
-    from trt_runtime.runner import Runner
 
 __all__ = ["Runner", "load", "pipeline"]
 
 _LAZY = {
     "load": "trt_runtime.loader",
     "pipeline": "trt_runtime.pipelines",
-    "Runner": "trt_runtime.runner",
+    "Runner": "trt_runtime.backends.base",
 }
 
 

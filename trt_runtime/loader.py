@@ -2,7 +2,7 @@
 
 "auto" takes TensorRT only where all three are present: a built engine (model.engine + engine.json,
 from `python -m trt_runtime build DIR`), the TensorRT library with cuda-python, and a GPU; otherwise
-ONNX Runtime. The choice and its reason are logged and kept on the runner as `backend_reason`.
+ONNX Runtime. The choice and its reason are logged and kept on the runner as `choice`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trt_runtime.export_dir import ENGINE, ENGINE_JSON, read_export_info
-from trt_runtime.runner import Runner
+from trt_runtime.backends.base import BaseRunner
+from trt_runtime.contract.export_dir import ENGINE, ENGINE_JSON, read_export_info
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class BackendUnavailableError(RuntimeError):
 def tensorrt_status() -> tuple[bool, str]:
     """Whether the TensorRT backend can run on this machine (library, cuda-python and a GPU), and why not."""
     try:
-        from trt_runtime.tensorrt_runner import tensorrt_available
+        from trt_runtime.backends.tensorrt.runner import tensorrt_available
     except ImportError as e:
         return False, f"the TensorRT backend cannot be imported ({e})"
     return tensorrt_available()
@@ -47,10 +47,10 @@ def engine_status(directory: Path) -> tuple[bool, str]:
 
 def _runner_class(backend: str) -> type:
     if backend == "tensorrt":
-        from trt_runtime.tensorrt_runner import TensorRTRunner
+        from trt_runtime.backends.tensorrt.runner import TensorRTRunner
 
         return TensorRTRunner
-    from trt_runtime.ort_runner import OrtRunner
+    from trt_runtime.backends.onnxruntime.runner import OrtRunner
 
     return OrtRunner
 
@@ -59,7 +59,8 @@ def runner_options(backend: str) -> set[str]:
     """The keyword options that the runner class of `backend` accepts."""
     parameters = inspect.signature(_runner_class(backend)).parameters
     keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return {name for name, p in parameters.items() if name != "export_dir" and p.kind in keyword}
+    internal = {"export_dir", "info", "reason", "verify_sha256"}
+    return {name for name, p in parameters.items() if name not in internal and p.kind in keyword}
 
 
 def _split_options(backend: str, options: dict[str, Any], explicit: bool) -> dict[str, Any]:
@@ -98,19 +99,18 @@ def choose_backend(directory: Path, backend: str = "auto") -> tuple[str, str]:
     return "onnxruntime", f"ONNX Runtime fallback: {why}"
 
 
-def load(directory: str | os.PathLike, backend: str = "auto", **options: Any) -> Runner:
+def load(directory: str | os.PathLike, backend: str = "auto", **options: Any) -> BaseRunner:
     """A runner for the export in `directory` on `backend` ("auto" | "onnxruntime" | "tensorrt").
 
     options go to the runner (OrtRunner: providers, intra_op_num_threads, graph_optimization_level,
     cache, ...). With backend="auto", options that the chosen backend does not take are ignored (logged).
-    The runner's `backend_reason` says why this backend.
+    The runner's `choice` says which backend and why, which graph and what happened to its cache.
     """
     directory = Path(directory)
-    read_export_info(directory, verify_sha256=False)  # a clear error for a directory that is no export
+    verify = bool(options.pop("verify_sha256", True))
+    info = read_export_info(directory, verify_sha256=verify)  # once; the runner gets it
     chosen, reason = choose_backend(directory, backend)
     kwargs = _split_options(chosen, options, explicit=backend != "auto")
-    runner = _runner_class(chosen)(directory, **kwargs)
-    detail = getattr(runner, "backend_reason", None)
-    runner.backend_reason = f"{reason}; {detail}" if detail and reason != detail else reason
-    logger.info("trt_runtime.load(%s): %s backend (%s)", directory, chosen, runner.backend_reason)
+    runner: BaseRunner = _runner_class(chosen)(directory, info=info, reason=reason, **kwargs)
+    logger.info("trt_runtime.load(%s): %s backend (%s)", directory, chosen, runner.choice.describe())
     return runner

@@ -26,7 +26,7 @@ from tokenizers import (
     processors,
 )
 
-from trt_runtime.export_dir import ExportDirError
+from trt_runtime.contract.export_dir import ExportDirError
 
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"

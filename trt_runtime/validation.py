@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from trt_runtime.export_dir import ExportInfo, TensorSpec
+from trt_runtime.contract.export_dir import ExportInfo, TensorSpec
 
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"

@@ -53,10 +53,9 @@ from benchmarks.eval.steps import (
     pytorch_predictions,
     qat_checkpoint,
     runtime_predictions,
-    write_bytes_atomic,
-    write_json,
 )
 from benchmarks.eval.tasks import TASKS, examples, task_of
+from trt_runtime.contract.files import write_bytes_atomic, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_NAME = "eval-vader"
@@ -478,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.results.mkdir(parents=True, exist_ok=True)
     json_path = args.results / f"{args.name}.json"
-    write_json(json_path, results)
+    write_json_atomic(json_path, results)
     write_bytes_atomic(args.results / f"{args.name}.png", plot_deltas(results))
     layers_png = plot_sensitivity(results)
     if layers_png is not None:

@@ -41,6 +41,7 @@ from benchmarks.eval.recipe import (
     digest,
 )
 from benchmarks.eval.tasks import Examples, Task, examples, inference_batches, training_batches
+from trt_runtime.contract.files import sha256_file, write_bytes_atomic, write_json_atomic
 
 Say = Callable[[str], None]
 STAGE_JSON = "eval-stage.json"
@@ -55,31 +56,11 @@ class EvalError(RuntimeError):
 # --- small helpers ---------------------------------------------------------------------------------------
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """The runtime's atomic write (temporary sibling, then rename), into a directory made if missing."""
-    from trt_runtime.engine_info import write_bytes_atomic as write_atomically
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, data)
-
-
-def write_json(path: Path, data: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
-
-
 def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def checkpoint_identity(directory: Path) -> str:
@@ -280,7 +261,7 @@ def integer_qat_checkpoint(ws: Workspace, float_dir: Path, float_key: str) -> tu
     """The float checkpoint in I-BERT integer mode, calibrated as the exporter does, then fine-tuned in
     integer mode (straight-through gradients; activation ranges follow I-BERT's training-mode EMA)."""
     import models
-    from models.quantization.integer_calibration import calibrate_integer
+    from models.quantization.integer.calibration import calibrate_integer
 
     r = ws.recipe
     key = r.key(
@@ -339,7 +320,7 @@ def _train_and_save(
     )
     save_checkpoint(model, ws.base, directory)
     seconds = _since(started)
-    write_json(directory / STAGE_JSON, {"key": key, "stage": stage, "history": history, "seconds": seconds})
+    write_json_atomic(directory / STAGE_JSON, {"key": key, "stage": stage, "history": history, "seconds": seconds})
     return seconds
 
 
@@ -391,7 +372,7 @@ def dev_analysis(
     import models
     from exporter.pipeline import DEFAULT_KEEP_FLOAT
     from models.quantization import collect_stats, compute_amax, finish_calibration, named_quantizers
-    from models.quantization.quantized_model import select_quantizers
+    from models.quantization.qdq.quantized_model import select_quantizers
 
     r = ws.recipe
     key = r.key(
@@ -513,7 +494,7 @@ def dev_analysis(
             per_layer.append(row)
         result["sensitivity"] = {"calibrator": best, "layers": per_layer}
     result["seconds"] = _since(started)
-    write_json(path, result)
+    write_json_atomic(path, result)
     ws.record("dev analysis", result["seconds"], reused=False)
     return result
 
@@ -531,7 +512,7 @@ def export_variant(
 ) -> tuple[Path, bool]:
     """exporter.export of `checkpoint` as `variant` into <root>/exports/<name>; (directory, reused)."""
     import exporter
-    from trt_runtime.export_dir import ExportDirError, read_export_info
+    from trt_runtime.contract.export_dir import ExportDirError, read_export_info
 
     kwargs = variant.export_kwargs(ws.recipe)
     key = digest({"checkpoint": checkpoint_key, "export": kwargs, "validate": validate})
@@ -554,7 +535,7 @@ def export_variant(
     )
     info = read_export_info(out)
     seconds = _since(started)
-    write_json(
+    write_json_atomic(
         sidecar,
         {"key": key, "variant": variant.name, "onnx_sha256": info.onnx_sha256, "seconds": seconds},
     )
@@ -586,7 +567,7 @@ def _save_scores(path: Path, key: str, found: Predictions) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, scores=found.scores)
     write_bytes_atomic(path, buffer.getvalue())
-    write_json(path.with_suffix(".json"), {"key": key, "runtime": found.runtime})
+    write_json_atomic(path.with_suffix(".json"), {"key": key, "runtime": found.runtime})
 
 
 def runtime_predictions(
@@ -598,8 +579,8 @@ def runtime_predictions(
     graph="exported" runs model.onnx's Q/DQ graph as exported, i.e. the numerics TensorRT is given.
     """
     import trt_runtime
-    from trt_runtime import cpu_int8
-    from trt_runtime.export_dir import read_export_info
+    from trt_runtime.backends.onnxruntime import cpu_int8
+    from trt_runtime.contract.export_dir import read_export_info
 
     info = read_export_info(export_dir, verify_sha256=False)
     import onnxruntime
@@ -671,7 +652,7 @@ def pytorch_predictions(
     """The exported model in PyTorch: the checkpoint with the export's calibration.json (fake quantization
     for qdq, eager integer arithmetic for integer), i.e. the numerics the ONNX graph was traced from."""
     import models
-    from trt_runtime.export_dir import read_export_info
+    from trt_runtime.contract.export_dir import read_export_info
 
     info = read_export_info(export_dir, verify_sha256=False)
     key = digest(

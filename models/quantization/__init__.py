@@ -18,26 +18,26 @@ one entry point for quantization state found in checkpoints, and calibration.jso
     save_integer_calibration(model, "calibration.json")    # models.load(..., calibration=...) reads it
 """
 
-from models.quantization.calibrate import calibrate, collect_stats, compute_amax, finish_calibration
 from models.quantization.calibration_file import (
     CalibrationError,
     load_calibration,
     read_calibration,
     save_calibration,
 )
-from models.quantization.calibrators import HistogramCalibrator, MaxCalibrator
-from models.quantization.descriptor import (
-    QUANT_DESC_8BIT_PER_CHANNEL_AXIS0,
-    QUANT_DESC_8BIT_PER_TENSOR,
-    QuantDescriptor,
-)
-from models.quantization.integer_calibration import (
+from models.quantization.integer.calibration import (
     calibrate_integer,
     load_integer_calibration,
     save_integer_calibration,
 )
-from models.quantization.nn import QuantConv1d, QuantLinear
-from models.quantization.quantized_model import (
+from models.quantization.qdq.calibrate import calibrate, collect_stats, compute_amax, finish_calibration
+from models.quantization.qdq.calibrators import HistogramCalibrator, MaxCalibrator
+from models.quantization.qdq.descriptor import (
+    QUANT_DESC_8BIT_PER_CHANNEL_AXIS0,
+    QUANT_DESC_8BIT_PER_TENSOR,
+    QuantDescriptor,
+)
+from models.quantization.qdq.nn import QuantConv1d, QuantLinear
+from models.quantization.qdq.quantized_model import (
     SENSITIVE_SITES,
     check_calibrated,
     keep_float,
@@ -46,7 +46,10 @@ from models.quantization.quantized_model import (
     set_quantization,
     uncalibrated_quantizers,
 )
-from models.quantization.tensor_quantizer import NotCalibratedError, TensorQuantizer
+from models.quantization.qdq.tensor_quantizer import NotCalibratedError, TensorQuantizer
+from trt_runtime.contract import compat as _compat
+
+_compat.install()  # the previous release's module names keep importing, with a DeprecationWarning
 
 __all__ = [
     "QUANT_DESC_8BIT_PER_CHANNEL_AXIS0",

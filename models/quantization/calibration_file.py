@@ -17,7 +17,7 @@ missing quantizer names, or with amax of the wrong size. A file made from other 
 shape (a fine-tuned copy) loads with a warning: its activation ranges may no longer fit.
 
 I-BERT's integer mode writes the same envelope with `"mode": "integer"` and its ranges and shifts instead
-of "quantizers" (models.quantization.integer_calibration); a file without "mode" is qdq.
+of "quantizers" (models.quantization.integer.calibration); a file without "mode" is qdq.
 `load_calibration` applies either kind to a model of that mode, and says so when model and file differ.
 """
 
@@ -27,14 +27,15 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from models.quantization.atomic import write_text_atomic
-from models.quantization.quantized_model import named_quantizers, set_amax, weight_of
+from models.quantization.qdq.quantized_model import named_quantizers, set_amax, weight_of
+from trt_runtime.contract.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -154,19 +155,32 @@ def check_identity(own: dict[str, Any], recorded: dict[str, Any], where: str, hi
         )
 
 
+#: mode -> the function that applies a file of that mode to a model (qdq's is `load_calibration` itself);
+#: each mode's package registers its own (`register_mode`), so this envelope imports none of them
+_APPLY: dict[str, Callable[[nn.Module, dict[str, Any], str], dict[str, Any]]] = {}
+
+
+def register_mode(mode: str, apply: Callable[[nn.Module, dict[str, Any], str], dict[str, Any]]) -> None:
+    """Make `load_calibration` hand files of `mode` to `apply(model, data, where)`."""
+    if mode not in CALIBRATION_MODES:
+        raise ValueError(f"unknown calibration mode {mode!r}; add it to CALIBRATION_MODES")
+    _APPLY[mode] = apply
+
+
 def load_calibration(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
     """Apply a calibration.json to a qdq model: amax for every quantizer, float sites disabled; or an
-    integer one (`"mode": "integer"`) to an integer model (integer_calibration.apply_integer_calibration).
+    integer one (`"mode": "integer"`) to an integer model (the function its mode registered).
 
     Returns the file's content. Raises CalibrationError naming the problem: a file of another mode,
     another model, unknown or missing quantizer names, amax of the wrong size.
     """
     where = str(path)
     data = read_calibration(path)
-    if calibration_mode(data) == "integer":
-        from models.quantization.integer_calibration import apply_integer_calibration
-
-        return apply_integer_calibration(model, data, where)
+    mode = calibration_mode(data)
+    if mode != "qdq":
+        if mode not in _APPLY:  # models.quantization registers every mode when it is imported
+            raise CalibrationError(f"{where}: no loader for calibration mode {mode!r} is registered")
+        return _APPLY[mode](model, data, where)
     quantizers = named_quantizers(model)
     if not quantizers:
         integer = getattr(model, "quantization", None) == "integer"

@@ -49,13 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from trt_runtime.builder import BuildError, BuildOptions, build_engine
-    from trt_runtime.engine_info import EngineMismatchError
-    from trt_runtime.export_dir import ExportDirError
-    from trt_runtime.onnx_for_tensorrt import OnnxForTensorRTError
-    from trt_runtime.plugins import PluginsUnavailable
-    from trt_runtime.profiles import ProfileError
-    from trt_runtime.tensorrt_libs import TensorRTUnavailable
+    from trt_runtime.backends.tensorrt.builder import BuildError, BuildOptions, build_engine
+    from trt_runtime.backends.tensorrt.engine_info import EngineMismatchError
+    from trt_runtime.backends.tensorrt.libs import TensorRTUnavailable
+    from trt_runtime.backends.tensorrt.onnx_prep import OnnxForTensorRTError
+    from trt_runtime.backends.tensorrt.plugins import PluginsUnavailable
+    from trt_runtime.backends.tensorrt.profiles import ProfileError
+    from trt_runtime.contract.export_dir import ExportDirError
 
     options = BuildOptions(
         fp16=args.fp16,

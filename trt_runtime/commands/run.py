@@ -105,8 +105,8 @@ def _inputs(args: argparse.Namespace, task: str, texts: list[str]) -> list[Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from trt_runtime.engine_info import EngineMismatchError
-    from trt_runtime.export_dir import ExportDirError, read_export_info
+    from trt_runtime.backends.tensorrt.engine_info import EngineMismatchError
+    from trt_runtime.contract.export_dir import ExportDirError, read_export_info
     from trt_runtime.loader import BackendUnavailableError
     from trt_runtime.pipelines import ALIASES, pipeline
 

@@ -104,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from trt_runtime.export_dir import ExportDirError
+    from trt_runtime.contract.export_dir import ExportDirError
     from trt_runtime.triton.repository import RepositoryError, RepositoryOptions, write_repository
 
     options = RepositoryOptions(

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trt_runtime.export_dir import read_export_info
+from trt_runtime.contract.export_dir import read_export_info
 from trt_runtime.pipelines.base import DEFAULT_BATCH_SIZE, Pipeline, task_mismatch
 
 #: task -> "module:class" under trt_runtime.pipelines

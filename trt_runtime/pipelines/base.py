@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 import numpy as np
 from tokenizers import Encoding
 
-from trt_runtime.export_dir import ExportDirError, ExportInfo
-from trt_runtime.runner import Runner
+from trt_runtime.backends.base import Runner
+from trt_runtime.contract.export_dir import ExportDirError, ExportInfo
 from trt_runtime.tokenization import Text, TextTokenizer
 from trt_runtime.validation import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, InputError
 

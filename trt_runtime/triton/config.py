@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from trt_runtime.export_dir import TensorSpec
+from trt_runtime.contract.export_dir import TensorSpec
 
 #: numpy dtype name (export.json) -> Triton data type
 TRITON_DTYPES = {

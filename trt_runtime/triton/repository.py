@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import trt_runtime
-from trt_runtime.engine_info import EngineInfo, EngineMismatchError, read_engine_info
-from trt_runtime.export_dir import ENGINE, MODEL_ONNX, ExportInfo, read_export_info, write_json_atomic
-from trt_runtime.profiles import BATCH_SIZE
+from trt_runtime.backends.tensorrt.engine_info import EngineInfo, EngineMismatchError, read_engine_info
+from trt_runtime.backends.tensorrt.profiles import BATCH_SIZE
+from trt_runtime.contract.export_dir import ENGINE, MODEL_ONNX, ExportInfo, read_export_info
+from trt_runtime.contract.files import write_json_atomic
 from trt_runtime.triton import python_model
 from trt_runtime.triton.config import TYPE_STRING, Enum, tensor_config, to_pbtxt
 

@@ -56,7 +56,7 @@ def server_requirements() -> list[str]:
     """What the server environment installs: pytriton, numpy < 2, and this environment's onnxruntime,
     tokenizers, onnx and sympy versions (the same numbers in the server as in-process)."""
     requirements = [PYTRITON, "numpy>=1.26,<2"]
-    # onnx and sympy: OrtRunner derives the CPU INT8 graph of qdq exports with them (trt_runtime.cpu_int8)
+    # onnx and sympy: OrtRunner derives the CPU INT8 graph of qdq exports with them (trt_runtime.backends.onnxruntime.cpu_int8)
     for distribution in ("onnxruntime", "tokenizers", "onnx", "sympy"):
         try:
             requirements.append(f"{distribution}=={importlib.metadata.version(distribution)}")

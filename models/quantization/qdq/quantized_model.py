@@ -1,0 +1,175 @@
+"""Operations over all the quantizers of a model, addressed by their module names.
+
+A quantizer's name is its module path in the model, e.g.
+`bert.encoder.layer.0.attention.self.query._input_quantizer` or
+`bert.encoder.layer.0.attention.self.matmul_a_input_quantizer`; calibration files, checkpoints
+(`<name>._amax`) and `keep_float` patterns all use it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from models.quantization.qdq.tensor_quantizer import NOT_CALIBRATED_HINT, TensorQuantizer
+
+logger = logging.getLogger(__name__)
+
+AMAX_SUFFIX = "._amax"
+
+# QDQBERT's accuracy-sensitive quantizer sites, for `keep_float` (fnmatch patterns, or "re:" + regex).
+#: input of the FFN output projection: the GELU output, with a long one-sided tail
+FFN_OUTPUT_INPUT = r"re:.*\.layers?\.\d+\.output\.(dense|conv1d)\._input_quantizer"
+#: the softmax output (attention probabilities) entering the second attention matmul
+SOFTMAX_OUTPUT = "*.matmul_a_input_quantizer"
+#: both inputs of every residual add
+RESIDUAL_ADDS = "*.add_*_input_quantizer"
+SENSITIVE_SITES = {"ffn-output-input": FFN_OUTPUT_INPUT, "softmax-output": SOFTMAX_OUTPUT, "residual-adds": RESIDUAL_ADDS}
+
+
+def named_quantizers(model: nn.Module) -> dict[str, TensorQuantizer]:
+    """Every TensorQuantizer of the model by module name (and tells each its name, for error messages)."""
+    found: dict[str, TensorQuantizer] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, TensorQuantizer):
+            module.name = name
+            found[name] = module
+    return found
+
+
+def weight_of(model: nn.Module, quantizer_name: str) -> torch.Tensor | None:
+    """The weight a `..._weight_quantizer` quantizes (None for activation quantizers)."""
+    parent_name, _, attr = quantizer_name.rpartition(".")
+    if attr != "_weight_quantizer":
+        return None
+    parent = model.get_submodule(parent_name) if parent_name else model
+    weight = getattr(parent, "weight", None)
+    return weight if isinstance(weight, torch.Tensor) else None
+
+
+def expected_amax_shape(model: nn.Module, name: str, quantizer: TensorQuantizer) -> tuple[int, ...] | None:
+    """Shape amax takes after calibration: () per tensor; [C, 1, ...] (keepdims) per channel of a weight."""
+    if quantizer.axis is None:
+        return ()
+    weight = weight_of(model, name)
+    if weight is None:
+        return None  # a per-channel activation quantizer: its channel count is known only from data
+    shape = [1] * weight.dim()
+    shape[quantizer.axis] = weight.shape[quantizer.axis]
+    return tuple(shape)
+
+
+def set_amax(model: nn.Module, name: str, quantizer: TensorQuantizer, value: torch.Tensor, where: str) -> None:
+    """Give a quantizer an amax read from a file, checked against the quantizer's shape, in its canonical shape."""
+    value = torch.as_tensor(value, dtype=torch.float32)
+    shape = expected_amax_shape(model, name, quantizer)
+    if shape is not None:
+        expected = int(torch.Size(shape).numel())
+        if value.numel() != expected:
+            kind = "per-tensor" if quantizer.axis is None else f"per-channel (axis {quantizer.axis})"
+            raise ValueError(
+                f"{where}: amax of {name} has {value.numel()} value(s) (shape {tuple(value.shape)}), but this "
+                f"{kind} quantizer needs {expected}: the file was made for a different model; recalibrate"
+            )
+        value = value.reshape(shape)
+    try:
+        quantizer.amax = value
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def load_amax_state(model: nn.Module, state: Mapping[str, torch.Tensor], where: str = "checkpoint") -> list[str]:
+    """Load `<quantizer name>._amax` tensors into the model's quantizers; returns the names loaded."""
+    quantizers = named_quantizers(model)
+    unknown = sorted(key for key in state if key.removesuffix(AMAX_SUFFIX) not in quantizers)
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (f", ... ({len(unknown) - 10} more)" if len(unknown) > 10 else "")
+        raise ValueError(
+            f"{where}: amax for quantizers this model does not have: {shown}. The checkpoint's quantizers "
+            f"do not match the model (another architecture, or quantization sites that differ)"
+        )
+    loaded = []
+    for key, value in state.items():
+        name = key.removesuffix(AMAX_SUFFIX)
+        set_amax(model, name, quantizers[name], value, where)
+        loaded.append(name)
+    return loaded
+
+
+def load_quantization_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """The one entry point for quantization state found in a checkpoint (called by `models.load`).
+
+    qdq: `<quantizer>._amax` (QDQBERT / our QAT checkpoints) go into the TensorQuantizers. Other keys
+    (I-BERT's integer-mode buffers: scaling factors, ranges) belong to the integer modules, which take
+    them with the rest of their state; they are skipped here.
+    """
+    amax_state = {k: v for k, v in state.items() if k.endswith(AMAX_SUFFIX)}
+    if getattr(model, "quantization", "qdq") != "qdq" or not amax_state:
+        return
+    source = getattr(model, "source_dir", None)
+    load_amax_state(model, amax_state, where=str(source) if source else "checkpoint")
+
+
+def uncalibrated_quantizers(model: nn.Module) -> list[str]:
+    """Names of quantizers that would quantize but have no amax."""
+    return [name for name, q in named_quantizers(model).items() if q.is_quant_enabled and q.amax is None]
+
+
+def check_calibrated(model: nn.Module) -> None:
+    missing = uncalibrated_quantizers(model)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f", ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
+        raise RuntimeError(f"{len(missing)} quantizer(s) are not calibrated ({shown}): {NOT_CALIBRATED_HINT}")
+
+
+def _matcher(pattern: str):
+    if pattern.startswith("re:"):
+        regex = re.compile(pattern[3:])
+        return lambda name: regex.fullmatch(name) is not None
+    return lambda name: fnmatch.fnmatchcase(name, pattern)
+
+
+def select_quantizers(model: nn.Module, patterns: str | Iterable[str]) -> dict[str, TensorQuantizer]:
+    """Quantizers whose names match any pattern (fnmatch, or a regex after "re:"); unmatched patterns are errors."""
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    quantizers = named_quantizers(model)
+    chosen: dict[str, TensorQuantizer] = {}
+    for pattern in patterns:
+        pattern = SENSITIVE_SITES.get(pattern, pattern)
+        match = _matcher(pattern)
+        hits = {name: q for name, q in quantizers.items() if match(name)}
+        if not hits:
+            example = next(iter(quantizers), "(the model has no quantizers: load it with quantization='qdq')")
+            raise ValueError(
+                f"pattern {pattern!r} matches no quantizer; names look like {example!r} "
+                f"(fnmatch patterns such as '*.matmul_a_input_quantizer', or 're:' + a regular expression)"
+            )
+        chosen.update(hits)
+    return chosen
+
+
+def keep_float(model: nn.Module, patterns: str | Iterable[str]) -> list[str]:
+    """Disable (keep in float) the quantizers whose names match; returns their names.
+
+    Patterns are fnmatch patterns, regular expressions prefixed with "re:", or the names of
+    `SENSITIVE_SITES`: "ffn-output-input", "softmax-output", "residual-adds".
+    """
+    chosen = select_quantizers(model, patterns)
+    for quantizer in chosen.values():
+        quantizer.disable()
+    logger.info("kept %d quantizer(s) in float", len(chosen))
+    return sorted(chosen)
+
+
+def set_quantization(model: nn.Module, enabled: bool) -> None:
+    """Switch fake quantization on or off for every enabled quantizer (off: the float model, exactly)."""
+    for quantizer in named_quantizers(model).values():
+        if enabled:
+            quantizer.enable_quant()
+        else:
+            quantizer.disable_quant()

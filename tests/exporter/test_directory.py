@@ -1,0 +1,236 @@
+"""The export directory: export.json, sha256, ONNX metadata, checkpoint files, atomic replace, clear errors, CLI."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import transformers
+
+import exporter
+import models
+from exporter import graph as graph_ops
+from exporter.signature import signature_of
+from exporter.validation import TOLERANCES, ExportValidationError, compare, ort_runner
+from tests.fixtures.tiny_models import hf_outputs, padded_batch, save_tiny
+from trt_runtime.contract.export_dir import read_export_info
+
+WORDS = ["the", "a", "movie", "film", "was", "is", "good", "bad", "great", "terrible", "not", "very", "fun", "plot", "actor", "story", "and", "but", "i", "it"]
+
+
+def save_tiny_tokenizer(directory) -> transformers.PreTrainedTokenizerFast:
+    """A WordPiece tokenizer whose ids fit the tiny models' vocabulary of 99 (files as BERT checkpoints ship them)."""
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "!", "?", *WORDS, *letters]
+    vocab += [f"##{c}" for c in letters][: 99 - len(vocab)]
+    assert len(vocab) <= 99
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = transformers.BertTokenizerFast(vocab_file=str(directory / "vocab.txt"))
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def bert_clf(tmp_path_factory):
+    directory, reference = save_tiny(tmp_path_factory.mktemp("ckpt") / "bert", "bert", "text-classification")
+    return directory, reference
+
+
+def test_export_json_and_metadata(tmp_path, bert_clf):
+    directory, _ = bert_clf
+    out = exporter.export(directory, tmp_path / "out", task="text-classification", log=None)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "export.json", "model.onnx"]
+    data = json.loads((out / "export.json").read_text())
+    assert data["architecture"] == "bert" and data["model_type"] == "bert"
+    assert data["task"] == "text-classification" and data["quantization"] == "none"
+    assert data["force_dequant"] is None and data["calibration"] is None and data["custom_ops"] == []
+    assert data["opset"] == 17
+    assert data["id2label"] == {"0": "NEGATIVE", "1": "NEUTRAL", "2": "POSITIVE"}
+    assert data["problem_type"] is None
+    assert (data["max_sequence_length"], data["vocab_size"], data["type_vocab_size"], data["pad_token_id"]) == (64, 99, 2, 0)
+    assert data["onnx_sha256"] == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
+    assert {"torch", "onnx", "onnxruntime", "transformers"} <= set(data["tool_versions"])
+    created = datetime.datetime.fromisoformat(data["created"])
+    assert abs((datetime.datetime.now(datetime.UTC) - created).total_seconds()) < 600
+    # the runtime's reader accepts it, sha included
+    info = read_export_info(out)
+    assert info.output_names == ["logits"]
+    # ONNX metadata_props repeats export.json, less the sha of the file that holds it
+    props = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    embedded = json.loads(props["export"])
+    assert embedded == {k: v for k, v in data.items() if k != "onnx_sha256"}
+    assert (out / "config.json").read_bytes() == (directory / "config.json").read_bytes()
+
+
+def test_roberta_limits(tmp_path):
+    directory, _ = save_tiny(tmp_path / "ckpt", "roberta", "token-classification")
+    out = exporter.export(directory, tmp_path / "out", log=None)  # task from config.json
+    info = read_export_info(out)
+    config = json.loads((directory / "config.json").read_text())
+    assert info.task == "token-classification"
+    assert info.max_sequence_length == config["max_position_embeddings"] - config["pad_token_id"] - 1 == 64
+    assert info.pad_token_id == 1 and info.type_vocab_size == 1
+    assert info.input_names == ["input_ids", "attention_mask"]
+
+
+def test_tokenizer_files_copied_and_real_text_validated(tmp_path, capsys):
+    directory, _ = save_tiny(tmp_path / "ckpt", "bert", "feature-extraction")
+    tokenizer = save_tiny_tokenizer(directory)
+    out = exporter.export(directory, tmp_path / "out", task="feature-extraction")
+    shipped = {p.name for p in directory.iterdir()} - {"model.safetensors"}
+    assert {"tokenizer.json", "tokenizer_config.json", "vocab.txt", "config.json"} <= shipped
+    for name in shipped:
+        assert (out / name).read_bytes() == (directory / name).read_bytes(), name
+    # the directory alone serves requests: its tokenizer + model.onnx reproduce the checkpoint
+    batch = tokenizer(["the movie was good", "not fun"], padding=True, return_tensors="np")
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(["last_hidden_state"], {k: v.astype(np.int64) for k, v in batch.items()})[0]
+    ours = models.load(directory, task="feature-extraction")
+    with torch.no_grad():
+        expected = ours(**{k: torch.from_numpy(v.astype(np.int64)) for k, v in batch.items()})["last_hidden_state"]
+    assert np.abs(got - expected.numpy()).max() <= 1e-4
+    log = capsys.readouterr().err
+    assert "validating in ONNX Runtime" in log and "max |onnx - torch|" in log
+
+
+def test_replace_is_atomic(tmp_path, bert_clf, monkeypatch):
+    directory, _ = bert_clf
+    out = tmp_path / "out"
+    exporter.export(directory, out, task="text-classification", log=None)
+    (out / "stale.txt").write_text("from the previous export")
+    first_sha = read_export_info(out).onnx_sha256
+
+    # an export interrupted half-way (Ctrl-C while tracing) leaves the previous output as it was
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("exporter.pipeline.torchscript_export", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        exporter.export(directory, out, task="text-classification", log=None)
+    monkeypatch.undo()
+    assert (out / "stale.txt").exists() and read_export_info(out).onnx_sha256 == first_sha
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary directory left behind
+
+    # a complete export replaces the whole directory
+    exporter.export(directory, out, task="text-classification", opset=18, log=None)
+    assert not (out / "stale.txt").exists()
+    assert read_export_info(out).opset == 18
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert oct(out.stat().st_mode & 0o777) != oct(0o700)  # an ordinary directory, not mkdtemp's private one
+
+
+def test_refuses_to_replace_what_is_not_an_export(tmp_path, bert_clf):
+    directory, _ = bert_clf
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(exporter.ExportError, match="not an export directory"):
+        exporter.export(directory, precious, task="text-classification", log=None)
+    assert (precious / "notes.txt").read_text() == "keep me"
+    with pytest.raises(exporter.ExportError, match="would replace the checkpoint"):
+        exporter.export(directory, directory, task="text-classification", log=None)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"task": "summarization"}, "unknown task 'summarization'; choose one of: feature-extraction"),
+        ({"task": "next-sentence-prediction", "model": "squeezebert"}, "not available for model_type 'squeezebert'"),
+        ({"quantization": "int4"}, "unknown quantization 'int4'; choose one of: none, qdq, integer"),
+        ({"quantization": "integer", "model": "squeezebert"}, "'integer' is not available for squeezebert; choose one of: none, qdq"),
+        ({"force_dequant": "gelu"}, "applies to --quantization integer only"),
+        ({"opset": 11}, "opset 11 is not supported; choose 17 to 20"),
+        ({"quantization": "qdq", "calibration_data": "no/such/file.txt"}, "no/such/file.txt does not exist"),
+        ({"quantization": "qdq", "calibration_method": "percentile-abc"}, "expected percentile-<number>"),
+        ({"quantization": "qdq", "percentile": 120.0}, r"percentile must be in \(0, 100\]"),
+        ({"model": "missing"}, "is not a directory; pass a Hugging Face checkpoint directory"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(tmp_path, kwargs, message):
+    kind = kwargs.pop("model", "bert")
+    directory = tmp_path / "missing" if kind == "missing" else save_tiny(tmp_path / kind, kind, "feature-extraction")[0]
+    with pytest.raises(exporter.ExportError, match=message):
+        exporter.export(directory, tmp_path / "out", **{"task": "feature-extraction", "log": None, **kwargs})
+    assert not (tmp_path / "out").exists()
+
+
+def test_external_data_when_over_the_protobuf_limit(tmp_path, bert_clf, monkeypatch):
+    """Over 2 GiB the weights go to model.onnx.data; shown here by lowering the limit, not by a 2 GiB model."""
+    directory, reference = bert_clf
+    monkeypatch.setattr(graph_ops, "PROTOBUF_LIMIT", 1024)
+    out = exporter.export(directory, tmp_path / "out", task="text-classification", log=None)
+    assert (out / "model.onnx.data").stat().st_size > (out / "model.onnx").stat().st_size
+    read_export_info(out)  # sha of model.onnx checks out
+    feeds = {k: v.numpy() for k, v in padded_batch("bert", batch=2, seq=9).items()}
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    expected = hf_outputs(reference, "text-classification", {k: torch.from_numpy(v) for k, v in feeds.items()})
+    assert np.abs(session.run(None, feeds)[0] - expected["logits"].numpy()).max() <= 1e-4
+
+
+def test_validation_catches_a_wrong_graph(tmp_path, bert_clf):
+    """A damaged weight in the ONNX file is caught by the same check every export runs."""
+    directory, _ = bert_clf
+    out = exporter.export(directory, tmp_path / "out", task="text-classification", log=None)
+    model = onnx.load(str(out / "model.onnx"))
+    weight = next(i for i in model.graph.initializer if i.name == "classifier.weight")
+    values = onnx.numpy_helper.to_array(weight).copy()
+    values[0, 0] += 0.5
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+    onnx.save(model, str(tmp_path / "damaged.onnx"))
+    torch_model = models.load(directory, task="text-classification")
+    signature = signature_of(torch_model)
+    feeds = {k: v.numpy() for k, v in padded_batch("bert", batch=2, seq=9).items()}
+    shape = exporter.sample_inputs.Shape(2, 9)
+    compare(ort_runner(out / "model.onnx"), torch_model, signature, [(shape, feeds)], TOLERANCES["none"], log=lambda _: None)
+    with pytest.raises(ExportValidationError, match="logits"):
+        compare(ort_runner(tmp_path / "damaged.onnx"), torch_model, signature, [(shape, feeds)],
+                TOLERANCES["none"], log=lambda _: None)
+
+
+def test_tolerance_rules():
+    expected = np.linspace(-3, 3, 1000, dtype=np.float32)  # max |x| = 3
+    strict = TOLERANCES["none"]
+    assert strict.violation(expected + 2e-4, expected) is None  # 2e-4 <= 1e-4 x 3
+    assert "beyond" in strict.violation(expected + 4e-4, expected)
+    assert "shape" in strict.violation(expected[:10], expected)
+    assert "non-finite" in strict.violation(np.full_like(expected, np.nan), expected)
+    # quantized: relative L2 error against 0.75 x the module's own quantization error
+    quantized = TOLERANCES["qdq"]
+    rng = np.random.default_rng(0)
+    float_output = expected + rng.normal(0, 0.1, expected.shape).astype(np.float32)  # quantization error ~5.8%
+    flips = expected + rng.normal(0, 0.03, expected.shape).astype(np.float32)  # ~1.7%: allowed
+    assert quantized.violation(flips, expected, float_output) is None
+    assert "relative L2 error" in quantized.violation(float_output, expected, float_output)  # = the float model
+    assert quantized.violation(expected + 5e-5, expected, expected) is None  # no quantization error: 1e-3 floor
+    with pytest.raises(ValueError, match="float model"):
+        quantized.violation(expected, expected)
+
+
+def test_command_line(tmp_path, bert_clf):
+    directory, _ = bert_clf
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    ok = subprocess.run(
+        [sys.executable, "-m", "exporter", "--model", str(directory), "--task", "text-classification",
+         "--output", str(tmp_path / "out"), "--opset", "18"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == str(tmp_path / "out")
+    assert "[1/5" in ok.stderr and "validating" in ok.stderr
+    assert read_export_info(tmp_path / "out").opset == 18
+    bad = subprocess.run(
+        [sys.executable, "-m", "exporter", "--model", str(directory), "--task", "text-classification",
+         "--quantization", "qdq", "--calibration-data", str(tmp_path / "nope.txt"), "--output", str(tmp_path / "o2")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("error: --calibration-data") and "nope.txt does not exist" in bad.stderr

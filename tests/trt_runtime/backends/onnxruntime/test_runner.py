@@ -1,0 +1,286 @@
+"""OrtRunner and trt_runtime.load on float exports of tiny models: outputs against Hugging Face, the
+optimized-graph cache, backend choice, and bad feeds that must never reach onnxruntime."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import trt_runtime
+from tests.fixtures import ROOT
+from tests.fixtures.runtime_exports import save_checkpoint, tiny_export
+from tests.fixtures.tiny_models import hf_outputs, padded_batch
+from trt_runtime.backends.base import Runner
+from trt_runtime.backends.onnxruntime.runner import CACHE_DIR, OrtRunner
+from trt_runtime.contract.export_dir import ENGINE, ENGINE_JSON, ExportDirError, read_export_info
+from trt_runtime.loader import BackendUnavailableError
+from trt_runtime.validation import InputError
+
+CASES = [
+    ("bert", "text-classification"),
+    ("bert", "feature-extraction"),
+    ("roberta", "token-classification"),
+    ("squeezebert", "question-answering"),
+    ("bert", "multiple-choice"),
+]
+
+
+def fresh_copy(export_dir: Path, tmp_path: Path) -> Path:
+    """A copy of a shared export without its cache, for tests that watch the cache being made."""
+    target = tmp_path / "export"
+    shutil.copytree(export_dir, target, ignore=shutil.ignore_patterns(CACHE_DIR))
+    return target
+
+
+@pytest.mark.parametrize(("model_type", "task"), CASES)
+def test_outputs_match_hugging_face(model_type, task):
+    checkpoint, export_dir = tiny_export(model_type, task)
+    runner = trt_runtime.load(export_dir, backend="onnxruntime")
+    assert isinstance(runner, Runner) and runner.backend == "onnxruntime"
+    import transformers
+
+    reference = getattr(transformers, _hf_class(checkpoint)).from_pretrained(checkpoint).eval()
+    feeds = padded_batch(model_type, batch=3, seq=12, choices=4 if task == "multiple-choice" else None)
+    expected = hf_outputs(reference, task, feeds)
+    names = [spec.name for spec in runner.input_specs]
+    got = runner({name: feeds[name].numpy() for name in names})
+    assert set(got) == set(runner.output_names)
+    for name in runner.output_names:
+        np.testing.assert_allclose(got[name], expected[name].numpy(), rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+def _hf_class(checkpoint: Path) -> str:
+    import json
+
+    return json.loads((checkpoint / "config.json").read_text())["architectures"][0]
+
+
+# --- the optimized-graph cache ----------------------------------------------------------------------
+
+
+def _cache_files(export_dir: Path) -> list[Path]:
+    return sorted((export_dir / CACHE_DIR).glob("*")) if (export_dir / CACHE_DIR).exists() else []
+
+
+def test_cache_is_created_once_keyed_and_reused(tmp_path):
+    export_dir = fresh_copy(tiny_export("bert", "text-classification")[1], tmp_path)
+    info = read_export_info(export_dir)
+    first = OrtRunner(export_dir)
+    files = _cache_files(export_dir)
+    assert [f.name for f in files] == [f"ort-{ort.__version__}-{info.onnx_sha256[:16]}-extended-cpu.onnx"]
+    assert first.cache_status.startswith("created") and first.model_path == files[0]
+    stamp = files[0].stat().st_mtime_ns
+
+    second = OrtRunner(export_dir)
+    assert second.cache_status.startswith("reused") and second.model_path == files[0]
+    assert _cache_files(export_dir) == files and files[0].stat().st_mtime_ns == stamp
+    assert not list((export_dir / CACHE_DIR).glob(".*")), "no temporary file is left behind"
+
+    uncached = OrtRunner(export_dir, cache=False)
+    assert uncached.model_path == export_dir / "model.onnx"
+    feeds = {k: v.numpy() for k, v in padded_batch("bert").items()}
+    for runner in (first, second):
+        np.testing.assert_allclose(runner(feeds)["logits"], uncached(feeds)["logits"], rtol=1e-5, atol=1e-6)
+
+
+def test_cache_key_changes_with_the_onnx_file_and_the_level(tmp_path):
+    export_dir = fresh_copy(tiny_export("bert", "text-classification")[1], tmp_path)
+    OrtRunner(export_dir)
+    OrtRunner(export_dir, graph_optimization_level="basic")
+    names = [f.name for f in _cache_files(export_dir)]
+    assert len(names) == 2 and any(n.endswith("-basic-cpu.onnx") for n in names)
+    # another export (another ONNX file) in the same place gets another key
+    other = tiny_export("bert", "text-classification", seed=3)[1]
+    shutil.copy(other / "model.onnx", export_dir / "model.onnx")
+    shutil.copy(other / "export.json", export_dir / "export.json")
+    OrtRunner(export_dir)
+    sha = read_export_info(export_dir).onnx_sha256
+    assert any(sha[:16] in f.name for f in _cache_files(export_dir)) and len(_cache_files(export_dir)) == 3
+
+
+def test_unloadable_cache_is_set_aside_and_the_original_used(tmp_path, caplog):
+    export_dir = fresh_copy(tiny_export("bert", "text-classification")[1], tmp_path)
+    cached = OrtRunner(export_dir).model_path
+    cached.write_bytes(b"not an onnx model")
+    with caplog.at_level(logging.WARNING):
+        runner = OrtRunner(export_dir)
+    assert "does not load" in caplog.text
+    assert runner.model_path == export_dir / "model.onnx" and runner.cache_status.startswith("not used")
+    assert cached.with_suffix(".unusable").exists() and not cached.exists()
+    feeds = {k: v.numpy() for k, v in padded_batch("bert").items()}
+    np.testing.assert_allclose(
+        runner(feeds)["logits"], OrtRunner(export_dir, cache=False)(feeds)["logits"], atol=1e-6
+    )
+    assert OrtRunner(export_dir).cache_status.startswith("not used"), "a set-aside cache is not tried again"
+
+
+def test_unwritable_cache_runs_without_it(tmp_path, caplog):
+    export_dir = fresh_copy(tiny_export("bert", "text-classification")[1], tmp_path)
+    (export_dir / CACHE_DIR).write_text(
+        "a file where the cache directory should be"
+    )  # mkdir fails, even as root
+    with caplog.at_level(logging.WARNING):
+        runner = OrtRunner(export_dir)
+    assert "cannot write the optimized-graph cache" in caplog.text
+    assert runner.cache_status.startswith("not written") and runner.model_path.name == "model.onnx"
+    feeds = {k: v.numpy() for k, v in padded_batch("bert").items()}
+    assert runner(feeds)["logits"].shape == (3, 3)
+
+
+@pytest.mark.parametrize(
+    ("model_type", "quantization"),
+    [("bert", "qdq"), pytest.param("ibert", "integer", id="ibert-integer")],
+)
+def test_cache_of_quantized_exports_loads_and_matches(tmp_path, model_type, quantization):
+    """Q/DQ nodes and `ibert` function bodies survive the cached optimized graph."""
+    import exporter
+
+    if quantization == "integer":
+        pytest.importorskip(
+            "models.ibert", reason="the I-BERT integer modules (models/ibert.py) are not written yet"
+        )
+    checkpoint = tmp_path / "checkpoint"
+    save_checkpoint(checkpoint, model_type, "text-classification")
+    export_dir = exporter.export(
+        checkpoint,
+        tmp_path / "export",
+        task="text-classification",
+        quantization=quantization,
+        num_calibration_samples=32,
+        log=None,
+    )
+    created, reused, uncached = (
+        OrtRunner(export_dir),
+        OrtRunner(export_dir),
+        OrtRunner(export_dir, cache=False),
+    )
+    assert created.cache_status.startswith("created") and reused.cache_status.startswith("reused")
+    if quantization == "integer":
+        assert created.info.custom_ops, "the export has `ibert` nodes with function bodies"
+    feeds = {k: v.numpy() for k, v in padded_batch(model_type).items() if k in created.info.input_names}
+    expected = uncached(feeds)["logits"]
+    for runner in (created, reused):
+        np.testing.assert_allclose(runner(feeds)["logits"], expected, rtol=1e-5, atol=1e-5)
+
+
+# --- backend choice ---------------------------------------------------------------------------------
+
+
+def test_auto_without_engine_falls_back_and_says_why(caplog):
+    export_dir = tiny_export("bert", "text-classification")[1]
+    with caplog.at_level(logging.INFO, logger="trt_runtime"):
+        runner = trt_runtime.load(export_dir)
+    assert runner.backend == "onnxruntime"
+    assert (
+        "no TensorRT engine" in runner.backend_reason
+        and "python -m trt_runtime build" in runner.backend_reason
+    )
+    assert "onnxruntime backend" in caplog.text
+
+
+def test_auto_with_engine_but_no_tensorrt_falls_back(tmp_path):
+    export_dir = fresh_copy(tiny_export("bert", "text-classification")[1], tmp_path)
+    (export_dir / ENGINE).write_bytes(b"\0")
+    (export_dir / ENGINE_JSON).write_text("{}")
+    runner = trt_runtime.load(export_dir)
+    assert runner.backend == "onnxruntime" and "TensorRT is not available" in runner.backend_reason
+
+
+def test_tensorrt_backend_without_tensorrt_is_a_clear_error():
+    export_dir = tiny_export("bert", "text-classification")[1]
+    with pytest.raises(
+        BackendUnavailableError, match="backend='tensorrt' cannot run here: .*backend='onnxruntime'"
+    ):
+        trt_runtime.load(export_dir, backend="tensorrt")
+
+
+def test_unknown_backend_and_option():
+    export_dir = tiny_export("bert", "text-classification")[1]
+    with pytest.raises(ValueError, match="backend='gpu'; choose one of auto, onnxruntime, tensorrt"):
+        trt_runtime.load(export_dir, backend="gpu")
+    with pytest.raises(
+        TypeError,
+        match="unknown option.*threads for the onnxruntime backend; it takes .*intra_op_num_threads",
+    ):
+        trt_runtime.load(export_dir, backend="onnxruntime", threads=2)
+
+
+def test_unavailable_provider_names_the_installed_ones():
+    export_dir = tiny_export("bert", "text-classification")[1]
+    with pytest.raises(ValueError, match="NoSuchExecutionProvider not available.*CPUExecutionProvider"):
+        OrtRunner(export_dir, providers=["NoSuchExecutionProvider"])
+
+
+def test_thread_settings_reach_the_session():
+    export_dir = tiny_export("bert", "text-classification")[1]
+    runner = OrtRunner(export_dir, intra_op_num_threads=1, inter_op_num_threads=1)
+    assert runner.session.get_session_options().intra_op_num_threads == 1
+    assert runner.providers == ["CPUExecutionProvider"]
+
+
+def test_not_an_export_dir_and_a_changed_model(tmp_path):
+    with pytest.raises(ExportDirError, match="not an export directory"):
+        trt_runtime.load(tmp_path)
+    export_dir = fresh_copy(tiny_export("bert", "text-classification")[1], tmp_path)
+    with open(export_dir / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ExportDirError, match="does not match the sha256"):
+        trt_runtime.load(export_dir)
+
+
+# --- bad feeds stop before onnxruntime --------------------------------------------------------------
+
+
+def _bad_feeds() -> dict[str, tuple[dict, str]]:
+    ids = np.array([[2, 10, 11, 3]], dtype=np.int64)
+    ones = np.ones_like(ids)
+    return {
+        "unknown name": ({"input_ids": ids, "attention_mask": ones, "labels": ones}, "unknown input"),
+        "missing name": ({"input_ids": ids}, "missing input"),
+        "float ids": ({"input_ids": ids.astype(np.float32), "attention_mask": ones}, "dtype float32"),
+        "rank 1": ({"input_ids": ids[0], "attention_mask": ones[0]}, "rank 2"),
+        "empty batch": ({"input_ids": ids[:0], "attention_mask": ones[:0]}, "empty batch"),
+        "too long": (
+            {"input_ids": np.full((1, 65), 5), "attention_mask": np.ones((1, 65), np.int64)},
+            "over the limit of 64",
+        ),
+        "id out of vocabulary": ({"input_ids": ids + 1000, "attention_mask": ones}, "out of range"),
+        "mask value 3": ({"input_ids": ids, "attention_mask": ones * 3}, "0 or 1"),
+        "token type 2": (
+            {"input_ids": ids, "attention_mask": ones, "token_type_ids": ones * 2},
+            "token type ids",
+        ),
+        "shape mismatch": ({"input_ids": ids, "attention_mask": ones[:, :2]}, "same shape"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_feeds()))
+def test_bad_feeds_fail_before_onnxruntime(case):
+    """InputError (not an onnxruntime error, not a crash) for every bad feed."""
+    runner = trt_runtime.load(tiny_export("bert", "text-classification")[1], backend="onnxruntime")
+    feeds, message = _bad_feeds()[case]
+    with pytest.raises(InputError, match=message):
+        runner(feeds)
+
+
+def test_runner_is_torch_free():
+    """trt_runtime's runtime path imports neither torch nor models/exporter."""
+    import subprocess
+    import sys
+
+    export_dir = tiny_export("bert", "text-classification")[1]
+    code = (
+        "import sys, numpy as np, trt_runtime\n"
+        f"p = trt_runtime.pipeline('text-classification', {str(export_dir)!r})\n"
+        "p('john lives in paris')\n"
+        "bad = [m for m in ('torch', 'models', 'exporter', 'transformers') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)

@@ -1,0 +1,238 @@
+"""The builder's decisions and the TensorRT code paths on a machine without TensorRT.
+
+What needs TensorRT itself (parsing, building, running) is in the `tensorrt`-marked tests; here: the
+precision rules, the progress bars, the `build` command's options, that nothing imports TensorRT,
+CUDA, Triton or torch at module load, and that every entry point fails with a message that says
+what to install, after the checks that need no GPU.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from tests.fixtures import ROOT as REPO
+from tests.fixtures.tensorrt_test_models import export_info, ibert_graph_model, write_export_dir
+from trt_runtime.__main__ import build_parser
+from trt_runtime.backends.tensorrt.builder import (
+    BuildOptions,
+    PhaseBars,
+    Precision,
+    build_engine,
+    resolve_precision,
+)
+from trt_runtime.backends.tensorrt.engine_info import EngineMismatchError
+from trt_runtime.backends.tensorrt.libs import TensorRTUnavailable, require_tensorrt, tensorrt_available
+from trt_runtime.backends.tensorrt.onnx_prep import OnnxForTensorRTError
+from trt_runtime.backends.tensorrt.plugins import PLUGINS
+from trt_runtime.backends.tensorrt.profiles import ProfileError
+
+
+def _tensorrt_installed() -> bool:
+    try:
+        require_tensorrt()
+    except TensorRTUnavailable:
+        return False
+    return True
+
+
+needs_no_tensorrt = pytest.mark.skipif(_tensorrt_installed(), reason="checks the messages shown without TensorRT")
+
+
+# --------------------------------------------------------------------------------------------------
+# precision
+
+
+@pytest.mark.parametrize(
+    ("fp16", "strongly_typed", "has_qdq", "expected"),
+    [
+        (False, None, True, Precision(strongly_typed=True, fp16=False, int8=False)),  # default: types from the ONNX
+        (False, None, False, Precision(True, False, False)),
+        (True, None, True, Precision(False, True, True)),  # --fp16 implies weak typing; Q/DQ then needs INT8
+        (True, None, False, Precision(False, True, False)),
+        (False, False, True, Precision(False, False, True)),
+        (False, False, False, Precision(False, False, False)),
+        (True, False, True, Precision(False, True, True)),
+    ],
+)
+def test_precision_rules(fp16, strongly_typed, has_qdq, expected):
+    assert resolve_precision(fp16, strongly_typed, has_qdq) == expected
+
+
+def test_fp16_with_strongly_typed_is_a_clear_error():
+    with pytest.raises(ValueError, match="--fp16 cannot be combined with --strongly-typed"):
+        resolve_precision(True, True, True)
+
+
+def test_old_tensorrt_without_strong_typing():
+    assert resolve_precision(False, None, True, supports_strongly_typed=False) == Precision(False, False, True)
+    with pytest.raises(ValueError, match="cannot build strongly-typed networks"):
+        resolve_precision(False, True, True, supports_strongly_typed=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# progress
+
+
+def test_phase_bars_nest_and_close():
+    out = io.StringIO()
+    bars = PhaseBars(stream=out)
+    bars.start("Building engine", None, 3)
+    bars.start("Tactic selection", "Building engine", 10)
+    assert bars.depth == {"Building engine": 0, "Tactic selection": 1}
+    for step in range(10):
+        assert bars.step("Tactic selection", step) is True
+    assert bars.bars["Tactic selection"].n == 10
+    bars.finish("Tactic selection")
+    bars.step("Building engine", 0)
+    bars.step("Building engine", 2)  # TensorRT may skip steps: the bar jumps to step + 1
+    assert bars.bars["Building engine"].n == 3
+    bars.finish("Building engine")
+    assert bars.finished == ["Tactic selection", "Building engine"] and bars.bars == {}
+    text = out.getvalue()
+    assert "Building engine" in text and "Tactic selection" in text and "3/3" in text
+
+
+def test_phase_bars_are_thread_safe():
+    bars = PhaseBars(stream=io.StringIO())
+    bars.start("phase", None, 4000)
+
+    def work(offset: int) -> None:
+        for step in range(offset, 4000, 4):
+            bars.step("phase", step)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert bars.bars["phase"].n == 4000
+    bars.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# the build command
+
+
+def _parse(*argv: str):
+    parser, commands = build_parser()
+    return parser.parse_args(["build", *argv]), commands
+
+
+def test_build_command_options():
+    args, _ = _parse("out", "--fp16", "--opt", "input_ids:4x64", "--max", "input_ids:8x128", "--no-plugins",
+                     "--workspace", "2048", "--timing-cache", "cache.bin", "--no-strongly-typed", "--optimization-level", "5")
+    assert (args.directory, args.fp16, args.opt_shapes, args.max_shapes, args.min_shapes) == (
+        "out", True, "input_ids:4x64", "input_ids:8x128", None
+    )
+    assert (args.use_plugins, args.workspace_mb, args.timing_cache, args.strongly_typed) == (False, 2048, "cache.bin", False)
+    assert args.builder_optimization_level == 5
+    defaults, _ = _parse("out")
+    assert defaults.use_plugins is True and defaults.strongly_typed is None and defaults.fp16 is False
+
+
+def test_build_command_reports_errors_and_fails(tmp_path, capsys):
+    args, commands = _parse(str(tmp_path / "missing"))
+    assert commands["build"].main(args) == 1
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_build_checks_profile_and_onnx_before_needing_tensorrt(tmp_path):
+    directory = write_export_dir(tmp_path / "export", ibert_graph_model(), export_info(max_len=64))
+    with pytest.raises(ProfileError, match="over the export's max_sequence_length 64"):
+        build_engine(directory, BuildOptions(max_shapes="input_ids:32x128"))
+    with pytest.raises(OnnxForTensorRTError, match="--no-plugins needs the ONNX function bodies"):
+        build_engine(
+            write_export_dir(tmp_path / "bare", ibert_graph_model(with_functions=False)), BuildOptions(use_plugins=False)
+        )
+
+
+@needs_no_tensorrt
+def test_build_without_tensorrt_says_what_to_install(tmp_path, capsys):
+    directory = write_export_dir(tmp_path / "export", ibert_graph_model())
+    with pytest.raises(TensorRTUnavailable, match="TensorRT is not installed.*install tensorrt>=10.*backend='onnxruntime'"):
+        build_engine(directory)
+    args, commands = _parse(str(directory))
+    assert commands["build"].main(args) == 1
+    assert "error: TensorRT is not installed" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# runner and availability without TensorRT
+
+
+@needs_no_tensorrt
+def test_tensorrt_available_says_why_not():
+    ok, reason = tensorrt_available()
+    assert ok is False
+    assert "TensorRT is not installed" in reason and "backend='onnxruntime'" in reason
+
+
+def test_runner_without_engine_says_build(tmp_path):
+    from trt_runtime.backends.tensorrt.runner import TensorRTRunner
+
+    directory = write_export_dir(tmp_path / "export", ibert_graph_model())
+    with pytest.raises(EngineMismatchError, match=f"model.engine not found; build it: python -m trt_runtime build {directory}"):
+        TensorRTRunner(directory)
+
+
+@needs_no_tensorrt
+def test_runner_without_tensorrt_says_what_to_install(tmp_path):
+    from tests.fixtures.tensorrt_test_models import ENGINE_BYTES, engine_info
+    from trt_runtime.backends.tensorrt.engine_info import write_engine
+    from trt_runtime.backends.tensorrt.runner import TensorRTRunner
+
+    directory = write_export_dir(tmp_path / "export", ibert_graph_model())
+    write_engine(directory, ENGINE_BYTES, engine_info())
+    with pytest.raises(TensorRTUnavailable, match="TensorRT is not installed"):
+        TensorRTRunner(directory)
+
+
+def test_modules_load_without_tensorrt_cuda_triton_or_torch():
+    code = (
+        "import sys, trt_runtime, trt_runtime.backends.tensorrt.builder, trt_runtime.backends.tensorrt.runner, trt_runtime.commands.build, "
+        "trt_runtime.backends.tensorrt.plugins, trt_runtime.contract.ibert, trt_runtime.backends.tensorrt.onnx_prep, trt_runtime.backends.tensorrt.trtexec\n"
+        "import trt_runtime.__main__ as m; m.build_parser()\n"
+        "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('tensorrt', 'cuda', 'triton', 'torch', 'pycuda'))\n"
+        "print(bad)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# the plugin registrations follow the spec (checked on the source: importing it needs TensorRT)
+
+
+def _decorated_functions() -> dict[tuple[str, str], list[str]]:
+    tree = ast.parse((REPO / "trt_runtime/backends/tensorrt/plugins/registration.py").read_text())
+    found = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef):
+            for decorator in node.decorator_list:
+                if isinstance(decorator, ast.Call) and isinstance(decorator.func, ast.Attribute):
+                    plugin_id = decorator.args[0].value  # type: ignore[attr-defined]
+                    found[(decorator.func.attr, plugin_id)] = [a.arg for a in node.args.args]
+    return found
+
+
+@pytest.mark.parametrize("op", sorted(PLUGINS))
+def test_registration_signatures_match_the_spec(op):
+    """tensorrt.plugin's rules: register(inputs, attributes); impl(inputs, some attributes in order, outputs,
+    stream); aot_impl(inputs, every attribute, outputs, tactic) -- TensorRT passes all fields to aot_impl."""
+    spec = PLUGINS[op]
+    functions = _decorated_functions()
+    tensors = [name.lower() for name in spec.inputs] + (["int_constants", "float_constants"] if spec.has_tables else [])
+    attributes = [name for name, _ in spec.attributes]
+    assert functions[("register", spec.plugin_id)] == tensors + attributes
+    impl = functions[("impl", spec.plugin_id)]
+    assert impl[: len(tensors)] == tensors and impl[-2:] == ["outputs", "stream"]
+    used = impl[len(tensors) : -2]
+    assert used == [name for name in attributes if name in used]
+    assert functions[("aot_impl", spec.plugin_id)] == tensors + attributes + ["outputs", "tactic"]

@@ -1,0 +1,117 @@
+"""engine.json (trt_runtime.backends.tensorrt.engine_info): written atomically, read back, and checked against the export,
+the installed TensorRT and the GPU, with messages that say to rebuild."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.fixtures.tensorrt_test_models import ENGINE_BYTES, engine_info
+from trt_runtime.backends.tensorrt.engine_info import (
+    EngineInfo,
+    EngineMismatchError,
+    check_engine_matches,
+    read_engine_info,
+    write_engine,
+)
+from trt_runtime.contract.export_dir import ENGINE, ENGINE_JSON
+from trt_runtime.contract.files import sha256_bytes, write_bytes_atomic
+
+
+def _matches(info: EngineInfo, directory, **overrides):
+    kwargs = dict(
+        onnx_sha256="a" * 64,
+        tensorrt_version="10.13.0.35",
+        compute_capability="9.0",
+        engine_sha256=sha256_bytes(ENGINE_BYTES),
+    )
+    kwargs.update(overrides)
+    check_engine_matches(info, directory, **kwargs)
+
+
+def test_write_and_read_back(tmp_path):
+    info = engine_info()
+    write_engine(tmp_path, ENGINE_BYTES, info)
+    assert (tmp_path / ENGINE).read_bytes() == ENGINE_BYTES
+    data = json.loads((tmp_path / ENGINE_JSON).read_text())
+    assert data["profiles"][0]["input_ids"] == {"min": [1, 1, 1], "opt": [4, 4, 64], "max": [16, 8, 64]}
+    assert data["tensorrt_version"] == "10.13.0.35" and data["compute_capability"] == "9.0"
+    assert read_engine_info(tmp_path) == info
+    assert sorted(os.listdir(tmp_path)) == [ENGINE_JSON, ENGINE]  # no temporary files left
+
+
+def test_matching_engine_passes(tmp_path):
+    _matches(engine_info(), tmp_path)
+    _matches(engine_info(), tmp_path, compute_capability=None, engine_sha256=None)  # checks that can be skipped
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"onnx_sha256": "b" * 64}, r"built from a different model.onnx \(sha256 aaaaaaaaaaaa…, the file now is bbbbbbbbbbbb…\)"),
+        ({"tensorrt_version": "10.14.1.48"}, r"built with TensorRT 10.13.0.35 but TensorRT 10.14.1.48 is installed"),
+        ({"compute_capability": "8.9"}, r"compute capability 9.0 \(NVIDIA H100 80GB HBM3\) but this GPU has compute capability 8.9"),
+        ({"engine_sha256": "c" * 64}, r"model.engine is not the file engine.json describes"),
+    ],
+)
+def test_mismatches_are_refused_with_a_rebuild_hint(tmp_path, overrides, message):
+    with pytest.raises(EngineMismatchError, match=message) as error:
+        _matches(engine_info(), tmp_path, **overrides)
+    assert f"python -m trt_runtime build {tmp_path}" in str(error.value)
+
+
+def test_all_mismatches_are_listed(tmp_path):
+    with pytest.raises(EngineMismatchError) as error:
+        _matches(engine_info(), tmp_path, onnx_sha256="b" * 64, tensorrt_version="11.0.0")
+    assert "different model.onnx" in str(error.value) and "TensorRT 11.0.0 is installed" in str(error.value)
+
+
+def test_missing_engine_says_build(tmp_path):
+    with pytest.raises(EngineMismatchError, match=f"model.engine not found; build it: python -m trt_runtime build {tmp_path}"):
+        read_engine_info(tmp_path)
+
+
+def test_missing_engine_json_says_rebuild(tmp_path):
+    (tmp_path / ENGINE).write_bytes(ENGINE_BYTES)
+    with pytest.raises(EngineMismatchError, match="engine.json not found.*rebuild it"):
+        read_engine_info(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "is not valid JSON"),
+        ("[1, 2]", "must hold a JSON object"),
+        ('{"tensorrt_version": "10"}', "is incomplete or malformed"),
+        (json.dumps({**engine_info().to_dict(), "format_version": 99}), "format_version 99 is newer"),
+    ],
+)
+def test_bad_engine_json(tmp_path, content, message):
+    (tmp_path / ENGINE).write_bytes(ENGINE_BYTES)
+    (tmp_path / ENGINE_JSON).write_text(content)
+    with pytest.raises(EngineMismatchError, match=message):
+        read_engine_info(tmp_path)
+
+
+def test_unknown_keys_are_ignored(tmp_path):
+    write_engine(tmp_path, ENGINE_BYTES, engine_info())
+    data = json.loads((tmp_path / ENGINE_JSON).read_text())
+    data["added_in_a_later_version"] = True
+    (tmp_path / ENGINE_JSON).write_text(json.dumps(data))
+    assert read_engine_info(tmp_path) == engine_info()
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    target = tmp_path / ENGINE
+    target.write_bytes(b"old")
+
+    def disk_full(fd):  # the new bytes are in the temporary file, but flushing them fails
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        write_bytes_atomic(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == [ENGINE]

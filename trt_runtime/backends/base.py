@@ -1,0 +1,185 @@
+"""`BaseRunner`: what every backend shares (DESIGN.md, Runtime), the way polygraphy's BaseRunner wraps `infer_impl`.
+
+A runner runs one export directory's model: named NumPy arrays in, named NumPy arrays out. The base class
+owns what must not differ between backends:
+
+- the export (`export_dir`, `info`, read once by `trt_runtime.load` and passed in) and its limits
+  (`max_batch_size`, `max_sequence_length`, `min_sequence_length`: the export's, or tighter ones a backend
+  sets, such as a TensorRT optimization profile's), which the pipelines read to size batches and truncate;
+- input validation: `__call__` is final; it checks the feeds (`trt_runtime.validation.validate_feeds`, and a
+  backend's extra checks in `_validate`) and only then calls the backend's `_run`, so every backend fails the
+  same way on the same bad input;
+- the structured account of what was chosen (`choice`: backend and why, which graph and why, what happened to
+  its cache), which tests, logs and `python -m trt_runtime run` read instead of parsing prose;
+- `close()` and context-manager use (`with trt_runtime.load(dir) as runner: ...`); a closed runner refuses
+  calls with a clear error.
+
+A backend subclass sets `backend`, calls `super().__init__`, sets `self.choice`, and implements `_run`.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, final, runtime_checkable
+
+import numpy as np
+
+from trt_runtime.contract.export_dir import ExportInfo, TensorSpec, read_export_info
+from trt_runtime.validation import validate_feeds
+
+
+class CacheStatus(enum.Enum):
+    """What happened to the derived artefact a runner loads (an optimized graph, the CPU INT8 graph, ...)."""
+
+    #: no cache applies (nothing derived, caching off, or the backend has none)
+    NOT_USED = "not-used"
+    #: made now and written to the cache directory
+    CREATED = "created"
+    #: found in the cache directory, its record checked against the export
+    REUSED = "reused"
+    #: found but made from something else (its record did not match): made again and replaced
+    REBUILT = "rebuilt"
+    #: made now and kept in memory only (the cache directory cannot be written, e.g. a read-only export)
+    IN_MEMORY = "in-memory"
+    #: built explicitly beforehand (`python -m trt_runtime build DIR [--target ...]`), its record checked
+    PREBUILT = "prebuilt"
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """Which backend runs the export and why, which of its graphs and why, and what happened to the cache."""
+
+    backend: str  # "onnxruntime" | "tensorrt" | "openvino"
+    reason: str  # why this backend ("asked for", "ONNX Runtime fallback: no TensorRT engine in ...")
+    graph: str = "exported"  # which graph runs: "exported" (model.onnx), "cpu-int8", "engine", ...
+    graph_reason: str = "the exported graph"
+    cache: CacheStatus = CacheStatus.NOT_USED
+    cache_detail: str = ""  # the cached file, or why none
+
+    def describe(self) -> str:
+        cache = self.cache.value + (f" ({self.cache_detail})" if self.cache_detail else "")
+        return f"{self.backend}: {self.reason}; {self.graph_reason}; cache {cache}"
+
+
+class RunnerClosedError(RuntimeError):
+    """The runner was closed; load the export again."""
+
+    code = "runner-closed"
+
+
+class BaseRunner(abc.ABC):
+    """Base of the backends' runners (see the module docstring)."""
+
+    #: "onnxruntime", "tensorrt", "openvino"
+    backend: ClassVar[str]
+    #: what the backend chose; subclasses set it in __init__
+    choice: BackendChoice
+
+    def __init__(
+        self, export_dir: str | os.PathLike, *, info: ExportInfo | None = None, reason: str = "asked for"
+    ) -> None:
+        """info: export.json as `trt_runtime.load` read (and checked) it; None reads it here, checking the
+        sha256 of model.onnx. reason: why this backend, as the caller decided it."""
+        self.export_dir = Path(export_dir)
+        self.info = info if info is not None else read_export_info(self.export_dir, verify_sha256=True)
+        self.choice = BackendChoice(self.backend, reason)
+        self._closed = False
+
+    # --- what every backend answers alike -------------------------------------------------------------
+
+    @property
+    def input_specs(self) -> list[TensorSpec]:
+        return list(self.info.inputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.info.output_names
+
+    # limits tighter than export.json's, overridden by a backend that has them (a TensorRT profile's)
+    @property
+    def max_batch_size(self) -> int | None:
+        return None
+
+    @property
+    def max_sequence_length(self) -> int | None:
+        return None
+
+    @property
+    def min_sequence_length(self) -> int:
+        return 1
+
+    @property
+    def backend_reason(self) -> str:
+        """Why this backend (and, where it matters, graph): `choice` as one line, for logs."""
+        return self.choice.reason
+
+    @final
+    def __call__(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Validate `feeds` (InputError names the problem), then run them: {output name: array}."""
+        if self._closed:
+            raise RunnerClosedError(f"{self!r} is closed; load the export again (trt_runtime.load)")
+        return self._run(self._validate(feeds))
+
+    def _validate(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The shared checks within this runner's limits; a backend may add its own (and call this first)."""
+        return validate_feeds(
+            feeds,
+            self.info,
+            max_batch_size=self.max_batch_size,
+            max_sequence_length=self.max_sequence_length,
+            min_sequence_length=self.min_sequence_length,
+        )
+
+    @abc.abstractmethod
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run validated feeds (C-contiguous int64 arrays in the export's input order)."""
+
+    def _set_choice(self, **changes: Any) -> None:
+        self.choice = replace(self.choice, **changes)
+
+    # --- lifetime ------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free what the backend holds (sessions, GPU buffers); later calls raise RunnerClosedError."""
+        self._closed = True
+        self._close()
+
+    def _close(self) -> None:  # noqa: B027  (a hook: most backends have nothing to free)
+        """A backend's own clean-up; called once by close()."""
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> BaseRunner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.export_dir)!r}, task={self.info.task!r})"
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """The previous release's name for what a runner offers (every `BaseRunner` is one); kept for type hints."""
+
+    @property
+    def backend(self) -> str: ...
+
+    @property
+    def info(self) -> ExportInfo: ...
+
+    @property
+    def input_specs(self) -> list[TensorSpec]: ...
+
+    @property
+    def output_names(self) -> list[str]: ...
+
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...

@@ -1,0 +1,269 @@
+"""`TensorRTRunner`: runs an export directory's model.engine on a GPU (the Runner protocol, backend "tensorrt").
+
+    from trt_runtime.backends.tensorrt.runner import TensorRTRunner, tensorrt_available
+    ok, reason = tensorrt_available()
+    runner = TensorRTRunner("out_dir")          # refuses a stale or foreign engine, saying to rebuild
+    outputs = runner({"input_ids": ids, "attention_mask": mask})
+
+Importing this module needs neither TensorRT nor CUDA; constructing a runner does (tensorrt and
+cuda-python's runtime bindings, not pycuda). Per call: the feeds are validated
+(`trt_runtime.validation.validate_feeds`, the checks every backend shares) and checked against the
+engine's optimization profile (`trt_runtime.backends.tensorrt.profiles`), copied into pinned host buffers and on to the
+GPU, run with `execute_async_v3` on the thread's CUDA stream, and copied back. Each thread gets its
+own execution context, stream and buffers (an IExecutionContext must not be used by two threads at
+once); buffers are kept between calls and grown when a call needs more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trt_runtime.backends.base import BaseRunner, CacheStatus
+from trt_runtime.backends.tensorrt.engine_info import (
+    EngineInfo,
+    EngineMismatchError,
+    check_engine_matches,
+    read_engine_info,
+)
+from trt_runtime.backends.tensorrt.libs import tensorrt_available as tensorrt_available
+from trt_runtime.backends.tensorrt.profiles import Profile, ProfileError, check_feeds_in_profile
+from trt_runtime.contract.export_dir import ENGINE, MODEL_ONNX, ExportInfo
+from trt_runtime.contract.files import sha256_bytes, sha256_file
+from trt_runtime.validation import InputError, validate_feeds
+
+__all__ = ["TensorRTRunner", "profile_limits", "tensorrt_available", "validate_for_profile"]
+
+
+def profile_limits(profile: Profile, info: ExportInfo) -> dict[str, int]:
+    """The batch and sequence limits a profile puts on `input_ids`, as validate_feeds' keyword arguments."""
+    ids = next((spec for spec in info.inputs if spec.name == "input_ids"), None)
+    if ids is None or ids.name not in profile:
+        return {}
+    shape_range = profile[ids.name]
+    limits = {}
+    if ids.shape and ids.shape[0] == "batch_size":
+        limits["max_batch_size"] = shape_range.max[0]
+    if ids.shape and ids.shape[-1] == "sequence_length":
+        limits["max_sequence_length"] = shape_range.max[-1]
+        limits["min_sequence_length"] = shape_range.min[-1]
+    return limits
+
+
+def validate_for_profile(feeds: Mapping[str, Any], info: ExportInfo, profile: Profile) -> dict[str, np.ndarray]:
+    """What TensorRTRunner checks before a call: `validate_feeds` within the profile's limits, then every
+    input's shape inside the profile. Raises InputError (only) for a feed it refuses."""
+    arrays = validate_feeds(feeds, info, **profile_limits(profile, info))
+    try:
+        check_feeds_in_profile({name: a.shape for name, a in arrays.items()}, profile)
+    except ProfileError as e:  # same exception type as every other refused input
+        raise InputError(str(e)) from None
+    return arrays
+
+
+class _Buffer:
+    """A pinned host buffer and a device buffer of the same capacity, grown (never shrunk) on demand."""
+
+    def __init__(self, cudart: Any) -> None:
+        self.cudart = cudart
+        self.capacity = 0
+        self.host = 0
+        self.device = 0
+
+    def ensure(self, nbytes: int) -> None:
+        from trt_runtime.backends.tensorrt.libs import cuda_call
+
+        if nbytes <= self.capacity:
+            return
+        self.free()
+        capacity = max(nbytes, 2 * self.capacity, 256)
+        self.host = int(cuda_call(self.cudart.cudaMallocHost(capacity)))
+        self.device = int(cuda_call(self.cudart.cudaMalloc(capacity)))
+        self.capacity = capacity
+
+    def host_array(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A NumPy view of the pinned host buffer."""
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        raw = (ctypes.c_byte * nbytes).from_address(self.host)
+        return np.frombuffer(memoryview(raw), dtype=dtype).reshape(shape)
+
+    def free(self) -> None:
+        if self.host:
+            self.cudart.cudaFreeHost(self.host)
+        if self.device:
+            self.cudart.cudaFree(self.device)
+        self.host = self.device = self.capacity = 0
+
+
+@dataclass
+class _ThreadState:
+    """What one thread needs to run the engine: its own context, stream and buffers."""
+
+    context: Any  # trt.IExecutionContext
+    stream: Any  # cudaStream_t
+    buffers: dict[str, _Buffer] = field(default_factory=dict)
+
+
+class TensorRTRunner(BaseRunner):
+    """Runs model.engine of an export directory with TensorRT (see the module docstring)."""
+
+    backend = "tensorrt"
+
+    def __init__(
+        self, export_dir: str | Path, device: int = 0, *, info: ExportInfo | None = None, reason: str = "asked for"
+    ) -> None:
+        from trt_runtime.backends.tensorrt.libs import (
+            cuda_call,
+            gpu_properties,
+            require_cudart,
+            require_tensorrt,
+        )
+
+        super().__init__(export_dir, info=info, reason=reason)
+        self.directory = self.export_dir
+        self.engine_info: EngineInfo = read_engine_info(self.directory)
+        require_tensorrt()
+        import tensorrt as trt
+
+        self._cudart = require_cudart()
+        cuda_call(self._cudart.cudaSetDevice(device))
+        self.device = device
+        _, compute_capability = gpu_properties(device)
+        engine_bytes = (self.directory / ENGINE).read_bytes()
+        check_engine_matches(
+            self.engine_info,
+            self.directory,
+            onnx_sha256=self.info.onnx_sha256 or sha256_file(self.directory / MODEL_ONNX),
+            tensorrt_version=str(trt.__version__),
+            compute_capability=compute_capability,
+            engine_sha256=sha256_bytes(engine_bytes),
+        )
+        if self.engine_info.plugin_implementation == "jit":
+            # JIT plugins run Python at every enqueue: they must be registered in this process
+            from trt_runtime.backends.tensorrt.plugins import register_plugins
+
+            register_plugins()
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        engine = self._runtime.deserialize_cuda_engine(engine_bytes)
+        if engine is None:
+            raise EngineMismatchError(
+                f"TensorRT could not deserialize {self.directory / ENGINE} (see its log above); rebuild it: "
+                f"python -m trt_runtime build {self.directory}"
+            )
+        self._engine: trt.ICudaEngine = engine
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self._inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self._outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self._dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
+        if set(self._inputs) != set(self.info.input_names) or set(self._outputs) != set(self.info.output_names):
+            raise EngineMismatchError(
+                f"{self.directory / ENGINE} has inputs {self._inputs} and outputs {self._outputs}, export.json "
+                f"{self.info.input_names} and {self.info.output_names}; rebuild it: python -m trt_runtime build "
+                f"{self.directory}"
+            )
+        self.profile: Profile = self.engine_info.profiles[0]
+        self._set_choice(
+            graph="engine",
+            graph_reason=f"{ENGINE} built from {MODEL_ONNX}",
+            cache=CacheStatus.PREBUILT,
+            cache_detail=f"{self.directory / ENGINE}, checked against engine.json",
+        )
+        self._local = threading.local()
+        self._states: list[_ThreadState] = []
+        self._lock = threading.Lock()
+
+    # the profile's limits, which the pipelines read to size their batches and to truncate (or pad) texts
+    @property
+    def max_batch_size(self) -> int | None:
+        return profile_limits(self.profile, self.info).get("max_batch_size")
+
+    @property
+    def max_sequence_length(self) -> int | None:
+        return profile_limits(self.profile, self.info).get("max_sequence_length")
+
+    @property
+    def min_sequence_length(self) -> int:
+        return profile_limits(self.profile, self.info).get("min_sequence_length", 1)
+
+    def _validate(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        return validate_for_profile(feeds, self.info, self.profile)
+
+    def _thread_state(self) -> _ThreadState:
+        state: _ThreadState | None = getattr(self._local, "state", None)
+        if state is None:
+            from trt_runtime.backends.tensorrt.libs import cuda_call
+
+            cuda_call(self._cudart.cudaSetDevice(self.device))
+            context = self._engine.create_execution_context()
+            if context is None:
+                raise RuntimeError("TensorRT could not create an execution context (out of GPU memory?)")
+            stream = cuda_call(self._cudart.cudaStreamCreate())
+            state = _ThreadState(context, stream)
+            self._local.state = state
+            with self._lock:
+                self._states.append(state)
+        return state
+
+    def _run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from trt_runtime.backends.tensorrt.libs import cuda_call
+
+        state = self._thread_state()
+        context, stream = state.context, state.stream
+        h2d = self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+
+        for name in self._inputs:
+            array = np.ascontiguousarray(arrays[name], dtype=self._dtypes[name])
+            if not context.set_input_shape(name, array.shape):
+                raise RuntimeError(f"TensorRT refused shape {array.shape} for input {name} (outside the profile?)")
+            buffer = state.buffers.setdefault(name, _Buffer(self._cudart))
+            buffer.ensure(array.nbytes)
+            buffer.host_array(array.shape, array.dtype)[...] = array
+            cuda_call(self._cudart.cudaMemcpyAsync(buffer.device, buffer.host, array.nbytes, h2d, stream))
+            context.set_tensor_address(name, buffer.device)
+
+        shapes: dict[str, tuple[int, ...]] = {}
+        for name in self._outputs:
+            shape = tuple(context.get_tensor_shape(name))
+            shapes[name] = shape
+            nbytes = int(np.prod(shape, dtype=np.int64)) * self._dtypes[name].itemsize
+            buffer = state.buffers.setdefault(name, _Buffer(self._cudart))
+            buffer.ensure(nbytes)
+            context.set_tensor_address(name, buffer.device)
+
+        if not context.execute_async_v3(int(stream)):
+            raise RuntimeError("TensorRT's execute_async_v3 failed; see the TensorRT log above")
+        for name in self._outputs:
+            buffer = state.buffers[name]
+            nbytes = int(np.prod(shapes[name], dtype=np.int64)) * self._dtypes[name].itemsize
+            cuda_call(self._cudart.cudaMemcpyAsync(buffer.host, buffer.device, nbytes, d2h, stream))
+        cuda_call(self._cudart.cudaStreamSynchronize(stream))
+        # copies: the pinned buffers are reused by the next call
+        return {name: state.buffers[name].host_array(shapes[name], self._dtypes[name]).copy() for name in self._outputs}
+
+    def _close(self) -> None:
+        """Free every thread's buffers and streams (also done when the runner is garbage-collected)."""
+        with self._lock:
+            states, self._states = self._states, []
+            self._local = threading.local()  # a later call starts over with fresh contexts and buffers
+        for state in states:
+            for buffer in state.buffers.values():
+                buffer.free()
+            self._cudart.cudaStreamDestroy(state.stream)
+            state.buffers.clear()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown: CUDA may already be gone
+            self._close()
+
+    def __repr__(self) -> str:
+        return f"TensorRTRunner({str(self.directory)!r}, TensorRT {self.engine_info.tensorrt_version})"
+
