@@ -326,7 +326,9 @@ def plugin_implementation(requested: str, tensorrt_has_aot: bool) -> str:
 
 def observed_implementation(calls: dict[tuple[str, str], int], plugins: list[str], requested: str) -> str:
     """The implementation TensorRT used, from the calls it made into registration.py during the build: the AOT
-    implementation is called while building, the JIT one only when the plugin runs (which a build may skip,
+    implementation is called while building (IPluginV3QuickAOTBuild.get_launch_params calls `aot_impl` and
+    fills the kernel map get_kernel reads: tensorrt_bindings/plugin/_plugin_class.py:366-440 of the
+    tensorrt_cu12_bindings 10.13.0.35 wheel), the JIT one only when the plugin runs (which a build may skip,
     so no JIT call is no evidence against JIT). A request TensorRT did not follow is a BuildError."""
     aot = {plugin for (plugin, kind), count in calls.items() if kind == "aot" and count}
     if requested == "aot" and set(plugins) - aot:
