@@ -6,16 +6,21 @@
 #
 # Modes (TRTEXEC_MODE):
 #   engine (default)  run the model.engine that `python -m trt_runtime build` made (--loadEngine) at the
-#                     opt shapes of its profile. Engines with AOT ibert plugins (TensorRT >= 10.12) carry
+#                     opt shapes of its first profile. Engines with AOT ibert plugins (TensorRT >= 10.9) carry
 #                     their compiled kernels, so trtexec needs no plugin library (no --staticPlugins or
 #                     --dynamicPlugins); engines with JIT plugins need Python and are refused.
-#   build             trtexec builds from model.onnx itself, with --min/--opt/--maxShapes from export.json
-#                     and --stronglyTyped, or --int8 (Q/DQ) / --fp16 (TRTEXEC_FP16=1) when weakly typed
-#                     (TRTEXEC_STRONGLY_TYPED=0). trtexec cannot load the Python plugins, so the ibert ops
-#                     are built from their ONNX function bodies (what `build --no-plugins` does).
+#   build             trtexec builds from the graph `build --no-plugins` would parse (written to a scratch
+#                     directory), with --min/--opt/--maxShapes from export.json, --stronglyTyped (the FP16
+#                     graph with TRTEXEC_FP16=1), or --int8/--fp16 when weakly typed (TRTEXEC_STRONGLY_TYPED=0;
+#                     deprecated in TensorRT 10.12). trtexec cannot load the Python plugins, so the ibert ops
+#                     are built from their ONNX function bodies.
 # Other settings: TRTEXEC (the binary; default: trtexec on PATH, else /usr/src/tensorrt/bin/trtexec),
-# WARMUP_MS (500), ITERATIONS (200), RESULTS (benchmarks/results), TRTEXEC_EXTRA (more trtexec flags).
-# Without trtexec this stops at once, non-zero, saying so.
+# WARMUP_MS (500), ITERATIONS (200), RESULTS (benchmarks/results), TRTEXEC_CUDA_GRAPH=1 (--useCudaGraph),
+# TRTEXEC_NO_DATA_TRANSFERS=1 (--noDataTransfers: the GPU-compute figure without host copies),
+# TRTEXEC_EXTRA (more trtexec flags, checked against trtexec's option list like the others).
+# Every flag comes from `python -m trt_runtime.backends.tensorrt.trtexec args`, which checks it against
+# samples/common/sampleOptions.cpp's options. Results record the shapes, batch and sequence length, and
+# give throughput in sequences/s. Without trtexec this stops at once, non-zero, saying so.
 set -euo pipefail
 
 PYTHON="${PYTHON:-python3}"
@@ -33,10 +38,15 @@ if [[ -z "$trtexec_bin" || ! -x "$trtexec_bin" ]]; then
          "it on PATH, or set TRTEXEC=/path/to/trtexec" >&2
     exit 1
 fi
+scratch="$(mktemp -d)"
+trap 'rm -rf "$scratch"' EXIT
+mode_args=(--warmup "$WARMUP_MS" --iterations "$ITERATIONS" "--extra=${TRTEXEC_EXTRA:-}")
+[[ "${TRTEXEC_CUDA_GRAPH:-0}" == 1 ]] && mode_args+=(--cuda-graph)
+[[ "${TRTEXEC_NO_DATA_TRANSFERS:-0}" == 1 ]] && mode_args+=(--no-data-transfers)
 case "$MODE" in
-    engine) mode_args=() ;;
+    engine) ;;
     build)
-        mode_args=(--build)
+        mode_args+=(--build --scratch "$scratch")
         [[ "${TRTEXEC_FP16:-0}" == 1 ]] && mode_args+=(--fp16)
         [[ "${TRTEXEC_STRONGLY_TYPED:-}" == 0 ]] && mode_args+=(--no-strongly-typed)
         [[ "${TRTEXEC_STRONGLY_TYPED:-}" == 1 ]] && mode_args+=(--strongly-typed)
@@ -62,23 +72,18 @@ if [[ ${#exports[@]} -eq 0 ]]; then
 fi
 
 mkdir -p "$RESULTS"
-scratch="$(mktemp -d)"
-trap 'rm -rf "$scratch"' EXIT
 failed=()
 for dir in "${exports[@]}"; do
     name="$(basename "$dir")"
     [[ "$MODE" == build ]] && name="$name-trtexec-build"
     echo "== $dir ($MODE)"
-    # the model, shape and precision flags come from export.json / engine.json (trt_runtime.backends.tensorrt.trtexec)
-    if ! model_args_text="$("$PYTHON" -m trt_runtime.backends.tensorrt.trtexec args "$dir" "${mode_args[@]}")"; then
+    # every flag comes from export.json / engine.json, checked against trtexec's options (trt_runtime.backends.tensorrt.trtexec)
+    if ! args_text="$("$PYTHON" -m trt_runtime.backends.tensorrt.trtexec args "$dir" "${mode_args[@]}" \
+            --export-prefix "$scratch/$name")"; then
         failed+=("$dir")
         continue
     fi
-    mapfile -t model_args <<< "$model_args_text"
-    # shellcheck disable=SC2206  # TRTEXEC_EXTRA is a list of flags
-    args=("${model_args[@]}" --warmUp="$WARMUP_MS" --iterations="$ITERATIONS" --duration=0
-          --exportTimes="$scratch/$name-times.json" --exportProfile="$scratch/$name-profile.json"
-          --separateProfileRun ${TRTEXEC_EXTRA:-})
+    mapfile -t args <<< "$args_text"
     echo "$trtexec_bin ${args[*]}"
     if ! "$trtexec_bin" "${args[@]}" > "$scratch/$name.log" 2>&1; then
         tail -n 30 "$scratch/$name.log" >&2
@@ -86,9 +91,10 @@ for dir in "${exports[@]}"; do
         failed+=("$dir")
         continue
     fi
-    "$PYTHON" -m trt_runtime.backends.tensorrt.trtexec summarize "$dir" --label "$name" \
+    "$PYTHON" -m trt_runtime.backends.tensorrt.trtexec summarize "$dir" --label "$name" --mode "$MODE" \
         --times "$scratch/$name-times.json" --profile "$scratch/$name-profile.json" \
-        --out "$RESULTS/trtexec-$name.json" --command "$(printf '%q ' "${args[@]}")" || failed+=("$dir")
+        --layers "$scratch/$name-layers.json" --out "$RESULTS/trtexec-$name.json" \
+        --command "$(printf '%q ' "${args[@]}")" || failed+=("$dir")
 done
 
 if [[ ${#failed[@]} -gt 0 ]]; then

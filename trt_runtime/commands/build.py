@@ -16,7 +16,12 @@ _SHAPES_HELP = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", metavar="OUT", help="export directory (made by python -m exporter)")
-    parser.add_argument("--fp16", action="store_true", help="let TensorRT run float layers in FP16 (implies weak typing)")
+    parser.add_argument(
+        "--fp16",
+        action="store_true",
+        help="FP16 outside the INT8 (Q/DQ) GEMMs: the graph's float parts in FP16, built strongly typed "
+        "(with --no-strongly-typed: BuilderFlag.FP16, deprecated since TensorRT 10.12); not for integer exports",
+    )
     parser.add_argument("--min", dest="min_shapes", metavar="SHAPES", help=_SHAPES_HELP.format(default="1 everywhere"))
     parser.add_argument(
         "--opt", dest="opt_shapes", metavar="SHAPES", help=_SHAPES_HELP.format(default="batch 8 (4 for multiple choice), sequence 128 (capped), 4 choices")
@@ -25,10 +30,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max", dest="max_shapes", metavar="SHAPES", help=_SHAPES_HELP.format(default="batch 32 (16 for multiple choice), max_sequence_length, 8 choices")
     )
     parser.add_argument(
+        "--sequence-buckets",
+        metavar="LENGTHS",
+        help="one optimization profile per sequence-length bucket, e.g. 64,128,256,512 (as demo/BERT builds); "
+        "the runner picks the smallest that fits each batch",
+    )
+    parser.add_argument(
         "--no-plugins",
         dest="use_plugins",
         action="store_false",
         help="keep the ibert ops' ONNX function bodies (TensorRT builds them from standard layers) instead of plugins",
+    )
+    parser.add_argument(
+        "--plugin-implementation",
+        choices=("auto", "aot", "jit"),
+        default="auto",
+        help="ibert plugins: AOT kernels in the engine (auto: where TensorRT has them, 10.9+) or JIT (Python at run time)",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="no build: check the graph TensorRT's ONNX parser would get against onnx-tensorrt's operator matrix "
+        "(needs no TensorRT), naming each offending node; exit 1 if any",
     )
     parser.add_argument("--workspace", dest="workspace_mb", type=int, metavar="MB", help="builder workspace limit in MiB")
     parser.add_argument(
@@ -38,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--strongly-typed",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="strongly-typed network (types from the ONNX; default unless --fp16)",
+        help="strongly-typed network (types from the ONNX; the default, and the only kind TensorRT 11 builds)",
     )
     parser.add_argument(
         "--optimization-level", dest="builder_optimization_level", type=int, choices=range(6), metavar="0-5",
@@ -49,7 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from trt_runtime.backends.tensorrt.builder import BuildError, BuildOptions, build_engine
+    from trt_runtime.backends.tensorrt.builder import (
+        BuildError,
+        BuildOptions,
+        PrecisionError,
+        build_engine,
+        check_export,
+    )
     from trt_runtime.backends.tensorrt.engine_info import EngineMismatchError
     from trt_runtime.backends.tensorrt.libs import TensorRTUnavailable
     from trt_runtime.backends.tensorrt.onnx_prep import OnnxForTensorRTError
@@ -62,7 +91,9 @@ def main(args: argparse.Namespace) -> int:
         min_shapes=args.min_shapes,
         opt_shapes=args.opt_shapes,
         max_shapes=args.max_shapes,
+        sequence_buckets=args.sequence_buckets,
         use_plugins=args.use_plugins,
+        plugin_implementation=args.plugin_implementation,
         workspace_mb=args.workspace_mb,
         timing_cache=args.timing_cache,
         strongly_typed=args.strongly_typed,
@@ -71,6 +102,10 @@ def main(args: argparse.Namespace) -> int:
         progress=args.progress,
     )
     try:
+        if args.check:
+            report = check_export(args.directory, options)
+            print(report.format())
+            return 0 if report.ok else 1
         build_engine(args.directory, options)
     except (
         BuildError,
@@ -78,6 +113,7 @@ def main(args: argparse.Namespace) -> int:
         ExportDirError,
         OnnxForTensorRTError,
         PluginsUnavailable,
+        PrecisionError,
         ProfileError,
         TensorRTUnavailable,
     ) as e:

@@ -202,6 +202,24 @@ def save_onnx_atomic(model: Any, path: str | os.PathLike, *, root: str | os.Path
 
 
 @contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, *, root: str | os.PathLike | None = None) -> Iterator[None]:
+    """Hold an exclusive `flock` on `path` (created empty if missing, never through a link) while the block runs:
+    for read-merge-write of a file that several processes update (the TensorRT timing cache's `<cache>.lock`)."""
+    path = Path(path)
+    root_path = Path(root) if root is not None else path.parent
+    dir_fd = _open_directory(root_path, _relative_parts(path.parent, root_path), create=True)
+    try:
+        fd = os.open(path.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    try:
+        _lock(fd)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+@contextlib.contextmanager
 def reserved_path(path: str | os.PathLike, *, root: str | os.PathLike | None = None) -> Iterator[Path]:
     """For a library that writes a file by name itself (ONNX Runtime's `optimized_model_filepath`): yield a
     fresh temporary path (created exclusively, empty, locked) for it to write; on normal exit it is fsynced

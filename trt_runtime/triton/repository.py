@@ -335,7 +335,7 @@ def _engine_problem(export: Path, info: ExportInfo) -> tuple[EngineInfo | None, 
         return engine, (
             f"the engine's ibert plugins ({', '.join(engine.plugins)}) are JIT Python plugins, which run "
             f"only in a Python process that registered them; Triton's TensorRT backend cannot load them. "
-            f"Rebuild with TensorRT >= 10.12 (AOT plugins, compiled into the engine) or with --no-plugins"
+            f"Rebuild with TensorRT >= 10.9 (AOT plugins, compiled into the engine) or with --no-plugins"
         )
     if sorted(engine.output_names or info.output_names) != sorted(info.output_names):
         return (

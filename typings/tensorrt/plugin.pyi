@@ -2,7 +2,7 @@
 # written by hand from the pure-Python source in the tensorrt_cu12_bindings 10.13.0.35 wheel
 # (tensorrt_bindings/plugin/*.py); tensorrt-stubs does not cover this module. Only the public API
 # (what `@public_api()` exports) is declared. `KernelLaunchParams` and `aot_impl` exist from
-# TensorRT 10.12 on (when `tensorrt.QuickPluginCreationRequest` exists).
+# TensorRT 10.9 on (when `tensorrt.QuickPluginCreationRequest` exists; the package itself from 10.6).
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 

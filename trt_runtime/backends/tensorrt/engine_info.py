@@ -16,9 +16,11 @@ from typing import Any
 
 from trt_runtime.backends.tensorrt.profiles import Profile, profile_from_dict, profile_to_dict
 from trt_runtime.contract.export_dir import ENGINE, ENGINE_JSON, MODEL_ONNX
-from trt_runtime.contract.files import write_bytes_atomic, write_json_atomic
+from trt_runtime.contract.files import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 ENGINE_FORMAT_VERSION = 1
+#: the engine inspector's JSON of model.engine (layer_report.py), written next to engine.json
+ENGINE_LAYERS = "engine_layers.json"
 
 
 class EngineMismatchError(RuntimeError):
@@ -53,6 +55,13 @@ class EngineInfo:
     output_names: list[str] = field(default_factory=list)
     build_seconds: float | None = None
     created: str | None = None
+    #: CUDA version the build machine's driver supports ("12.4"); with AOT plugins, the PTX ISA their kernels
+    #: were compiled for (84 = 8.4) and the oldest driver that takes it, which the runner checks
+    cuda_driver_version: str | None = None
+    plugin_ptx_version: int | None = None
+    min_cuda_driver_version: str | None = None
+    #: layer_report.summarize_layers of the built engine (None: the inspector was not available)
+    layers: dict[str, Any] | None = None
     format_version: int = ENGINE_FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,12 +124,15 @@ def check_engine_matches(
     tensorrt_version: str,
     compute_capability: str | None,
     engine_sha256: str | None = None,
+    cuda_driver_version: str | None = None,
 ) -> None:
     """Raise EngineMismatchError, naming what differs, unless the engine fits this export and machine.
 
     onnx_sha256: of the directory's model.onnx now; tensorrt_version: the installed one (engines are
     tied to the exact version); compute_capability: of the GPU that will run it (None: not checked);
-    engine_sha256: of model.engine now (None: not checked), which catches a half-finished rebuild.
+    engine_sha256: of model.engine now (None: not checked), which catches a half-finished rebuild;
+    cuda_driver_version: of this machine's driver ("12.4"; None: not checked), which must take the PTX
+    of AOT plugin kernels (plugins/aot.py).
     """
     hint = rebuild_hint(directory)
     problems = []
@@ -141,12 +153,26 @@ def check_engine_matches(
         )
     if engine_sha256 is not None and info.engine_sha256 != engine_sha256:
         problems.append(f"{ENGINE} is not the file {ENGINE_JSON} describes (an interrupted build?)")
+    needed = info.min_cuda_driver_version
+    if cuda_driver_version is not None and needed is not None and _version(cuda_driver_version) < _version(needed):
+        ptx = info.plugin_ptx_version or 0
+        problems.append(
+            f"its AOT plugin kernels are PTX ISA {ptx // 10}.{ptx % 10}, which needs a CUDA driver for CUDA {needed} "
+            f"or newer, and this machine's driver supports CUDA {cuda_driver_version}: update the NVIDIA driver"
+        )
     if problems:
         raise EngineMismatchError(f"cannot use {Path(directory) / ENGINE}: " + "; ".join(problems) + f". To fix, {hint}")
 
 
-def write_engine(directory: str | os.PathLike, engine_bytes: bytes | memoryview, info: EngineInfo) -> None:
-    """Write model.engine, then engine.json, each atomically.
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def write_engine(
+    directory: str | os.PathLike, engine_bytes: bytes | memoryview, info: EngineInfo, layers_json: str | None = None
+) -> None:
+    """Write model.engine, then engine_layers.json (the inspector's JSON, when given), then engine.json, each
+    atomically.
 
     engine.json records the engine's sha256, so a reader that catches the moment between the two
     renames, or a build killed there, sees a mismatch (and is told to rebuild) rather than a wrong
@@ -155,4 +181,6 @@ def write_engine(directory: str | os.PathLike, engine_bytes: bytes | memoryview,
     """
     directory = Path(directory)
     write_bytes_atomic(directory / ENGINE, engine_bytes)
+    if layers_json is not None:
+        write_text_atomic(directory / ENGINE_LAYERS, layers_json)
     write_json_atomic(directory / ENGINE_JSON, info.to_dict())

@@ -8,7 +8,11 @@ the `tensorrt-stubs` typing package leaves an empty `tensorrt` namespace package
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import sys
+import threading
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -106,3 +110,73 @@ def tensorrt_available() -> tuple[bool, str]:
     except Exception as e:  # a broken driver raises from deep inside cuda-python
         return False, f"the CUDA runtime does not work here ({e}): {INSTALL_HINT}"
     return True, f"TensorRT {version} on {name} (compute capability {capability})"
+
+
+def cuda_driver_version() -> tuple[int, int]:
+    """(major, minor) of the CUDA version the installed driver supports (cudaDriverGetVersion: 12040 -> (12, 4))."""
+    version = int(cuda_call(require_cudart().cudaDriverGetVersion()))
+    return version // 1000, (version % 1000) // 10
+
+
+def format_version(version: tuple[int, ...]) -> str:
+    return ".".join(str(part) for part in version)
+
+
+class _LogSink:
+    """Where the process-wide TensorRT logger sends messages while one build or load runs."""
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+        self.errors: list[str] = []
+
+
+_LOGGER: Any = None
+_SINKS: list[_LogSink] = []
+_LOGGER_LOCK = threading.Lock()
+
+
+def tensorrt_logger() -> Any:
+    """The one trt.ILogger of this process (TensorRT keeps a single global logger and warns when another one
+    is passed in; its Python object must outlive every builder, runtime and engine made with it). It prints
+    warnings and errors, everything while a `log_capture(verbose=True)` is active, and hands errors to the
+    active captures."""
+    global _LOGGER
+    with _LOGGER_LOCK:
+        if _LOGGER is None:
+            trt = require_tensorrt()
+            errors = {int(trt.ILogger.Severity.ERROR), int(trt.ILogger.Severity.INTERNAL_ERROR)}
+            warning = int(trt.ILogger.Severity.WARNING)
+            verbose = int(trt.ILogger.Severity.VERBOSE)
+
+            class ProcessLogger(trt.ILogger):  # type: ignore[misc, name-defined]
+                def __init__(self) -> None:
+                    trt.ILogger.__init__(self)
+
+                def log(self, severity: Any, msg: str) -> None:
+                    level = int(severity)
+                    with _LOGGER_LOCK:
+                        sinks = list(_SINKS)
+                    for sink in sinks:
+                        if level in errors:
+                            sink.errors.append(msg)
+                    shown = verbose if any(s.verbose for s in sinks) else warning
+                    if level <= shown:
+                        from tqdm import tqdm
+
+                        tqdm.write(f"[TensorRT {severity.name}] {msg}", file=sys.stderr)
+
+            _LOGGER = ProcessLogger()
+        return _LOGGER
+
+
+@contextlib.contextmanager
+def log_capture(verbose: bool = False) -> Iterator[list[str]]:
+    """Collect the errors TensorRT logs while the block runs (for BuildError's message); verbose shows all."""
+    sink = _LogSink(verbose)
+    with _LOGGER_LOCK:
+        _SINKS.append(sink)
+    try:
+        yield sink.errors
+    finally:
+        with _LOGGER_LOCK:
+            _SINKS.remove(sink)

@@ -11,8 +11,12 @@ builder (`strip_plugin_functions`):
    (`trt_runtime.contract.ibert`), computed on the host exactly as the NumPy reference does;
  - writes out attributes left at their defaults (the parser passes only those a node has) and checks
    the ones the plugins read (types, derived scales), so a bad export fails here, with the node's
-   name, rather than inside TensorRT.
+   name, rather than inside TensorRT;
+ - on TensorRT 10.9+, sets the node attribute `aot` (1: the AOT implementation, 0: JIT), the strict
+   per-node request of NVIDIA's sample that overrides the network flags (`AOT_ATTRIBUTE`).
 With `--no-plugins` the model stays as exported and TensorRT builds the bodies from standard layers.
+`value_types` gives the element type of every tensor (ONNX type inference; plugin outputs like their
+first input), what the parser check (parser_support.py) and the FP16 pass (fp16.py) read.
 """
 
 from __future__ import annotations
@@ -24,12 +28,19 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.external_data_helper
 from onnx import AttributeProto, FunctionProto, GraphProto, ModelProto, NodeProto, TensorProto, numpy_helper
 
 from trt_runtime.backends.tensorrt.plugins.specs import PLUGIN_NAMESPACE, PLUGIN_VERSION, PLUGINS
 from trt_runtime.contract import ibert
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+#: the node attribute by which TensorRT's ONNX parser (10.9+) picks a Python plugin's implementation:
+#: 1 = kSTRICT_AOT, 0 = kSTRICT_JIT, overriding the network's PREFER_*_PYTHON_PLUGINS flags
+#: (onnx/onnx-tensorrt importerUtils.cpp `createPlugin`, "Node-level specifications override network-level
+#: preferences"; NVIDIA/TensorRT v10.13.0 samples/python/quickly_deployable_plugins/README.md:239-259 and
+#: qdp_runner.py:222 write it as a bool, which ONNX stores as an INT attribute)
+AOT_ATTRIBUTE = "aot"
 STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
 _ATTRIBUTE_TYPES = {"FLOAT": AttributeProto.FLOAT, "FLOATS": AttributeProto.FLOATS, "INT": AttributeProto.INT}
 
@@ -46,6 +57,35 @@ class PreparedOnnx:
     plugins: list[str]  # plugin ids used ("ibert::IntGELU", ...), sorted; empty when bodies are kept
     ibert_ops: list[str]  # ibert op types in the graph, sorted
     has_qdq: bool
+
+    def plugin_nodes(self) -> dict[str, str]:
+        """Node name -> plugin id of the ibert nodes the parser maps to plugins (empty with the bodies kept)."""
+        if not self.plugins:
+            return {}
+        return {
+            node.name or node.output[0]: f"{PLUGIN_NAMESPACE}::{node.op_type}"
+            for node in iter_nodes(self.model.graph)
+            if node.domain == ibert.DOMAIN
+        }
+
+    def set_plugin_implementation(self, aot: bool | None) -> None:
+        """Write (or, with None, remove) the `aot` attribute of every plugin node (see `strip_plugin_functions`)."""
+        for node in iter_nodes(self.model.graph):
+            if node.domain == ibert.DOMAIN and self.plugins:
+                kept = [a for a in node.attribute if a.name != AOT_ATTRIBUTE]
+                del node.attribute[:]
+                node.attribute.extend(kept)
+                if aot is not None:
+                    node.attribute.append(onnx.helper.make_attribute(AOT_ATTRIBUTE, int(aot)))
+
+    def model_with_weights(self, base_dir: str | os.PathLike) -> ModelProto:
+        """The model with any weights stored as external data read in, to be saved somewhere else."""
+        if not any(t.data_location == TensorProto.EXTERNAL for t in self.model.graph.initializer):
+            return self.model
+        copy = ModelProto()
+        copy.CopyFrom(self.model)
+        onnx.external_data_helper.load_external_data_for_model(copy, str(base_dir))
+        return copy
 
 
 def iter_nodes(graph: GraphProto) -> Iterator[NodeProto]:
@@ -70,6 +110,67 @@ def iter_all_nodes(model: ModelProto) -> Iterator[NodeProto]:
 def has_qdq(model: ModelProto) -> bool:
     """True when the model has QuantizeLinear/DequantizeLinear nodes (explicit quantization)."""
     return any(node.op_type in QDQ_OPS and node.domain in STANDARD_DOMAINS for node in iter_all_nodes(model))
+
+
+#: initializers above this many bytes lose their data in `_types_only` (type inference reads dims, not values)
+_TYPE_INFERENCE_DATA_LIMIT = 1 << 12
+
+
+def _types_only(model: ModelProto) -> ModelProto:
+    """A copy of `model` whose large initializers keep name, type and dims but no data (cheap to infer on)."""
+    light = ModelProto(ir_version=model.ir_version)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    graph = light.graph
+    graph.name = model.graph.name
+    for field in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(graph, field).extend(getattr(model.graph, field))
+    for tensor in model.graph.initializer:
+        if tensor.ByteSize() <= _TYPE_INFERENCE_DATA_LIMIT:
+            graph.initializer.append(tensor)
+            continue
+        stub = graph.initializer.add()
+        stub.name, stub.data_type = tensor.name, tensor.data_type
+        stub.dims.extend(tensor.dims)
+        stub.data_location = TensorProto.EXTERNAL
+        stub.external_data.add(key="location", value="(not loaded)")
+    return light
+
+
+def _custom_nodes_without_function(model: ModelProto) -> list[NodeProto]:
+    functions = {(f.domain, f.name) for f in model.functions}
+    return [
+        node for node in model.graph.node
+        if node.domain not in STANDARD_DOMAINS and (node.domain, node.op_type) not in functions
+    ]
+
+
+def value_types(model: ModelProto) -> dict[str, int]:
+    """The ONNX element type (TensorProto.FLOAT, ...) of every tensor of the main graph that type inference
+    can tell: graph inputs, initializers, node outputs.
+
+    ONNX knows nothing of a plugin node (a custom op without a function body); its outputs get the type
+    of its first input, which is what the ibert plugins declare (`x.like()` in plugins/registration.py).
+    """
+    light = _types_only(model)
+    plugin_nodes = _custom_nodes_without_function(light)
+    for _ in range(len(plugin_nodes) + 1):  # each round types the plugins whose inputs became known
+        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False)
+        types = {t.name: t.data_type for t in inferred.graph.initializer}
+        for info in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+            if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
+                types[info.name] = info.type.tensor_type.elem_type
+        new = [
+            (output, types[node.input[0]])
+            for node in plugin_nodes
+            if node.input and node.input[0] in types
+            for output in node.output
+            if output and output not in types
+        ]
+        if not new:
+            return types
+        light.graph.value_info.extend(onnx.helper.make_tensor_value_info(name, kind, None) for name, kind in new)
+    return types
 
 
 def _defines_plugin_op(function: FunctionProto) -> bool:
@@ -121,7 +222,8 @@ def _check_plugin_node(node: NodeProto) -> None:
             )
 
 
-def _set_string_attribute(node: NodeProto, name: str, value: str) -> None:
+def _set_attribute(node: NodeProto, name: str, value: str | int) -> None:
+    """Add attribute `name` = value; one already there must have that value."""
     for attribute in node.attribute:
         if attribute.name == name:
             current = onnx.helper.get_attribute_value(attribute)
@@ -224,11 +326,15 @@ def _reachable_functions(graph: GraphProto, functions: list[FunctionProto]) -> l
     return [f for f in functions if (f.domain, f.name) in reached]
 
 
-def strip_plugin_functions(model: ModelProto, base_dir: str | os.PathLike | None = None) -> PreparedOnnx:
+def strip_plugin_functions(
+    model: ModelProto, base_dir: str | os.PathLike | None = None, aot: bool | None = None
+) -> PreparedOnnx:
     """A copy of `model` whose ibert nodes the TensorRT parser maps to the ibert plugins (see module doc).
 
-    base_dir: the model's directory, to read weights stored as external data. Raises
-    OnnxForTensorRTError for an ibert node that no plugin implements or whose attributes are wrong.
+    base_dir: the model's directory, to read weights stored as external data. aot: write the node
+    attribute `aot` (1: the AOT implementation, 0: JIT; None: none, for TensorRT 10.6-10.8, which has
+    JIT only). Raises OnnxForTensorRTError for an ibert node that no plugin implements or whose
+    attributes are wrong.
     """
     for function in model.functions:
         if not _defines_plugin_op(function) and any(n.domain == ibert.DOMAIN for n in function.node):
@@ -246,8 +352,10 @@ def strip_plugin_functions(model: ModelProto, base_dir: str | os.PathLike | None
         tables = _tables(node, consts)
         if tables is not None:
             _append_tables(graph, node, tables, consts)
-        _set_string_attribute(node, "plugin_namespace", PLUGIN_NAMESPACE)
-        _set_string_attribute(node, "plugin_version", PLUGIN_VERSION)
+        _set_attribute(node, "plugin_namespace", PLUGIN_NAMESPACE)
+        _set_attribute(node, "plugin_version", PLUGIN_VERSION)
+        if aot is not None:
+            _set_attribute(node, AOT_ATTRIBUTE, int(aot))
 
     kept = _reachable_functions(graph, [f for f in stripped.functions if not _defines_plugin_op(f)])
     del stripped.functions[:]
@@ -276,9 +384,10 @@ def keep_function_bodies(model: ModelProto) -> PreparedOnnx:
 
 
 def prepare_for_tensorrt(
-    model: ModelProto, use_plugins: bool = True, base_dir: str | os.PathLike | None = None
+    model: ModelProto, use_plugins: bool = True, base_dir: str | os.PathLike | None = None, aot: bool | None = True
 ) -> PreparedOnnx:
-    """The model the builder parses: with plugins when the graph has ibert nodes and use_plugins is set."""
+    """The model the builder parses: with plugins when the graph has ibert nodes and use_plugins is set
+    (aot: see `strip_plugin_functions`)."""
     if use_plugins and ibert_op_types(model):
-        return strip_plugin_functions(model, base_dir)
+        return strip_plugin_functions(model, base_dir, aot)
     return keep_function_bodies(model)

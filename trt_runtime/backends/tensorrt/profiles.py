@@ -221,3 +221,104 @@ def check_feeds_in_profile(shapes: Mapping[str, Shape], profile: Profile) -> Non
         if name not in profile:
             raise ProfileError(f"input {name} is not in the engine's profile ({', '.join(profile)}); rebuild the engine")
         check_shape_in_profile(name, shape, profile[name])
+
+
+def parse_buckets(text: str | None) -> tuple[int, ...] | None:
+    """`--sequence-buckets 64,128,256` -> (64, 128, 256): sorted, unique, each at least 1."""
+    if text is None:
+        return None
+    try:
+        buckets = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise ProfileError(f"--sequence-buckets {text!r}: give sequence lengths, e.g. 64,128,256,512") from None
+    if not buckets or buckets[0] < 1:
+        raise ProfileError(f"--sequence-buckets {text!r}: give sequence lengths of at least 1, e.g. 64,128,256,512")
+    return tuple(buckets)
+
+
+def bucket_profiles(profile: Profile, info: ExportInfo, buckets: tuple[int, ...]) -> list[Profile]:
+    """One profile per sequence-length bucket, as demo/BERT builds one per sequence length
+    (NVIDIA/TensorRT v10.13.0 demo/BERT/builder.py:343-371): bucket k covers sequence lengths
+    (bucket k-1, bucket k] with opt = max = bucket k; the other axes keep `profile`'s ranges. Buckets past
+    the profile's longest sequence are an error; the longest sequence itself always gets a bucket."""
+    longest = max(
+        (r.max[spec.shape.index(SEQUENCE_LENGTH)] for spec in info.inputs if SEQUENCE_LENGTH in spec.shape
+         for r in [profile[spec.name]]),
+        default=None,
+    )
+    if longest is None:
+        raise ProfileError("--sequence-buckets: the model's inputs have no sequence_length axis")
+    too_long = [b for b in buckets if b > longest]
+    if too_long:
+        raise ProfileError(
+            f"--sequence-buckets {','.join(map(str, buckets))}: {too_long} are over the profile's longest sequence "
+            f"{longest}; use at most {longest} (or raise --max)"
+        )
+    bounds = sorted(set(buckets) | {longest})
+    profiles = []
+    low = 1
+    for high in bounds:
+        bucket: Profile = {}
+        for spec in info.inputs:
+            shape_range = profile[spec.name]
+            if SEQUENCE_LENGTH not in spec.shape:
+                bucket[spec.name] = shape_range
+                continue
+            axis = spec.shape.index(SEQUENCE_LENGTH)
+            lo = max(low, shape_range.min[axis])
+            if lo > high:
+                break
+
+            def with_sequence(shape: Shape, value: int, axis: int = axis) -> Shape:
+                return shape[:axis] + (value,) + shape[axis + 1 :]
+
+            bucket[spec.name] = ShapeRange(
+                with_sequence(shape_range.min, lo), with_sequence(shape_range.opt, high), with_sequence(shape_range.max, high)
+            )
+        else:
+            profiles.append(bucket)
+        low = high + 1
+    return profiles
+
+
+def _contains(profile: Profile, shapes: Mapping[str, Shape]) -> bool:
+    try:
+        check_feeds_in_profile(shapes, profile)
+    except ProfileError:
+        return False
+    return True
+
+
+def select_profile(shapes: Mapping[str, Shape], profiles: list[Profile]) -> int:
+    """Index of the smallest profile (by the volume of its max shapes) that holds every input's shape;
+    ProfileError naming the shapes and the profiles' limits when none does."""
+    fitting = [index for index, profile in enumerate(profiles) if _contains(profile, shapes)]
+    if not fitting:
+        if len(profiles) == 1:
+            check_feeds_in_profile(shapes, profiles[0])  # its own, more specific message
+        ranges = "; ".join(
+            ", ".join(f"{name} {format_shape(r.min)}..{format_shape(r.max)}" for name, r in profile.items())
+            for profile in profiles
+        )
+        given = ", ".join(f"{name} {format_shape(tuple(shape))}" for name, shape in shapes.items())
+        raise ProfileError(
+            f"inputs {given} fit none of the engine's {len(profiles)} optimization profiles ({ranges}); split or "
+            f"truncate the input, or rebuild with wider profiles"
+        )
+
+    def size(index: int) -> tuple[int, int]:
+        volume = 1
+        for shape_range in profiles[index].values():
+            for dim in shape_range.max:
+                volume *= dim
+        return volume, index
+
+    return min(fitting, key=size)
+
+
+def profiles_union_limits(profiles: list[Profile], name: str) -> ShapeRange:
+    """The smallest min and largest max over `profiles` of input `name` (what a runner can accept at all)."""
+    ranges = [profile[name] for profile in profiles if name in profile]
+    mins = tuple(min(dims) for dims in zip(*(r.min for r in ranges)))
+    maxs = tuple(max(dims) for dims in zip(*(r.max for r in ranges)))
+    return ShapeRange(mins, ranges[0].opt, maxs)

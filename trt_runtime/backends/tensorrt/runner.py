@@ -7,11 +7,21 @@
 
 Importing this module needs neither TensorRT nor CUDA; constructing a runner does (tensorrt and
 cuda-python's runtime bindings, not pycuda). Per call: the feeds are validated
-(`trt_runtime.validation.validate_feeds`, the checks every backend shares) and checked against the
-engine's optimization profile (`trt_runtime.backends.tensorrt.profiles`), copied into pinned host buffers and on to the
-GPU, run with `execute_async_v3` on the thread's CUDA stream, and copied back. Each thread gets its
-own execution context, stream and buffers (an IExecutionContext must not be used by two threads at
-once); buffers are kept between calls and grown when a call needs more.
+(`trt_runtime.validation.validate_feeds`, the checks every backend shares), the smallest optimization
+profile that holds their shapes is chosen (`profiles.select_profile`; an engine built with
+`--sequence-buckets` has one per bucket), they are copied into pinned host buffers and on to the GPU,
+run with `execute_async_v3` on the thread's CUDA stream, and copied back. Each thread gets its own
+stream and buffers and one execution context per profile it uses (an IExecutionContext must not be
+used by two threads at once, and is bound to one profile); buffers are kept between calls and grown
+when a call needs more.
+
+CUDA graphs (`cuda_graphs=True`, opt-in): the first call at a given (profile, shapes) runs normally, then
+the enqueue is captured into a CUDA graph that later calls at the same shapes replay, the way trtexec's
+`--useCudaGraph` does (samples/common/sampleInference.cpp v10.13.0:1252-1289: one enqueue before the
+capture to flush deferred work, `cudaStreamCaptureModeThreadLocal`, and a plain enqueue where capture
+fails) with cuda-python's calls as NVIDIA's demo/Diffusion/demo_diffusion/engine.py:310-332 makes them.
+The graph bakes in the buffers' addresses, so it is captured again when a buffer grows. Engines with
+JIT plugins (Python at every enqueue) are refused with cuda_graphs.
 """
 
 from __future__ import annotations
@@ -34,7 +44,13 @@ from trt_runtime.backends.tensorrt.engine_info import (
     read_engine_info,
 )
 from trt_runtime.backends.tensorrt.libs import tensorrt_available as tensorrt_available
-from trt_runtime.backends.tensorrt.profiles import Profile, ProfileError, check_feeds_in_profile
+from trt_runtime.backends.tensorrt.profiles import (
+    Profile,
+    ProfileError,
+    check_feeds_in_profile,
+    profiles_union_limits,
+    select_profile,
+)
 from trt_runtime.contract.export_dir import ENGINE, MODEL_ONNX, ExportInfo
 from trt_runtime.contract.files import sha256_bytes, sha256_file
 from trt_runtime.validation import InputError, validate_feeds
@@ -42,12 +58,14 @@ from trt_runtime.validation import InputError, validate_feeds
 __all__ = ["TensorRTRunner", "profile_limits", "tensorrt_available", "validate_for_profile"]
 
 
-def profile_limits(profile: Profile, info: ExportInfo) -> dict[str, int]:
-    """The batch and sequence limits a profile puts on `input_ids`, as validate_feeds' keyword arguments."""
+def profile_limits(profile: Profile | list[Profile], info: ExportInfo) -> dict[str, int]:
+    """The batch and sequence limits the profile(s) put on `input_ids` (over several profiles: the widest),
+    as validate_feeds' keyword arguments."""
+    profiles = profile if isinstance(profile, list) else [profile]
     ids = next((spec for spec in info.inputs if spec.name == "input_ids"), None)
-    if ids is None or ids.name not in profile:
+    if ids is None or any(ids.name not in p for p in profiles):
         return {}
-    shape_range = profile[ids.name]
+    shape_range = profiles_union_limits(profiles, ids.name)
     limits = {}
     if ids.shape and ids.shape[0] == "batch_size":
         limits["max_batch_size"] = shape_range.max[0]
@@ -57,12 +75,18 @@ def profile_limits(profile: Profile, info: ExportInfo) -> dict[str, int]:
     return limits
 
 
-def validate_for_profile(feeds: Mapping[str, Any], info: ExportInfo, profile: Profile) -> dict[str, np.ndarray]:
-    """What TensorRTRunner checks before a call: `validate_feeds` within the profile's limits, then every
-    input's shape inside the profile. Raises InputError (only) for a feed it refuses."""
+def validate_for_profile(
+    feeds: Mapping[str, Any], info: ExportInfo, profile: Profile | list[Profile]
+) -> dict[str, np.ndarray]:
+    """What TensorRTRunner checks before a call: `validate_feeds` within the profiles' limits, then every
+    input's shape inside one profile. Raises InputError (only) for a feed it refuses."""
     arrays = validate_feeds(feeds, info, **profile_limits(profile, info))
+    shapes = {name: a.shape for name, a in arrays.items()}
     try:
-        check_feeds_in_profile({name: a.shape for name, a in arrays.items()}, profile)
+        if isinstance(profile, list):
+            select_profile(shapes, profile)
+        else:
+            check_feeds_in_profile(shapes, profile)
     except ProfileError as e:  # same exception type as every other refused input
         raise InputError(str(e)) from None
     return arrays
@@ -103,12 +127,25 @@ class _Buffer:
 
 
 @dataclass
-class _ThreadState:
-    """What one thread needs to run the engine: its own context, stream and buffers."""
+class _Graph:
+    """A captured CUDA graph and the buffer addresses it was captured with."""
 
-    context: Any  # trt.IExecutionContext
+    exec: Any  # cudaGraphExec_t
+    addresses: tuple[int, ...]
+
+
+@dataclass
+class _ThreadState:
+    """What one thread needs to run the engine: its stream and buffers, a context per profile, CUDA graphs."""
+
     stream: Any  # cudaStream_t
+    contexts: dict[int, Any] = field(default_factory=dict)  # profile index -> trt.IExecutionContext
     buffers: dict[str, _Buffer] = field(default_factory=dict)
+    graphs: dict[tuple[Any, ...], _Graph] = field(default_factory=dict)  # (profile, shapes) -> graph
+
+
+#: CUDA graphs kept per thread (one per distinct shape seen); the oldest goes when more are made
+MAX_GRAPHS_PER_THREAD = 16
 
 
 class TensorRTRunner(BaseRunner):
@@ -117,13 +154,22 @@ class TensorRTRunner(BaseRunner):
     backend = "tensorrt"
 
     def __init__(
-        self, export_dir: str | Path, device: int = 0, *, info: ExportInfo | None = None, reason: str = "asked for"
+        self,
+        export_dir: str | Path,
+        device: int = 0,
+        *,
+        info: ExportInfo | None = None,
+        reason: str = "asked for",
+        cuda_graphs: bool = False,
     ) -> None:
         from trt_runtime.backends.tensorrt.libs import (
             cuda_call,
+            cuda_driver_version,
+            format_version,
             gpu_properties,
             require_cudart,
             require_tensorrt,
+            tensorrt_logger,
         )
 
         super().__init__(export_dir, info=info, reason=reason)
@@ -144,14 +190,20 @@ class TensorRTRunner(BaseRunner):
             tensorrt_version=str(trt.__version__),
             compute_capability=compute_capability,
             engine_sha256=sha256_bytes(engine_bytes),
+            cuda_driver_version=format_version(cuda_driver_version()),
         )
+        if cuda_graphs and self.engine_info.plugin_implementation == "jit":
+            raise EngineMismatchError(
+                f"{self.directory / ENGINE} has JIT Python plugins, which cannot be captured in a CUDA graph; load it "
+                f"without cuda_graphs, or rebuild it with AOT plugins (TensorRT >= 10.9) or --no-plugins"
+            )
+        self.cuda_graphs = cuda_graphs
         if self.engine_info.plugin_implementation == "jit":
             # JIT plugins run Python at every enqueue: they must be registered in this process
             from trt_runtime.backends.tensorrt.plugins import register_plugins
 
             register_plugins()
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
+        self._runtime = trt.Runtime(tensorrt_logger())
         engine = self._runtime.deserialize_cuda_engine(engine_bytes)
         if engine is None:
             raise EngineMismatchError(
@@ -169,7 +221,12 @@ class TensorRTRunner(BaseRunner):
                 f"{self.info.input_names} and {self.info.output_names}; rebuild it: python -m trt_runtime build "
                 f"{self.directory}"
             )
-        self.profile: Profile = self.engine_info.profiles[0]
+        self.profiles: list[Profile] = self.engine_info.profiles
+        if engine.num_optimization_profiles != len(self.profiles):
+            raise EngineMismatchError(
+                f"{self.directory / ENGINE} has {engine.num_optimization_profiles} optimization profiles, engine.json "
+                f"{len(self.profiles)}; rebuild it: python -m trt_runtime build {self.directory}"
+            )
         self._set_choice(
             graph="engine",
             graph_reason=f"{ENGINE} built from {MODEL_ONNX}",
@@ -180,21 +237,30 @@ class TensorRTRunner(BaseRunner):
         self._states: list[_ThreadState] = []
         self._lock = threading.Lock()
 
-    # the profile's limits, which the pipelines read to size their batches and to truncate (or pad) texts
+    @property
+    def profile(self) -> Profile:
+        """The first optimization profile (engines built without --sequence-buckets have only this one)."""
+        return self.profiles[0]
+
+    @profile.setter
+    def profile(self, profile: Profile) -> None:
+        self.profiles = [profile]
+
+    # the profiles' limits, which the pipelines read to size their batches and to truncate (or pad) texts
     @property
     def max_batch_size(self) -> int | None:
-        return profile_limits(self.profile, self.info).get("max_batch_size")
+        return profile_limits(self.profiles, self.info).get("max_batch_size")
 
     @property
     def max_sequence_length(self) -> int | None:
-        return profile_limits(self.profile, self.info).get("max_sequence_length")
+        return profile_limits(self.profiles, self.info).get("max_sequence_length")
 
     @property
     def min_sequence_length(self) -> int:
-        return profile_limits(self.profile, self.info).get("min_sequence_length", 1)
+        return profile_limits(self.profiles, self.info).get("min_sequence_length", 1)
 
     def _validate(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        return validate_for_profile(feeds, self.info, self.profile)
+        return validate_for_profile(feeds, self.info, self.profiles)
 
     def _thread_state(self) -> _ThreadState:
         state: _ThreadState | None = getattr(self._local, "state", None)
@@ -202,21 +268,61 @@ class TensorRTRunner(BaseRunner):
             from trt_runtime.backends.tensorrt.libs import cuda_call
 
             cuda_call(self._cudart.cudaSetDevice(self.device))
-            context = self._engine.create_execution_context()
-            if context is None:
-                raise RuntimeError("TensorRT could not create an execution context (out of GPU memory?)")
-            stream = cuda_call(self._cudart.cudaStreamCreate())
-            state = _ThreadState(context, stream)
+            state = _ThreadState(cuda_call(self._cudart.cudaStreamCreate()))
             self._local.state = state
             with self._lock:
                 self._states.append(state)
         return state
 
+    def _context(self, state: _ThreadState, profile_index: int) -> Any:
+        """This thread's execution context on `profile_index` (made on first use)."""
+        context = state.contexts.get(profile_index)
+        if context is None:
+            context = self._engine.create_execution_context()
+            if context is None:
+                raise RuntimeError("TensorRT could not create an execution context (out of GPU memory?)")
+            if profile_index and not context.set_optimization_profile_async(profile_index, int(state.stream)):
+                raise RuntimeError(f"TensorRT refused optimization profile {profile_index}")
+            state.contexts[profile_index] = context
+        return context
+
+    def _enqueue(self, state: _ThreadState, context: Any, key: tuple[Any, ...]) -> None:
+        """execute_async_v3 on the thread's stream, through a CUDA graph when cuda_graphs is on."""
+        from trt_runtime.backends.tensorrt.libs import cuda_call
+
+        stream = state.stream
+        addresses = tuple(state.buffers[name].device for name in (*self._inputs, *self._outputs))
+        graph = state.graphs.get(key) if self.cuda_graphs else None
+        if graph is not None and graph.addresses == addresses:
+            cuda_call(self._cudart.cudaGraphLaunch(graph.exec, stream))
+            return
+        if not context.execute_async_v3(int(stream)):
+            raise RuntimeError("TensorRT's execute_async_v3 failed; see the TensorRT log above")
+        if not self.cuda_graphs:
+            return
+        if graph is not None:  # a buffer grew since the capture
+            self._cudart.cudaGraphExecDestroy(state.graphs.pop(key).exec)
+        if len(state.graphs) >= MAX_GRAPHS_PER_THREAD:
+            self._cudart.cudaGraphExecDestroy(state.graphs.pop(next(iter(state.graphs))).exec)
+        # the enqueue above ran the work and flushed TensorRT's deferred updates; now record it for replays
+        mode = self._cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        cuda_call(self._cudart.cudaStreamBeginCapture(stream, mode))
+        captured = context.execute_async_v3(int(stream))
+        error, cuda_graph = self._cudart.cudaStreamEndCapture(stream)
+        if not captured or int(error) != 0 or cuda_graph is None:
+            self._cudart.cudaGetLastError()  # clear the failed capture's error, as trtexec does
+            return  # this engine cannot be captured at these shapes: plain enqueues it is
+        try:
+            state.graphs[key] = _Graph(cuda_call(self._cudart.cudaGraphInstantiate(cuda_graph, 0)), addresses)
+        finally:
+            self._cudart.cudaGraphDestroy(cuda_graph)
+
     def _run(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from trt_runtime.backends.tensorrt.libs import cuda_call
 
         state = self._thread_state()
-        context, stream = state.context, state.stream
+        profile_index = select_profile({name: a.shape for name, a in arrays.items()}, self.profiles)
+        context, stream = self._context(state, profile_index), state.stream
         h2d = self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
 
@@ -239,8 +345,7 @@ class TensorRTRunner(BaseRunner):
             buffer.ensure(nbytes)
             context.set_tensor_address(name, buffer.device)
 
-        if not context.execute_async_v3(int(stream)):
-            raise RuntimeError("TensorRT's execute_async_v3 failed; see the TensorRT log above")
+        self._enqueue(state, context, (profile_index, *(arrays[name].shape for name in self._inputs)))
         for name in self._outputs:
             buffer = state.buffers[name]
             nbytes = int(np.prod(shapes[name], dtype=np.int64)) * self._dtypes[name].itemsize
@@ -255,10 +360,14 @@ class TensorRTRunner(BaseRunner):
             states, self._states = self._states, []
             self._local = threading.local()  # a later call starts over with fresh contexts and buffers
         for state in states:
+            for graph in state.graphs.values():
+                self._cudart.cudaGraphExecDestroy(graph.exec)
+            state.graphs.clear()
             for buffer in state.buffers.values():
                 buffer.free()
             self._cudart.cudaStreamDestroy(state.stream)
             state.buffers.clear()
+            state.contexts.clear()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # interpreter shutdown: CUDA may already be gone

@@ -20,10 +20,15 @@ from tests.fixtures import ROOT as REPO
 from tests.fixtures.tensorrt_test_models import export_info, ibert_graph_model, write_export_dir
 from trt_runtime.__main__ import build_parser
 from trt_runtime.backends.tensorrt.builder import (
+    BuildError,
     BuildOptions,
     PhaseBars,
     Precision,
+    PrecisionError,
     build_engine,
+    observed_implementation,
+    parser_input,
+    plugin_implementation,
     resolve_precision,
 )
 from trt_runtime.backends.tensorrt.engine_info import EngineMismatchError
@@ -51,27 +56,31 @@ needs_no_tensorrt = pytest.mark.skipif(_tensorrt_installed(), reason="checks the
 @pytest.mark.parametrize(
     ("fp16", "strongly_typed", "has_qdq", "expected"),
     [
-        (False, None, True, Precision(strongly_typed=True, fp16=False, int8=False)),  # default: types from the ONNX
-        (False, None, False, Precision(True, False, False)),
-        (True, None, True, Precision(False, True, True)),  # --fp16 implies weak typing; Q/DQ then needs INT8
-        (True, None, False, Precision(False, True, False)),
-        (False, False, True, Precision(False, False, True)),
-        (False, False, False, Precision(False, False, False)),
-        (True, False, True, Precision(False, True, True)),
+        # default: strongly typed, the types are the ONNX's; --fp16 makes the graph's float parts FP16
+        (False, None, True, Precision(strongly_typed=True, float16=False, fp16_flag=False, int8_flag=False)),
+        (True, None, True, Precision(True, True, False, False)),
+        (True, True, False, Precision(True, True, False, False)),
+        # weakly typed: the deprecated builder flags, INT8 where there are Q/DQ nodes
+        (False, False, True, Precision(False, False, False, True)),
+        (False, False, False, Precision(False, False, False, False)),
+        (True, False, True, Precision(False, True, True, True)),
+        (True, False, False, Precision(False, True, True, False)),
     ],
 )
 def test_precision_rules(fp16, strongly_typed, has_qdq, expected):
-    assert resolve_precision(fp16, strongly_typed, has_qdq) == expected
+    precision = resolve_precision(fp16, strongly_typed, has_qdq)
+    assert precision == expected
+    assert precision.float16_graph == (fp16 and precision.strongly_typed)
 
 
-def test_fp16_with_strongly_typed_is_a_clear_error():
-    with pytest.raises(ValueError, match="--fp16 cannot be combined with --strongly-typed"):
-        resolve_precision(True, True, True)
+def test_precision_descriptions():
+    assert resolve_precision(True, None, True).describe() == "strongly typed, FP16 outside the INT8 (Q/DQ) parts"
+    assert "deprecated since TensorRT 10.12" in resolve_precision(True, False, True).describe()
 
 
 def test_old_tensorrt_without_strong_typing():
-    assert resolve_precision(False, None, True, supports_strongly_typed=False) == Precision(False, False, True)
-    with pytest.raises(ValueError, match="cannot build strongly-typed networks"):
+    assert resolve_precision(False, None, True, supports_strongly_typed=False) == Precision(False, False, False, True)
+    with pytest.raises(PrecisionError, match="cannot build strongly-typed networks"):
         resolve_precision(False, True, True, supports_strongly_typed=False)
 
 
@@ -126,14 +135,18 @@ def _parse(*argv: str):
 
 def test_build_command_options():
     args, _ = _parse("out", "--fp16", "--opt", "input_ids:4x64", "--max", "input_ids:8x128", "--no-plugins",
-                     "--workspace", "2048", "--timing-cache", "cache.bin", "--no-strongly-typed", "--optimization-level", "5")
+                     "--workspace", "2048", "--timing-cache", "cache.bin", "--no-strongly-typed", "--optimization-level", "5",
+                     "--sequence-buckets", "64,128", "--plugin-implementation", "jit", "--check")
     assert (args.directory, args.fp16, args.opt_shapes, args.max_shapes, args.min_shapes) == (
         "out", True, "input_ids:4x64", "input_ids:8x128", None
     )
     assert (args.use_plugins, args.workspace_mb, args.timing_cache, args.strongly_typed) == (False, 2048, "cache.bin", False)
-    assert args.builder_optimization_level == 5
+    assert (args.builder_optimization_level, args.sequence_buckets, args.plugin_implementation, args.check) == (
+        5, "64,128", "jit", True
+    )
     defaults, _ = _parse("out")
     assert defaults.use_plugins is True and defaults.strongly_typed is None and defaults.fp16 is False
+    assert defaults.plugin_implementation == "auto" and defaults.check is False and defaults.sequence_buckets is None
 
 
 def test_build_command_reports_errors_and_fails(tmp_path, capsys):
@@ -150,6 +163,42 @@ def test_build_checks_profile_and_onnx_before_needing_tensorrt(tmp_path):
         build_engine(
             write_export_dir(tmp_path / "bare", ibert_graph_model(with_functions=False)), BuildOptions(use_plugins=False)
         )
+
+
+def test_the_graph_handed_to_the_parser(tmp_path):
+    directory = write_export_dir(tmp_path / "export", ibert_graph_model(), export_info(max_len=64))
+    inputs = parser_input(directory, BuildOptions(sequence_buckets="16,32"))
+    assert inputs.form == "plugins, FP32" and inputs.precision.strongly_typed
+    assert [p["input_ids"].max for p in inputs.profiles] == [(32, 16), (32, 32), (32, 64)]
+    aot = [a.i for n in inputs.prepared.model.graph.node if n.domain == "ibert" for a in n.attribute if a.name == "aot"]
+    assert aot == [1, 1, 1]  # the strict AOT request, what --check sees too
+    assert parser_input(directory, BuildOptions(use_plugins=False)).form == "no-plugins, FP32"
+    untagged = parser_input(directory, BuildOptions(), aot=None).prepared
+    assert not any(a.name == "aot" for n in untagged.model.graph.node for a in n.attribute)
+    untagged.set_plugin_implementation(False)
+    assert [a.i for n in untagged.model.graph.node for a in n.attribute if a.name == "aot"] == [0, 0, 0]
+
+
+def test_plugin_implementation_choice():
+    assert plugin_implementation("auto", tensorrt_has_aot=True) == "aot"
+    assert plugin_implementation("auto", tensorrt_has_aot=False) == "jit"  # TensorRT 10.6-10.8
+    assert plugin_implementation("jit", tensorrt_has_aot=True) == "jit"
+    with pytest.raises(BuildError, match="no AOT Python plugins .* 10.9"):
+        plugin_implementation("aot", tensorrt_has_aot=False)
+    with pytest.raises(BuildError, match="plugin implementation 'fast'"):
+        plugin_implementation("fast", tensorrt_has_aot=True)
+
+
+def test_the_recorded_implementation_is_the_one_tensorrt_used():
+    plugins = ["ibert::IntGELU", "ibert::IntSoftmax"]
+    built_aot = {("ibert::IntGELU", "aot"): 2, ("ibert::IntSoftmax", "aot"): 1}
+    assert observed_implementation(built_aot, plugins, "aot") == "aot"
+    with pytest.raises(BuildError, match="did not call their AOT implementation for ibert::IntSoftmax"):
+        observed_implementation({("ibert::IntGELU", "aot"): 1}, plugins, "aot")
+    assert observed_implementation({("ibert::IntGELU", "jit"): 5}, plugins, "jit") == "jit"
+    assert observed_implementation({}, plugins, "jit") == "jit"  # a build may never run a JIT plugin
+    with pytest.raises(BuildError, match="asked for JIT plugins .* compiled AOT kernels"):
+        observed_implementation(built_aot, plugins, "jit")
 
 
 @needs_no_tensorrt
@@ -236,3 +285,77 @@ def test_registration_signatures_match_the_spec(op):
     used = impl[len(tensors) : -2]
     assert used == [name for name in attributes if name in used]
     assert functions[("aot_impl", spec.plugin_id)] == tensors + attributes + ["outputs", "tactic"]
+
+
+# --------------------------------------------------------------------------------------------------
+# the timing cache (review D5), with a stand-in for the IBuilderConfig / ITimingCache calls the builder makes
+# (tensorrt-stubs 10.13: create_timing_cache(bytes), set_timing_cache(cache, ignore_mismatch) -> bool,
+# get_timing_cache() -> ITimingCache | None, ITimingCache.combine(other, ignore_mismatch) -> bool, serialize())
+
+
+class _Cache:
+    def __init__(self, data: bytes) -> None:
+        self.entries = set(filter(None, data.decode().split(";")))
+
+    def combine(self, other: _Cache, ignore_mismatch: bool) -> bool:
+        if any(e.startswith("other-gpu") for e in other.entries):
+            return False
+        self.entries |= other.entries
+        return True
+
+    def serialize(self) -> bytes:
+        return ";".join(sorted(self.entries)).encode()
+
+
+class _Config:
+    def __init__(self) -> None:
+        self.attached: _Cache | None = None
+
+    def create_timing_cache(self, data: bytes) -> _Cache:
+        return _Cache(data)
+
+    def set_timing_cache(self, cache: _Cache, ignore_mismatch: bool) -> bool:
+        if any(e.startswith("other-gpu") for e in cache.entries):
+            return False  # what TensorRT answers for a cache of another device
+        self.attached = cache
+        return True
+
+    def get_timing_cache(self) -> _Cache | None:
+        return self.attached
+
+
+def test_a_timing_cache_of_another_gpu_is_replaced_by_an_empty_one(tmp_path, capsys):
+    from trt_runtime.backends.tensorrt.builder import attach_timing_cache
+
+    path = tmp_path / "timing.cache"
+    path.write_bytes(b"other-gpu:conv")
+    config = _Config()
+    attach_timing_cache(config, path)
+    assert config.attached is not None and config.attached.entries == set()
+    assert "made for another GPU or TensorRT version; starting an empty one" in capsys.readouterr().err
+    path.write_bytes(b"a;b")
+    attach_timing_cache(config, path)
+    assert config.attached.entries == {"a", "b"}
+
+
+def test_saving_merges_under_a_lock_and_survives_no_cache(tmp_path, capsys):
+    from trt_runtime.backends.tensorrt.builder import save_timing_cache
+    from trt_runtime.contract.files import exclusive_lock
+
+    path = tmp_path / "timing.cache"
+    config = _Config()
+    save_timing_cache(config, path)  # no cache attached (get_timing_cache() is None): warn, touch nothing
+    assert "returned no timing cache" in capsys.readouterr().err and not path.exists()
+
+    config.attached = _Cache(b"mine")
+    path.write_bytes(b"theirs")
+    lock = tmp_path / "timing.cache.lock"
+    with exclusive_lock(lock):  # another build holds the lock: this one waits for it
+        saver = threading.Thread(target=save_timing_cache, args=(config, path))
+        saver.start()
+        saver.join(0.3)
+        assert saver.is_alive() and path.read_bytes() == b"theirs"
+        path.write_bytes(b"theirs;newer")  # the other build's write, made while it held the lock
+    saver.join(10)
+    assert not saver.is_alive()
+    assert path.read_bytes() == b"mine;newer;theirs"  # merged with what was on disk after the wait

@@ -115,3 +115,23 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatc
         write_bytes_atomic(target, b"new")
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == [ENGINE]
+
+
+def test_aot_kernels_need_a_driver_that_takes_their_ptx(tmp_path):
+    """engine.json records the oldest driver whose JIT takes the AOT kernels' PTX (plugins/aot.py); a machine
+    with an older driver is refused with the fix (review D4)."""
+    info = engine_info(cuda_driver_version="12.8", plugin_ptx_version=87, min_cuda_driver_version="12.8")
+    _matches(info, tmp_path, cuda_driver_version="12.8")
+    _matches(info, tmp_path, cuda_driver_version="13.0")
+    with pytest.raises(EngineMismatchError, match=r"PTX ISA 8.7, which needs a CUDA driver for CUDA 12.8 or newer, "
+                                                  r"and this machine's driver supports CUDA 12.4: update the NVIDIA driver"):
+        _matches(info, tmp_path, cuda_driver_version="12.4")
+    _matches(engine_info(), tmp_path, cuda_driver_version="11.8")  # no AOT kernels: nothing to check
+
+
+def test_layer_report_and_driver_round_trip(tmp_path):
+    info = engine_info(cuda_driver_version="12.4", plugin_ptx_version=84, min_cuda_driver_version="12.4",
+                       layers={"layers": 3, "precision": {"INT8": 2, "FP16": 1}})
+    write_engine(tmp_path, ENGINE_BYTES, info, '{"Layers": []}')
+    assert read_engine_info(tmp_path) == info
+    assert sorted(os.listdir(tmp_path)) == [ENGINE_JSON, "engine_layers.json", ENGINE]

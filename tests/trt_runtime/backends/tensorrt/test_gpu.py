@@ -1,12 +1,16 @@
 """End to end with TensorRT on a GPU (marked `tensorrt` and `gpu`; skipped elsewhere with the reason).
 
 - single ibert ops: engines built by `python -m trt_runtime build`'s code with the plugins (AOT where
-  TensorRT >= 10.12, else JIT) and with --no-plugins (TensorRT runs the exporter's function bodies),
-  compared bit for bit with the NumPy int64 reference;
-- a tiny exported BERT (QDQ): TensorRTRunner against ONNX Runtime, the profile and engine.json checks,
-  one execution context per thread, and `trt_runtime.load(backend="auto")` choosing TensorRT.
+  TensorRT >= 10.9, else JIT; and JIT on request) and with --no-plugins (TensorRT runs the exporter's
+  function bodies), compared bit for bit with the NumPy int64 reference; the recorded implementation
+  and PTX version, and the plugin layers in the layer report;
+- a tiny exported BERT (QDQ): TensorRTRunner against ONNX Runtime in FP32 and FP16, the layer report
+  (INT8 GEMMs), sequence-length buckets, CUDA graphs, the timing cache reused, the profile and engine.json
+  checks, one execution context per thread, and `trt_runtime.load(backend="auto")` choosing TensorRT;
+- trtexec on that engine, where trtexec is installed, summarised by the same code as scripts/trtexec_bench.sh.
 
-On a GPU machine: PYTHONPATH=. python3 -m pytest -m gpu   (record the result in tests/GPU_RESULTS.md)
+On a GPU machine: scripts/gpu_check.sh, or PYTHONPATH=. python3 -m pytest -m gpu tests/trt_runtime/backends/tensorrt
+(record the result in tests/GPU_RESULTS.md)
 """
 
 from __future__ import annotations
@@ -83,9 +87,33 @@ def test_single_op_engine_matches_reference_exactly(tmp_path, case, use_plugins)
     if use_plugins:
         import tensorrt as trt
 
-        assert result.info.plugin_implementation == ("aot" if hasattr(trt, "QuickPluginCreationRequest") else "jit")
+        aot = hasattr(trt, "QuickPluginCreationRequest")
+        assert result.info.plugin_implementation == ("aot" if aot else "jit")
+        assert (result.info.plugin_ptx_version is not None) == aot
+        assert result.info.layers is not None and result.info.layers["ibert_plugins"] == {f"ibert::{case.op}": 1}
     outputs = run_engine(directory, {"X": case.x})
     assert_bitwise_equal(outputs["Y"], case.expected())
+
+
+def test_jit_plugins_on_request(tmp_path):
+    """--plugin-implementation jit (aot=0, kSTRICT_JIT): the Python implementation runs at every enqueue."""
+    import tensorrt as trt
+
+    from tests.fixtures.ibert_kernel_cases import assert_bitwise_equal, gelu_cases
+    from tests.fixtures.tensorrt_test_models import single_op_export_info, single_op_model, write_export_dir
+    from trt_runtime.backends.tensorrt.builder import BuildOptions, build_engine
+    from trt_runtime.backends.tensorrt.plugins import registration
+
+    if not hasattr(trt, "QuickPluginCreationRequest"):
+        pytest.skip(f"TensorRT {trt.__version__} has JIT plugins only: covered above")
+    case = gelu_cases()[0]
+    model = single_op_model(case.op, case.attributes, case.x.shape[-1], case.x.ndim)
+    directory = write_export_dir(tmp_path / "export", model, single_op_export_info(case.x.ndim, case.x.shape[-1]))
+    result = build_engine(directory, BuildOptions(plugin_implementation="jit", progress=False))
+    assert result.info.plugin_implementation == "jit" and result.info.plugin_ptx_version is None
+    before = registration.CALLS["ibert::IntGELU", "jit"]
+    assert_bitwise_equal(run_engine(directory, {"X": case.x})["Y"], case.expected())
+    assert registration.CALLS["ibert::IntGELU", "jit"] > before
 
 
 RUN_WITHOUT_PLUGINS = r"""
@@ -112,7 +140,7 @@ def test_aot_engine_runs_without_python_plugins(tmp_path):
     from trt_runtime.backends.tensorrt.builder import BuildOptions, build_engine
 
     if not hasattr(trt, "QuickPluginCreationRequest"):
-        pytest.skip(f"TensorRT {trt.__version__} has no AOT plugins (10.12+)")
+        pytest.skip(f"TensorRT {trt.__version__} has no AOT plugins (10.9+)")
     case = gelu_cases()[0]
     model = single_op_model(case.op, case.attributes, case.x.shape[-1], case.x.ndim)
     directory = write_export_dir(tmp_path / "export", model, single_op_export_info(case.x.ndim, case.x.shape[-1]))
@@ -221,3 +249,93 @@ def test_load_auto_picks_tensorrt(qdq_export):
 
     runner = trt_runtime.load(qdq_export, backend="auto")
     assert runner.backend == "tensorrt"
+
+
+def test_layer_report_shows_int8_gemms(qdq_export):
+    """The Q/DQ MatMuls must have become INT8 GEMMs: the inspector's JSON says so (layer_report.py)."""
+    from trt_runtime.backends.tensorrt.engine_info import ENGINE_LAYERS, read_engine_info
+
+    layers = read_engine_info(qdq_export).layers
+    assert layers is not None and (qdq_export / ENGINE_LAYERS).exists()
+    print("layer report:", json.dumps(layers))
+    assert layers["gemm"]["work_share"].get("INT8", 0) > 0.5, layers
+
+
+def test_timing_cache_is_reused(qdq_export, tmp_path):
+    """A second build with the first one's cache finds it (set_timing_cache accepts it) and merges into it."""
+    import shutil
+
+    from trt_runtime.backends.tensorrt.builder import BuildOptions, build_engine
+
+    copy = Path(shutil.copytree(qdq_export, tmp_path / "copy"))
+    cache = qdq_export.parent / "cache"
+    size = cache.stat().st_size
+    build_engine(copy, BuildOptions(max_shapes="input_ids:8x64", progress=False, timing_cache=str(cache)))
+    assert cache.stat().st_size >= size and (cache.parent / "cache.lock").exists()
+
+
+@pytest.fixture(scope="module")
+def fp16_export(qdq_export, tmp_path_factory):
+    import shutil
+
+    from trt_runtime.backends.tensorrt.builder import BuildOptions, build_engine
+
+    copy = Path(shutil.copytree(qdq_export, tmp_path_factory.mktemp("fp16") / "export"))
+    build_engine(copy, BuildOptions(fp16=True, max_shapes="input_ids:8x64", progress=False))
+    return copy
+
+
+def test_fp16_engine_agrees_with_onnxruntime(fp16_export):
+    """INT8 GEMMs with FP16 elsewhere (the strongly typed FP16 graph) against ONNX Runtime's FP32 run."""
+    from trt_runtime.backends.onnxruntime.runner import OrtRunner
+    from trt_runtime.backends.tensorrt.engine_info import read_engine_info
+    from trt_runtime.backends.tensorrt.runner import TensorRTRunner
+
+    info = read_engine_info(fp16_export)
+    assert info.fp16 and info.strongly_typed and info.builder["fp16_graph"]["opset"] == 19
+    assert info.layers is not None and "FP16" in info.layers["precision"]
+    runner, reference = TensorRTRunner(fp16_export), OrtRunner(fp16_export)
+    for batch, length in [(1, 5), (8, 64)]:
+        feeds = _feeds(batch, length)
+        np.testing.assert_allclose(runner(feeds)["logits"], reference(feeds)["logits"], atol=5e-2)
+    runner.close()
+
+
+def test_sequence_buckets_and_cuda_graphs(qdq_export, tmp_path):
+    """One profile per bucket, the smallest that fits chosen per call; CUDA graphs replay the same results."""
+    import shutil
+
+    from trt_runtime.backends.tensorrt.builder import BuildOptions, build_engine
+    from trt_runtime.backends.tensorrt.runner import TensorRTRunner
+
+    copy = Path(shutil.copytree(qdq_export, tmp_path / "buckets"))
+    result = build_engine(copy, BuildOptions(max_shapes="input_ids:8x64", sequence_buckets="16,32", progress=False))
+    assert len(result.info.profiles) == 3
+    plain, graphed = TensorRTRunner(copy), TensorRTRunner(copy, cuda_graphs=True)
+    for batch, length in [(2, 10), (2, 10), (3, 30), (3, 30), (8, 64), (2, 10)]:
+        feeds = _feeds(batch, length)
+        np.testing.assert_array_equal(graphed(feeds)["logits"], plain(feeds)["logits"])
+    state = graphed._states[0]
+    assert sorted(state.contexts) == [0, 1, 2]  # one context per profile used
+    assert len(state.graphs) == 3  # one graph per shape
+    graphed.close()
+    plain.close()
+
+
+def test_trtexec_runs_the_engine(qdq_export, tmp_path):
+    """trtexec (where installed) on the engine, summarised as scripts/trtexec_bench.sh does."""
+    import shutil
+    import subprocess
+
+    from trt_runtime.backends.tensorrt.trtexec import summarize, trtexec_args
+
+    trtexec = shutil.which("trtexec") or ("/usr/src/tensorrt/bin/trtexec" if Path("/usr/src/tensorrt/bin/trtexec").exists() else None)
+    if trtexec is None:
+        pytest.skip("trtexec is not installed")
+    args = trtexec_args(qdq_export, export_prefix=str(tmp_path / "run"), iterations=50, warmup_ms=200)
+    run = subprocess.run([trtexec, *args], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = summarize(qdq_export, tmp_path / "run-times.json", tmp_path / "run-profile.json", "gpu-test", args,
+                       "engine", tmp_path / "run-layers.json")
+    print("trtexec:", json.dumps({k: result[k] for k in ("latency_ms", "throughput_sequences_per_s", "batch_size")}))
+    assert result["inferences"] >= 50 and result["throughput_sequences_per_s"] > 0

@@ -257,3 +257,28 @@ def test_real_integer_export(integer_export):
             np.testing.assert_array_equal(values[node.input[3]][0], expected_ln.bias_int)
             np.testing.assert_array_equal(values[node.input[4]][0], expected_ln.output_scale)
     assert prepare_for_tensorrt(model, use_plugins=False).model is model  # --no-plugins: as exported
+
+
+def test_the_aot_attribute_is_the_strict_request():
+    """TensorRT 10.9+'s parser reads the node attribute `aot` (1: kSTRICT_AOT, 0: kSTRICT_JIT; onnx-tensorrt
+    importerUtils.cpp `createPlugin`); NVIDIA's sample writes it as a bool, which ONNX stores as INT."""
+    for aot, expected in ((True, 1), (False, 0)):
+        stripped = strip_plugin_functions(ibert_graph_model(), aot=aot).model
+        onnx.checker.check_model(stripped, full_check=True)
+        for op in PLUGINS:
+            attribute = next(a for a in _node(stripped, op).attribute if a.name == "aot")
+            assert attribute.type == onnx.AttributeProto.INT and attribute.i == expected
+    untouched = strip_plugin_functions(ibert_graph_model()).model  # TensorRT 10.6-10.8: no such attribute
+    assert not any(a.name == "aot" for n in untouched.graph.node for a in n.attribute)
+    assert helper.make_attribute("aot", True).type == onnx.AttributeProto.INT  # what the sample's bool becomes
+
+
+def test_value_types_type_plugin_outputs_like_their_input():
+    from trt_runtime.backends.tensorrt.onnx_prep import value_types
+
+    stripped = strip_plugin_functions(ibert_graph_model()).model
+    types = value_types(stripped)
+    # X -> Q/DQ -> IntLayerNorm (plugin) -> IntGELU (plugin) -> Transpose/MatMul -> IntSoftmax (plugin)
+    for name in ("X_dq", "ln_out", "gelu_out", "gelu_t", "scores", "probs"):
+        assert types[name] == onnx.TensorProto.FLOAT, name
+    assert types["X_q"] == onnx.TensorProto.INT8

@@ -3,7 +3,7 @@ int64 reference: the same kernels and launchers as on a GPU, run on CPU torch te
 
 The interpreter executes the kernel's Triton operations with NumPy, so this checks the algorithm
 (integer steps, rounding, reductions, masking, multi-block rows) but not the GPU code generation; the
-`gpu`-marked tests in test_plugin_kernels.py run the compiled kernels. Triton chooses interpreted or
+`gpu`-marked tests in test_gpu_kernels.py run the compiled kernels. Triton chooses interpreted or
 compiled kernels when it is imported, so the cases run in one child process
 (`TRITON_INTERPRET=1 python -m tests.fixtures.ibert_kernel_cases`) and each is reported here.
 """

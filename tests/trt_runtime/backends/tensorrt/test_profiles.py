@@ -3,21 +3,26 @@ and the runner's check of input shapes against a profile."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from tests.fixtures.tensorrt_test_models import export_info
 from trt_runtime.backends.tensorrt.profiles import (
     ProfileError,
     ShapeRange,
+    bucket_profiles,
     check_feeds_in_profile,
     check_shape_in_profile,
     format_shapes,
+    parse_buckets,
     parse_shapes,
     profile_from_dict,
     profile_to_dict,
     resolve_profile,
+    select_profile,
 )
-from trt_runtime.backends.tensorrt.runner import profile_limits
+from trt_runtime.backends.tensorrt.runner import profile_limits, validate_for_profile
+from trt_runtime.validation import InputError
 
 NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -150,3 +155,64 @@ def test_profile_limits_for_feed_validation():
     assert profile_limits(profile, info) == {"max_batch_size": 32, "max_sequence_length": 64, "min_sequence_length": 4}
     mc = export_info(multiple_choice=True)
     assert profile_limits(resolve_profile(mc), mc)["max_batch_size"] == 16
+
+
+# --------------------------------------------------------------------------------------------------
+# sequence-length buckets: several profiles, the smallest that fits chosen per call
+
+
+def _feeds(batch: int, length: int) -> dict[str, tuple[int, int]]:
+    return {name: (batch, length) for name in NAMES}
+
+
+def test_buckets_cover_every_length_once():
+    info = export_info(max_len=512)
+    profiles = bucket_profiles(resolve_profile(info), info, parse_buckets("128, 64,256"))
+    ranges = [(p["input_ids"].min, p["input_ids"].opt, p["input_ids"].max) for p in profiles]
+    assert ranges == [((1, 1), (8, 64), (32, 64)), ((1, 65), (8, 128), (32, 128)),
+                      ((1, 129), (8, 256), (32, 256)), ((1, 257), (8, 512), (32, 512))]
+    for length in range(1, 513):  # each length in exactly one profile, the one select_profile picks
+        holding = [i for i, p in enumerate(profiles) if p["input_ids"].min[1] <= length <= p["input_ids"].max[1]]
+        assert holding == [select_profile(_feeds(3, length), profiles)]
+
+
+def test_multiple_choice_buckets_keep_the_choices_axis():
+    info = export_info(multiple_choice=True, max_len=64)
+    profiles = bucket_profiles(resolve_profile(info), info, (32,))
+    assert [p["input_ids"].max for p in profiles] == [(16, 8, 32), (16, 8, 64)]
+    assert select_profile({n: (2, 4, 40) for n in NAMES}, profiles) == 1
+
+
+def test_smallest_profile_that_fits():
+    info = export_info(max_len=128)
+    wide = resolve_profile(info, max_shapes="input_ids:32x128")
+    narrow = resolve_profile(info, opt_shapes="input_ids:4x64", max_shapes="input_ids:8x128")
+    assert select_profile(_feeds(4, 100), [wide, narrow]) == 1  # both fit; the smaller wins
+    assert select_profile(_feeds(16, 100), [wide, narrow]) == 0
+    with pytest.raises(ProfileError, match=r"fit none of the engine's 2 optimization profiles"):
+        select_profile(_feeds(64, 10), [wide, narrow])
+
+
+@pytest.mark.parametrize(("text", "message"), [("64,abc", "give sequence lengths"), ("0,64", "at least 1"),
+                                               (",", "at least 1")])
+def test_bad_buckets(text, message):
+    with pytest.raises(ProfileError, match=message):
+        parse_buckets(text)
+
+
+def test_buckets_past_the_longest_sequence_are_refused():
+    info = export_info(max_len=128)
+    with pytest.raises(ProfileError, match=r"\[256\] are over the profile's longest sequence 128"):
+        bucket_profiles(resolve_profile(info), info, (64, 256))
+
+
+def test_runner_limits_and_validation_over_several_profiles():
+    info = export_info(max_len=256)
+    profiles = bucket_profiles(resolve_profile(info, max_shapes="input_ids:16x256"), info, (64,))
+    assert profile_limits(profiles, info) == {"max_batch_size": 16, "max_sequence_length": 256, "min_sequence_length": 1}
+    ids = np.ones((2, 100), np.int64)
+    arrays = validate_for_profile({"input_ids": ids, "attention_mask": ids, "token_type_ids": ids * 0}, info, profiles)
+    assert arrays["input_ids"].shape == (2, 100)
+    with pytest.raises(InputError, match="over this backend's limit of 16"):
+        validate_for_profile({"input_ids": np.ones((17, 10), np.int64), "attention_mask": np.ones((17, 10), np.int64),
+                              "token_type_ids": np.zeros((17, 10), np.int64)}, info, profiles)

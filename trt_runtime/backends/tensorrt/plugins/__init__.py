@@ -7,7 +7,8 @@ the engine, which then runs without Python, e.g. under trtexec).
 
 This module is only the description (names, inputs, attributes): importing it needs neither
 TensorRT nor Triton. `register_plugins()` imports `trt_runtime.backends.tensorrt.plugins.registration`, which
-registers the plugins with TensorRT (needs tensorrt>=10.7 and triton). The kernels are in
+registers the plugins with TensorRT (needs tensorrt>=10.6, whose `tensorrt.plugin` added Python plugins,
+and triton; AOT implementations from 10.9). The kernels are in
 `trt_runtime.backends.tensorrt.plugins.kernels` (Triton only), their host-side constants in
 `trt_runtime.contract.ibert` (NumPy only).
 """
@@ -29,11 +30,11 @@ def register_plugins() -> list[str]:
 
     require_tensorrt()
     try:
-        import tensorrt.plugin  # noqa: F401  (TensorRT >= 10.7)
+        import tensorrt.plugin  # noqa: F401  (TensorRT >= 10.6)
     except ImportError as e:
         raise PluginsUnavailable(
-            f"this TensorRT has no Python plugin API (tensorrt.plugin: {e}); install tensorrt>=10.7 "
-            f"(>=10.12 for engines that run without Python), or build with --no-plugins"
+            f"this TensorRT has no Python plugin API (tensorrt.plugin: {e}); install tensorrt>=10.6 "
+            f"(>=10.9 for engines that run without Python), or build with --no-plugins"
         ) from None
     try:
         import triton  # noqa: F401

@@ -6,6 +6,14 @@ pointers) -- no Python at run time. Triton (3.3+) appends two pointer parameters
 kernel (global and profile scratch, null when the kernel needs no scratch), which TensorRT does not
 pass; `drop_scratch_params` removes them from the PTX after checking the kernel never reads them.
 
+PTX version. The PTX is JIT-compiled by the CUDA driver when TensorRT builds the engine and whenever it
+loads it, and a driver refuses PTX newer than itself (CUDA_ERROR_UNSUPPORTED_PTX_VERSION). Triton 3.6
+writes the `.version` of its bundled ptxas (12.8: PTX ISA 8.7, which needs an R570 driver) unless
+`CUDAOptions.ptx_version` says otherwise (triton/backends/nvidia/compiler.py: `ptx_get_version`,
+`get_ptx_version_from_options`, `make_ptx` rewriting `.version`). So the builder compiles for
+`ptx_version_for_driver(the build machine's driver)` and records in engine.json the oldest CUDA driver
+that takes it (`min_cuda_driver_for_ptx`), which the runner checks on the machine that loads the engine.
+
 Needs Triton only, not a GPU: the PTX can be generated for any target (the tests do it on the CPU).
 """
 
@@ -68,6 +76,23 @@ def _target(target: tuple[str, int, int] | None) -> Any:
     return GPUTarget(*target)
 
 
+def ptx_version_for_driver(driver: tuple[int, int], capability: int = 90) -> int:
+    """The PTX ISA version to compile for (87 = 8.7): the newest both Triton's ptxas and the driver take."""
+    from triton.backends.nvidia.compiler import get_ptxas, ptx_get_version
+
+    return min(ptx_get_version(get_ptxas(capability).version), ptx_get_version(f"{driver[0]}.{driver[1]}"))
+
+
+def min_cuda_driver_for_ptx(ptx_version: int) -> tuple[int, int]:
+    """The oldest CUDA driver version whose JIT takes PTX ISA `ptx_version` (Triton's own mapping, inverted)."""
+    from triton.backends.nvidia.compiler import ptx_get_version
+
+    for version in [(11, minor) for minor in range(9)] + [(12, minor) for minor in range(10)] + [(13, m) for m in range(10)]:
+        if ptx_get_version(f"{version[0]}.{version[1]}") >= ptx_version:
+            return version
+    raise AotCompileError(f"no CUDA driver version known to take PTX ISA {ptx_version // 10}.{ptx_version % 10}")
+
+
 @functools.cache
 def _compile(
     kernel_name: str,
@@ -75,6 +100,7 @@ def _compile(
     constexprs: tuple[tuple[str, Any], ...],
     block: int,
     target: tuple[str, int, int] | None,
+    ptx_version: int | None = None,
 ) -> CompiledKernel:
     import triton
 
@@ -83,7 +109,10 @@ def _compile(
     full_signature.update({name: "constexpr" for name, _ in constexprs})
     source = triton.compiler.ASTSource(fn=fn, signature=full_signature, constexprs=dict(constexprs))
     gpu = _target(target)
-    compiled = triton.compile(source, target=gpu, options={"num_warps": kernels.NUM_WARPS})
+    options: dict[str, Any] = {"num_warps": kernels.NUM_WARPS}
+    if ptx_version is not None:
+        options["ptx_version"] = ptx_version
+    compiled = triton.compile(source, target=gpu, options=options)
     metadata = compiled.metadata
     if getattr(metadata, "global_scratch_size", 0) or getattr(metadata, "profile_scratch_size", 0):
         raise AotCompileError(f"{kernel_name} needs Triton scratch memory, which an AOT plugin cannot provide")
@@ -98,7 +127,9 @@ def _f32(value: float) -> float:
     return float(np.float32(value))
 
 
-def int_gelu(per_channel: bool, target: tuple[str, int, int] | None = None) -> CompiledKernel:
+def int_gelu(
+    per_channel: bool, target: tuple[str, int, int] | None = None, ptx_version: int | None = None
+) -> CompiledKernel:
     signature = (
         ("x_ptr", "*fp32"),
         ("int_constants_ptr", "*i64"),
@@ -108,7 +139,7 @@ def int_gelu(per_channel: bool, target: tuple[str, int, int] | None = None) -> C
         ("y_ptr", "*fp32"),
     )
     constexprs = (("PER_CHANNEL", bool(per_channel)), ("BLOCK", kernels.GELU_BLOCK))
-    return _compile("int_gelu_kernel", signature, constexprs, kernels.GELU_BLOCK, target)
+    return _compile("int_gelu_kernel", signature, constexprs, kernels.GELU_BLOCK, target, ptx_version)
 
 
 def softmax_constexprs(input_scale: float, exp_scale: float, output_bits: int) -> tuple[tuple[str, Any], ...]:
@@ -127,11 +158,15 @@ def softmax_constexprs(input_scale: float, exp_scale: float, output_bits: int) -
 
 
 def int_softmax(
-    input_scale: float, exp_scale: float, output_bits: int, target: tuple[str, int, int] | None = None
+    input_scale: float,
+    exp_scale: float,
+    output_bits: int,
+    target: tuple[str, int, int] | None = None,
+    ptx_version: int | None = None,
 ) -> CompiledKernel:
     signature = (("x_ptr", "*fp32"), ("n_rows", "i32"), ("row_length", "i32"), ("y_ptr", "*fp32"))
     constexprs = softmax_constexprs(input_scale, exp_scale, output_bits)
-    return _compile("int_softmax_kernel", signature, constexprs, kernels.SOFTMAX_BLOCK, target)
+    return _compile("int_softmax_kernel", signature, constexprs, kernels.SOFTMAX_BLOCK, target, ptx_version)
 
 
 def layernorm_constexprs(input_scale: float, shift: int) -> tuple[tuple[str, Any], ...]:
@@ -140,7 +175,9 @@ def layernorm_constexprs(input_scale: float, shift: int) -> tuple[tuple[str, Any
     return (("INPUT_SCALE", _f32(input_scale)), ("SHIFT", int(shift)), ("BLOCK", kernels.LAYERNORM_BLOCK))
 
 
-def int_layernorm(input_scale: float, shift: int, target: tuple[str, int, int] | None = None) -> CompiledKernel:
+def int_layernorm(
+    input_scale: float, shift: int, target: tuple[str, int, int] | None = None, ptx_version: int | None = None
+) -> CompiledKernel:
     signature = (
         ("x_ptr", "*fp32"),
         ("weight_ptr", "*fp32"),
@@ -152,4 +189,4 @@ def int_layernorm(input_scale: float, shift: int, target: tuple[str, int, int] |
         ("y_ptr", "*fp32"),
     )
     constexprs = layernorm_constexprs(input_scale, shift)
-    return _compile("int_layernorm_kernel", signature, constexprs, kernels.LAYERNORM_BLOCK, target)
+    return _compile("int_layernorm_kernel", signature, constexprs, kernels.LAYERNORM_BLOCK, target, ptx_version)

@@ -1,7 +1,9 @@
 """Registers the ibert plugins with TensorRT's Python plugin API; importing this module does it (once).
 
 Use `trt_runtime.backends.tensorrt.plugins.register_plugins()`, which checks the requirements first. Needs tensorrt
-(>= 10.7; AOT implementations from 10.12) and triton; the JIT implementations also need torch.
+(>= 10.6, which added `tensorrt.plugin`; AOT implementations from 10.9, which added `aot_impl`,
+`KernelLaunchParams` and `QuickPluginCreationRequest`: NVIDIA/TensorRT python/packaging/bindings_wheel/
+tensorrt/plugin/_lib.py at v10.6.0 and v10.9.0) and triton; the JIT implementations also need torch.
 
 Each plugin is `ibert::<Op>` with the ONNX node's inputs, then the constant tables the builder
 appends (`trt_runtime.contract.ibert`), and the ONNX attributes as plugin fields. The ONNX parser
@@ -11,6 +13,7 @@ int32; a scalar attribute arrives as a 1-element array), the types TensorRT's pl
 No `from __future__ import annotations` here: tensorrt.plugin reads the annotations at run time.
 """
 
+import collections
 import contextlib
 import functools
 from collections.abc import Iterator
@@ -25,8 +28,12 @@ from trt_runtime.backends.tensorrt.plugins.specs import PLUGINS
 
 Floats = npt.NDArray[np.float32]
 Ints = npt.NDArray[np.int32]
-#: TensorRT >= 10.12 can embed compiled kernels in the engine (AOT plugins)
+#: TensorRT >= 10.9 can embed compiled kernels in the engine (AOT plugins)
 HAS_AOT = hasattr(trtp, "aot_impl")
+#: (plugin id, "aot" | "jit") -> how often TensorRT called that implementation in this process: the AOT one
+#: when it builds (for the kernel), the JIT one whenever it runs the plugin. The builder compares the counts
+#: before and after a build to record which implementation the engine really has.
+CALLS: collections.Counter[tuple[str, str]] = collections.Counter()
 
 
 def registered_plugin_ids() -> list[str]:
@@ -114,6 +121,7 @@ def int_gelu_jit(
 ) -> None:
     from trt_runtime.backends.tensorrt.plugins import launchers
 
+    CALLS["ibert::IntGELU", "jit"] += 1
     with _on_stream(stream):
         launchers.int_gelu(_torch(x), _torch(int_constants), _torch(float_constants), out=_torch(outputs[0]))
 
@@ -129,6 +137,7 @@ def int_softmax_jit(
 ) -> None:
     from trt_runtime.backends.tensorrt.plugins import launchers
 
+    CALLS["ibert::IntSoftmax", "jit"] += 1
     with _on_stream(stream):
         launchers.int_softmax(
             _torch(x), _scalar(input_scale), _scalar(exp_scale), int(_scalar(output_bits)), out=_torch(outputs[0])
@@ -149,6 +158,7 @@ def int_layernorm_jit(
 ) -> None:
     from trt_runtime.backends.tensorrt.plugins import launchers
 
+    CALLS["ibert::IntLayerNorm", "jit"] += 1
     with _on_stream(stream):
         launchers.int_layernorm(
             _torch(x), _torch(weight), _torch(bias), _torch(int_constants), _torch(float_constants),
@@ -170,6 +180,14 @@ def _target() -> tuple[str, int, int]:
     _, capability = gpu_properties()
     major, minor = capability.split(".")
     return ("cuda", int(major) * 10 + int(minor), 32)
+
+
+@functools.cache
+def ptx_version() -> int:
+    """The PTX ISA the AOT kernels are compiled for: the newest this machine's CUDA driver takes (aot.py)."""
+    from trt_runtime.backends.tensorrt.libs import cuda_driver_version
+
+    return aot.ptx_version_for_driver(cuda_driver_version(), _target()[1])
 
 
 def _launch(kernel: aot.CompiledKernel, grid_x: trtp.ShapeExpr, sizes: list[trtp.ShapeExpr]) -> AotResult:
@@ -195,7 +213,8 @@ if HAS_AOT:
         outputs: tuple[trtp.TensorDesc],
         tactic: int,
     ) -> AotResult:
-        kernel = aot.int_gelu(per_channel=np.asarray(input_scale).size > 1, target=_target())
+        CALLS["ibert::IntGELU", "aot"] += 1
+        kernel = aot.int_gelu(np.asarray(input_scale).size > 1, _target(), ptx_version())
         n = x.shape_expr.numel()
         return _launch(kernel, trtp.cdiv(n, kernel.block), [n, x.shape_expr[-1]])
 
@@ -210,7 +229,10 @@ if HAS_AOT:
         outputs: tuple[trtp.TensorDesc],
         tactic: int,
     ) -> AotResult:
-        kernel = aot.int_softmax(_scalar(input_scale), _scalar(exp_scale), int(_scalar(output_bits)), _target())
+        CALLS["ibert::IntSoftmax", "aot"] += 1
+        kernel = aot.int_softmax(
+            _scalar(input_scale), _scalar(exp_scale), int(_scalar(output_bits)), _target(), ptx_version()
+        )
         rows = x.shape_expr.numel() // x.shape_expr[-1]
         return _launch(kernel, rows, [rows, x.shape_expr[-1]])
 
@@ -228,6 +250,7 @@ if HAS_AOT:
         outputs: tuple[trtp.TensorDesc],
         tactic: int,
     ) -> AotResult:
-        kernel = aot.int_layernorm(_scalar(input_scale), int(_scalar(shift)), _target())
+        CALLS["ibert::IntLayerNorm", "aot"] += 1
+        kernel = aot.int_layernorm(_scalar(input_scale), int(_scalar(shift)), _target(), ptx_version())
         rows = x.shape_expr.numel() // x.shape_expr[-1]
         return _launch(kernel, rows, [rows, x.shape_expr[-1]])

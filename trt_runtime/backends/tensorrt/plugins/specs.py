@@ -10,6 +10,9 @@ from trt_runtime.contract import ibert
 #: type and its `plugin_namespace` attribute, which the builder sets to this.
 PLUGIN_NAMESPACE = ibert.DOMAIN
 PLUGIN_VERSION = "1"
+#: ONNX element types (TensorProto.FLOAT, TensorProto.INT64) of the plugins' tensors: the node's inputs are
+#: float32 (integers times their scale, DESIGN.md), the appended tables int64 and float32
+FLOAT, INT64 = 1, 7
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,11 @@ class PluginSpec:
     @property
     def plugin_id(self) -> str:
         return f"{PLUGIN_NAMESPACE}::{self.name}"
+
+    @property
+    def input_types(self) -> tuple[int, ...]:
+        """ONNX element types of the plugin's inputs, the appended tables included (what registration.py reads)."""
+        return (FLOAT,) * len(self.inputs) + ((INT64, FLOAT) if self.has_tables else ())
 
 
 #: The ibert domain's contract (DESIGN.md). Attribute order is the plugins' field order. The plugins'
