@@ -34,6 +34,7 @@ from trt_runtime.backends.tensorrt.engine_info import (
     read_engine_info,
 )
 from trt_runtime.backends.tensorrt.libs import tensorrt_available as tensorrt_available
+from trt_runtime.backends.tensorrt.options import TensorRTOptions
 from trt_runtime.backends.tensorrt.profiles import Profile, ProfileError, check_feeds_in_profile
 from trt_runtime.contract.export_dir import ENGINE, MODEL_ONNX, ExportInfo
 from trt_runtime.contract.files import sha256_bytes, sha256_file
@@ -115,9 +116,17 @@ class TensorRTRunner(BaseRunner):
     """Runs model.engine of an export directory with TensorRT (see the module docstring)."""
 
     backend = "tensorrt"
+    options_class = TensorRTOptions
 
     def __init__(
-        self, export_dir: str | Path, device: int = 0, *, info: ExportInfo | None = None, reason: str = "asked for"
+        self,
+        export_dir: str | Path,
+        options: TensorRTOptions | None = None,
+        *,
+        info: ExportInfo | None = None,
+        reason: str = "asked for",
+        verify_sha256: bool = True,
+        **keywords: Any,
     ) -> None:
         from trt_runtime.backends.tensorrt.libs import (
             cuda_call,
@@ -126,9 +135,10 @@ class TensorRTRunner(BaseRunner):
             require_tensorrt,
         )
 
-        super().__init__(export_dir, info=info, reason=reason)
-        self.directory = self.export_dir
-        self.engine_info: EngineInfo = read_engine_info(self.directory)
+        self.options = TensorRTOptions.from_keywords(self.backend, keywords, base=options or TensorRTOptions())
+        device = self.options.device
+        super().__init__(export_dir, info=info, reason=reason, verify_sha256=verify_sha256)
+        self.engine_info: EngineInfo = read_engine_info(self.export_dir)
         require_tensorrt()
         import tensorrt as trt
 
@@ -136,11 +146,11 @@ class TensorRTRunner(BaseRunner):
         cuda_call(self._cudart.cudaSetDevice(device))
         self.device = device
         _, compute_capability = gpu_properties(device)
-        engine_bytes = (self.directory / ENGINE).read_bytes()
+        engine_bytes = (self.export_dir / ENGINE).read_bytes()
         check_engine_matches(
             self.engine_info,
-            self.directory,
-            onnx_sha256=self.info.onnx_sha256 or sha256_file(self.directory / MODEL_ONNX),
+            self.export_dir,
+            onnx_sha256=self.info.onnx_sha256 or sha256_file(self.export_dir / MODEL_ONNX),
             tensorrt_version=str(trt.__version__),
             compute_capability=compute_capability,
             engine_sha256=sha256_bytes(engine_bytes),
@@ -155,8 +165,8 @@ class TensorRTRunner(BaseRunner):
         engine = self._runtime.deserialize_cuda_engine(engine_bytes)
         if engine is None:
             raise EngineMismatchError(
-                f"TensorRT could not deserialize {self.directory / ENGINE} (see its log above); rebuild it: "
-                f"python -m trt_runtime build {self.directory}"
+                f"TensorRT could not deserialize {self.export_dir / ENGINE} (see its log above); rebuild it: "
+                f"python -m trt_runtime build {self.export_dir}"
             )
         self._engine: trt.ICudaEngine = engine
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -165,16 +175,16 @@ class TensorRTRunner(BaseRunner):
         self._dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
         if set(self._inputs) != set(self.info.input_names) or set(self._outputs) != set(self.info.output_names):
             raise EngineMismatchError(
-                f"{self.directory / ENGINE} has inputs {self._inputs} and outputs {self._outputs}, export.json "
+                f"{self.export_dir / ENGINE} has inputs {self._inputs} and outputs {self._outputs}, export.json "
                 f"{self.info.input_names} and {self.info.output_names}; rebuild it: python -m trt_runtime build "
-                f"{self.directory}"
+                f"{self.export_dir}"
             )
         self.profile: Profile = self.engine_info.profiles[0]
         self._set_choice(
             graph="engine",
             graph_reason=f"{ENGINE} built from {MODEL_ONNX}",
             cache=CacheStatus.PREBUILT,
-            cache_detail=f"{self.directory / ENGINE}, checked against engine.json",
+            cache_detail=f"{self.export_dir / ENGINE}, checked against engine.json",
         )
         self._local = threading.local()
         self._states: list[_ThreadState] = []
@@ -265,5 +275,5 @@ class TensorRTRunner(BaseRunner):
             self._close()
 
     def __repr__(self) -> str:
-        return f"TensorRTRunner({str(self.directory)!r}, TensorRT {self.engine_info.tensorrt_version})"
+        return f"TensorRTRunner({str(self.export_dir)!r}, TensorRT {self.engine_info.tensorrt_version})"
 
