@@ -124,6 +124,10 @@ class RunnerOptions:
         cls: type[OptionsT], backend: str, keywords: Mapping[str, Any], base: OptionsT | None = None
     ) -> OptionsT:
         """The options from keyword arguments (on top of `base`); TypeError for a name it does not have."""
+        if base is not None and not isinstance(base, cls):
+            raise TypeError(
+                f"the {backend} runner's options must be a {cls.__name__} (or keyword arguments), got {base!r}"
+            )
         cls.check_names(backend, keywords)
         return replace(base, **keywords) if base is not None else cls(**keywords)
 
@@ -137,6 +141,8 @@ class BaseRunner(abc.ABC):
     options_class: ClassVar[type[RunnerOptions]]
     #: what the backend chose; subclasses set it in __init__
     choice: BackendChoice
+    #: the options this runner was made with (an `options_class`); subclasses set it in __init__
+    options: RunnerOptions
 
     def __init__(
         self,

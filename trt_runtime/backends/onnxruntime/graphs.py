@@ -26,9 +26,10 @@ import importlib
 import logging
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from trt_runtime.backends.artefacts import CacheLocation, Expected, obtain, verify, write
 from trt_runtime.backends.base import CacheStatus
@@ -59,6 +60,19 @@ CPU = "CPUExecutionProvider"
 DERIVATION_ERRORS = (CpuInt8Error, CpuFloatError)
 
 
+def _int8_made_with() -> dict[str, Any]:
+    # the weights' bit width depends on the CPU (see recipes.int8_dot_products_are_exact): part of what must match
+    return {"recipe": recipe_record(Recipe()), "int8_dot_products_exact": int8_dot_products_are_exact()}
+
+
+def _float_made_with() -> dict[str, Any]:
+    return {"recipe": float_recipe_record()}
+
+
+def _machine() -> dict[str, Any]:
+    return {"machine": platform.machine().lower()}
+
+
 @dataclass(frozen=True)
 class CpuGraph:
     """One kind of derived CPU graph."""
@@ -67,26 +81,18 @@ class CpuGraph:
     what: str  # for messages
     prebuilt: str  # its file in the export, from `python -m trt_runtime build --target NAME`
     module: str  # the module whose `derive(export_dir, info)` makes it (imported when needed: it needs onnx)
-
-    def check_applies(self, export_dir: Path, info: ExportInfo) -> None:
-        (check_int8_applies if self.name == "cpu-int8" else check_float_applies)(export_dir, info)
+    check_applies: Callable[[str | os.PathLike, ExportInfo], None]  # raises `error` where it does not apply
+    error: type[ValueError]
+    made_with: Callable[[], dict[str, Any]]  # besides the onnxruntime version: what else must match
+    made_on: Callable[[], dict[str, Any]]  # recorded for the reader
 
     def expected(self, export_dir: Path, info: ExportInfo) -> Expected:
         """What this graph must be made from and with, for this export on this machine and onnxruntime."""
         import onnxruntime
 
         source_sha256 = info.onnx_sha256 or sha256_file(export_dir / MODEL_ONNX)
-        if self.name == "cpu-int8":
-            made_with = {
-                "onnxruntime_version": onnxruntime.__version__,
-                "recipe": recipe_record(Recipe()),
-                "int8_dot_products_exact": int8_dot_products_are_exact(),
-            }
-            made_on = cpu_int8_features()
-        else:
-            made_with = {"onnxruntime_version": onnxruntime.__version__, "recipe": float_recipe_record()}
-            made_on = {"machine": platform.machine().lower()}
-        return Expected(self.name, MODEL_ONNX, source_sha256, made_with, made_on)
+        made_with = {"onnxruntime_version": onnxruntime.__version__, **self.made_with()}
+        return Expected(self.name, MODEL_ONNX, source_sha256, made_with, self.made_on())
 
     def cache_name(self, expected: Expected) -> str:
         """<name>-<onnxruntime version>-<recipe tag>.onnx (inside the export's cache directory)."""
@@ -99,8 +105,14 @@ class CpuGraph:
 
 
 CPU_GRAPHS = {
-    "cpu-int8": CpuGraph("cpu-int8", "the CPU INT8 graph", CPU_INT8_ONNX, "cpu_int8"),
-    "cpu-float": CpuGraph("cpu-float", "the fused float graph", CPU_FLOAT_ONNX, "cpu_float"),
+    "cpu-int8": CpuGraph(
+        "cpu-int8", "the CPU INT8 graph", CPU_INT8_ONNX, "cpu_int8", check_int8_applies, CpuInt8Error,
+        _int8_made_with, cpu_int8_features,
+    ),
+    "cpu-float": CpuGraph(
+        "cpu-float", "the fused float graph", CPU_FLOAT_ONNX, "cpu_float", check_float_applies, CpuFloatError,
+        _float_made_with, _machine,
+    ),
 }
 
 
@@ -169,7 +181,7 @@ def choose_graph(
     if has_external_data(export_dir / MODEL_ONNX):  # over protobuf's 2 GB: a derived graph could not be saved
         why = f"{MODEL_ONNX} keeps its weights in external data files (a model over 2 GB)"
         if explicit:
-            raise (CpuInt8Error if name == "cpu-int8" else CpuFloatError)(f"{kind.what} is not made where {why}")
+            raise kind.error(f"{kind.what} is not made where {why}")
         return exported_graph(export_dir, info, f"the exported graph ({why})")
     try:
         expected = kind.expected(export_dir, info)

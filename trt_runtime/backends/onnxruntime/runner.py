@@ -127,6 +127,7 @@ class OrtRunner(BaseRunner):
 
     backend = "onnxruntime"
     options_class = OrtOptions
+    options: OrtOptions
 
     def __init__(
         self,

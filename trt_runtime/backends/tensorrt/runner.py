@@ -117,6 +117,7 @@ class TensorRTRunner(BaseRunner):
 
     backend = "tensorrt"
     options_class = TensorRTOptions
+    options: TensorRTOptions
 
     def __init__(
         self,

@@ -218,6 +218,8 @@ def test_options_are_a_typed_dataclass_and_keywords_alike(tmp_path):
     assert by_class.session.get_session_options().intra_op_num_threads == 1
     # keywords on top of an options object
     assert OrtRunner(export_dir, OrtOptions(graph="exported"), cache=False).options.cache is False
+    with pytest.raises(TypeError, match="options must be a OrtOptions .*got \\{'graph'"):
+        OrtRunner(export_dir, {"graph": "exported"})  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
