@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         runner = pipes[name].runner
         # the INT8 export runs as the CPU INT8 graph derived from model.onnx (trt_runtime.backends.onnxruntime.cpu_int8)
-        graph = getattr(runner, "graph_reason", "the exported graph")
+        graph = runner.choice.graph_reason
         say(f"  {name}: {runner.backend} on {', '.join(runner.providers)}; {graph}")
     # both models take turns on the same chunks, so that load from other processes hits both alike
     seconds = dict.fromkeys(pipes, 0.0)

@@ -1,34 +1,104 @@
-"""`trt_runtime.load(dir, backend)`: pick the backend for an export directory and open a runner on it.
+"""`trt_runtime.load(dir, backend, **options)`: pick the backend for an export directory and open a runner on it.
 
-"auto" takes TensorRT only where all three are present: a built engine (model.engine + engine.json,
-from `python -m trt_runtime build DIR`), the TensorRT library with cuda-python, and a GPU; otherwise
-ONNX Runtime. The choice and its reason are logged and kept on the runner as `choice`.
+"auto" takes TensorRT where all three are present: a built engine (model.engine + engine.json, from `python -m
+trt_runtime build DIR`), the TensorRT library with cuda-python, and a GPU. Otherwise, and where the engine
+turns out to be unusable here (stale, built for another GPU or TensorRT, JIT plugins that cannot load), the
+CPU backends of `CPU_BACKENDS` for the export's mode, the first one installed that opens, ending with ONNX
+Runtime, which is always there. The choice and its reason are logged and kept on the runner as `choice`.
+
+export.json is read (and checked) once per load, here, and handed to the runner.
 """
 
 from __future__ import annotations
 
-import inspect
+import importlib
+import importlib.util
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trt_runtime.backends.base import BaseRunner
-from trt_runtime.contract.export_dir import ENGINE, ENGINE_JSON, read_export_info
+from trt_runtime.backends.base import BackendUnavailableError, BaseRunner, RunnerOptions
+from trt_runtime.contract.export_dir import ENGINE, ENGINE_JSON, ExportInfo, read_export_info
+
+__all__ = ["BACKENDS", "CPU_BACKENDS", "BackendUnavailableError", "load", "open_runner", "runner_options"]
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
+
+@dataclass(frozen=True)
+class Backend:
+    """How to reach one backend without importing it: "module:attribute" paths, imported when used."""
+
+    runner: str  # its BaseRunner subclass
+    options: str  # its RunnerOptions dataclass (a light module: no backend library imported)
+    requires: tuple[str, ...] = ()  # top-level packages it needs installed
+    #: errors its runner raises when it cannot serve this export here, on which "auto" falls back
+    fallback_errors: tuple[str, ...] = ()
+
+    def installed(self) -> bool:
+        return all(importlib.util.find_spec(name) is not None for name in self.requires)
+
+    def options_class(self) -> type[RunnerOptions]:
+        cls: type[RunnerOptions] = _attribute(self.options)
+        return cls
+
+    def runner_class(self) -> type[BaseRunner]:
+        cls: type[BaseRunner] = _attribute(self.runner)
+        return cls
 
 
-class BackendUnavailableError(RuntimeError):
-    """The backend asked for cannot run here; the message says what is missing and what to do."""
+def _attribute(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+#: the backends, by name; a new backend is one line here (and its row in CPU_BACKENDS)
+BACKENDS: dict[str, Backend] = {
+    "onnxruntime": Backend(
+        "trt_runtime.backends.onnxruntime.runner:OrtRunner",
+        "trt_runtime.backends.onnxruntime.options:OrtOptions",
+        ("onnxruntime",),
+    ),
+    "tensorrt": Backend(
+        "trt_runtime.backends.tensorrt.runner:TensorRTRunner",
+        "trt_runtime.backends.tensorrt.options:TensorRTOptions",
+        fallback_errors=(
+            "trt_runtime.backends.tensorrt.engine_info:EngineMismatchError",
+            "trt_runtime.backends.tensorrt.plugins:PluginsUnavailable",
+            "trt_runtime.backends.tensorrt.libs:TensorRTUnavailable",
+        ),
+    ),
+}
+#: what backend="auto" runs on the CPU, per export mode, fastest first, chosen by measurement
+#: (docs/benchmarks.md), never guessed at load time; "onnxruntime" ends every row: it is always there
+CPU_BACKENDS: dict[str, tuple[str, ...]] = {
+    "none": ("onnxruntime",),
+    "qdq": ("onnxruntime",),
+    "integer": ("onnxruntime",),
+}
+AUTO = "auto"
+
+
+def backend_names() -> tuple[str, ...]:
+    return (AUTO, *BACKENDS)
+
+
+def runner_options(backend: str) -> set[str]:
+    """The keyword options that the runner of `backend` takes (without importing the backend)."""
+    return set(BACKENDS[backend].options_class().names())
+
+
+def all_runner_options() -> set[str]:
+    """Every keyword option some backend takes."""
+    return {name for backend in BACKENDS for name in runner_options(backend)}
 
 
 def tensorrt_status() -> tuple[bool, str]:
     """Whether the TensorRT backend can run on this machine (library, cuda-python and a GPU), and why not."""
     try:
-        from trt_runtime.backends.tensorrt.runner import tensorrt_available
+        from trt_runtime.backends.tensorrt.libs import tensorrt_available
     except ImportError as e:
         return False, f"the TensorRT backend cannot be imported ({e})"
     return tensorrt_available()
@@ -45,46 +115,18 @@ def engine_status(directory: Path) -> tuple[bool, str]:
     return True, f"engine {directory / ENGINE}"
 
 
-def _runner_class(backend: str) -> type:
+def _check_backend(backend: str) -> None:
+    if backend not in backend_names():
+        raise ValueError(f"backend={backend!r}; choose one of {', '.join(backend_names())}")
+
+
+def candidates(directory: Path, info: ExportInfo, backend: str = AUTO) -> list[tuple[str, str]]:
+    """The backends to try, in order, each with why: one for an explicit backend (BackendUnavailableError
+    where it cannot run here), the preference list for "auto"."""
+    _check_backend(backend)
     if backend == "tensorrt":
-        from trt_runtime.backends.tensorrt.runner import TensorRTRunner
-
-        return TensorRTRunner
-    from trt_runtime.backends.onnxruntime.runner import OrtRunner
-
-    return OrtRunner
-
-
-def runner_options(backend: str) -> set[str]:
-    """The keyword options that the runner class of `backend` accepts."""
-    parameters = inspect.signature(_runner_class(backend)).parameters
-    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    internal = {"export_dir", "info", "reason", "verify_sha256"}
-    return {name for name, p in parameters.items() if name not in internal and p.kind in keyword}
-
-
-def _split_options(backend: str, options: dict[str, Any], explicit: bool) -> dict[str, Any]:
-    accepted = runner_options(backend)
-    unknown = sorted(set(options) - accepted)
-    if unknown and explicit:
-        raise TypeError(
-            f"unknown option(s) {', '.join(unknown)} for the {backend} backend; "
-            f"it takes {', '.join(sorted(accepted))}"
-        )
-    if unknown:  # backend="auto": options meant for the backend that was not chosen
-        logger.info("ignoring option(s) %s, which the %s backend does not take", ", ".join(unknown), backend)
-    return {k: v for k, v in options.items() if k in accepted}
-
-
-def choose_backend(directory: Path, backend: str = "auto") -> tuple[str, str]:
-    """(backend, reason) for `directory`; BackendUnavailableError where an explicit choice cannot run."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "onnxruntime":
-        return backend, "asked for"
-    has_engine, engine_reason = engine_status(directory)
-    trt_ok, trt_reason = tensorrt_status() if has_engine or backend == "tensorrt" else (False, "not checked")
-    if backend == "tensorrt":
+        has_engine, engine_reason = engine_status(directory)
+        trt_ok, trt_reason = tensorrt_status()
         if not trt_ok:
             raise BackendUnavailableError(
                 f"backend='tensorrt' cannot run here: {trt_reason}. Use backend='onnxruntime' (or 'auto'), "
@@ -92,25 +134,115 @@ def choose_backend(directory: Path, backend: str = "auto") -> tuple[str, str]:
             )
         if not has_engine:
             raise BackendUnavailableError(f"backend='tensorrt': {engine_reason}")
-        return backend, "asked for"
-    if has_engine and trt_ok:
-        return "tensorrt", f"{engine_reason} and TensorRT is available ({trt_reason})"
-    why = engine_reason if not has_engine else f"TensorRT is not available: {trt_reason}"
-    return "onnxruntime", f"ONNX Runtime fallback: {why}"
+        return [(backend, "asked for")]
+    if backend != AUTO:
+        if not BACKENDS[backend].installed():
+            packages = ", ".join(BACKENDS[backend].requires)
+            raise BackendUnavailableError(
+                f"backend={backend!r} cannot run here: {packages} is not installed; install it, or use "
+                f"backend='auto'"
+            )
+        return [(backend, "asked for")]
+    found: list[tuple[str, str]] = []
+    has_engine, engine_reason = engine_status(directory)
+    if has_engine:
+        trt_ok, trt_reason = tensorrt_status()
+        if trt_ok:
+            found.append(("tensorrt", f"{engine_reason} and TensorRT is available ({trt_reason})"))
+        why_not_tensorrt = f"TensorRT is not available: {trt_reason}" if not trt_ok else ""
+    else:
+        why_not_tensorrt = engine_reason
+    preference = CPU_BACKENDS.get(info.quantization, ("onnxruntime",))
+    skipped: list[str] = []
+    for name in preference:
+        if not BACKENDS[name].installed():
+            skipped.append(f"{name} is not installed")
+            continue
+        if name == "onnxruntime":
+            reasons = [f"ONNX Runtime fallback: {why_not_tensorrt}" if why_not_tensorrt else "ONNX Runtime fallback"]
+        else:
+            reasons = [
+                f"the fastest CPU backend installed for {info.quantization!r} exports (loader.CPU_BACKENDS, "
+                f"measured in docs/benchmarks.md)",
+                *([why_not_tensorrt] if why_not_tensorrt else []),
+            ]
+        found.append((name, "; ".join([*reasons, *skipped])))
+    if not any(name == "onnxruntime" for name, _ in found):  # the fallback that is always there
+        found.append(("onnxruntime", f"ONNX Runtime fallback: {why_not_tensorrt or 'no other backend'}"))
+    return found
 
 
-def load(directory: str | os.PathLike, backend: str = "auto", **options: Any) -> BaseRunner:
-    """A runner for the export in `directory` on `backend` ("auto" | "onnxruntime" | "tensorrt").
+def choose_backend(directory: Path, backend: str = AUTO, info: ExportInfo | None = None) -> tuple[str, str]:
+    """(backend, reason) that `load` tries first for `directory`."""
+    info = info if info is not None else read_export_info(directory, verify_sha256=False)
+    return candidates(Path(directory), info, backend)[0]
 
-    options go to the runner (OrtRunner: providers, intra_op_num_threads, graph_optimization_level,
-    cache, ...). With backend="auto", options that the chosen backend does not take are ignored (logged).
-    The runner's `choice` says which backend and why, which graph and what happened to its cache.
+
+def _fallback_errors(backend: str) -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [BackendUnavailableError]
+    for path in BACKENDS[backend].fallback_errors:
+        try:
+            errors.append(_attribute(path))
+        except ImportError:
+            continue
+    return tuple(errors)
+
+
+def _split_options(backend: str, options: dict[str, Any], explicit: bool) -> dict[str, Any]:
+    accepted = runner_options(backend)
+    unknown = sorted(set(options) - accepted)
+    if unknown and explicit:
+        BACKENDS[backend].options_class().check_names(backend, options)  # the TypeError naming its options
+    if unknown:  # backend="auto": options meant for a backend that was not chosen
+        logger.info("ignoring option(s) %s, which the %s backend does not take", ", ".join(unknown), backend)
+    return {k: v for k, v in options.items() if k in accepted}
+
+
+def open_runner(directory: Path, info: ExportInfo, backend: str = AUTO, **options: Any) -> BaseRunner:
+    """A runner on the export `directory` whose export.json `info` the caller read (and checked)."""
+    _check_backend(backend)
+    explicit = backend != AUTO
+    if not explicit:
+        everywhere = all_runner_options()
+        unknown = sorted(set(options) - everywhere)
+        if unknown:
+            raise TypeError(
+                f"unknown option(s) {', '.join(unknown)}: no backend takes them; the options are "
+                f"{', '.join(sorted(everywhere))}"
+            )
+    fell_back: list[str] = []
+    tried = candidates(directory, info, backend)
+    for position, (name, reason) in enumerate(tried):
+        kwargs = _split_options(name, options, explicit)
+        if fell_back:
+            reason = f"{reason}; {'; '.join(fell_back)}"
+        cls = BACKENDS[name].runner_class()
+        last = position == len(tried) - 1
+        try:
+            runner = cls(directory, info=info, reason=reason, **kwargs)
+        except _fallback_errors(name) as e:
+            if explicit or last:
+                raise
+            logger.warning("cannot run %s with %s (%s); trying %s", directory, name, e, tried[position + 1][0])
+            fell_back.append(f"{name} cannot run it here: {e}")
+            continue
+        logger.info("trt_runtime.load(%s): %s backend (%s)", directory, name, runner.choice.describe())
+        return runner
+    raise AssertionError("unreachable: the last candidate either returns or raises")
+
+
+def load(
+    directory: str | os.PathLike, backend: str = AUTO, *, verify_sha256: bool = True, **options: Any
+) -> BaseRunner:
+    """A runner for the export in `directory` on `backend` ("auto" | one of BACKENDS).
+
+    options go to the runner (onnxruntime: `OrtOptions`, e.g. intra_op_num_threads, graph, cache_dir;
+    tensorrt: `TensorRTOptions`, device). With an explicit backend an option it does not take is a TypeError
+    naming those it takes; with backend="auto", options of a backend that was not chosen are ignored (logged),
+    and options no backend takes are a TypeError. The runner's `choice` says which backend and why, which
+    graph, and what happened to its caches. verify_sha256=False skips checking model.onnx against export.json.
     """
     directory = Path(directory)
-    verify = bool(options.pop("verify_sha256", True))
-    info = read_export_info(directory, verify_sha256=verify)  # once; the runner gets it
-    chosen, reason = choose_backend(directory, backend)
-    kwargs = _split_options(chosen, options, explicit=backend != "auto")
-    runner: BaseRunner = _runner_class(chosen)(directory, info=info, reason=reason, **kwargs)
-    logger.info("trt_runtime.load(%s): %s backend (%s)", directory, chosen, runner.choice.describe())
-    return runner
+    _check_backend(backend)
+    info = read_export_info(directory, verify_sha256=verify_sha256)  # once; the runner gets it
+    return open_runner(directory, info, backend, **options)

@@ -614,10 +614,10 @@ def runtime_predictions(
     )
     runner = pipe.runner
     runtime = {
-        "backend": getattr(runner, "backend", "onnxruntime"),
+        "backend": runner.backend,
         "graph_option": graph,
-        "graph": Path(str(getattr(runner, "graph_path", "model.onnx"))).name,
-        "graph_reason": getattr(runner, "graph_reason", None),
+        "graph": runner.graph_path.name if runner.graph_path is not None else f"{runner.choice.graph} (in memory)",
+        "graph_reason": runner.choice.graph_reason,
         "providers": list(getattr(runner, "providers", [])),
         "graph_optimization_level": getattr(runner, "graph_optimization_level", None),
         "onnxruntime": onnxruntime.__version__,

@@ -211,7 +211,7 @@ def test_engine_from_another_tensorrt_and_gpu_is_refused_naming_both_and_the_reb
     assert message.endswith(f"To fix, rebuild it: python -m trt_runtime build {copy}")
     # on this machine (no TensorRT) "auto" still serves the export with ONNX Runtime, and says why
     runner = trt_runtime.load(copy)
-    assert runner.backend == "onnxruntime" and "TensorRT is not available" in runner.backend_reason
+    assert runner.backend == "onnxruntime" and "TensorRT is not available" in runner.choice.reason
 
 
 @pytest.mark.parametrize(

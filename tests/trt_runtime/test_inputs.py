@@ -24,6 +24,8 @@ from hypothesis.extra import numpy as hnp
 
 import trt_runtime
 from tests.fixtures.runtime_exports import NER_LABELS, tiny_export
+from trt_runtime.backends.base import BaseRunner
+from trt_runtime.backends.onnxruntime.options import OrtOptions
 from trt_runtime.backends.onnxruntime.runner import CACHE_DIR, OrtRunner
 from trt_runtime.backends.tensorrt.profiles import ShapeRange, resolve_profile
 from trt_runtime.backends.tensorrt.runner import TensorRTRunner, profile_limits, validate_for_profile
@@ -203,40 +205,43 @@ def test_tensorrt_runner_tells_pipelines_its_profile_limits():
     assert (runner.max_batch_size, runner.max_sequence_length, runner.min_sequence_length) == (8, 32, 4)
 
 
-class ProfileRunner:
+class ProfileRunner(BaseRunner):
     """An ONNX Runtime runner held to a TensorRT profile exactly as TensorRTRunner holds its engine to it:
-    the same `validate_for_profile` before every call, the same limit attributes for the pipelines."""
+    the same `validate_for_profile` before every call, the same limit properties for the pipelines."""
 
     backend = "onnxruntime"
+    options_class = OrtOptions
 
     def __init__(self, export_dir: Path, max_batch: int, min_len: int, max_len: int):
         self.runner = OrtRunner(export_dir, cache=False)
-        self.info = self.runner.info
-        self.export_dir = export_dir
+        super().__init__(export_dir, info=self.runner.info)
         self.profile = resolve_profile(
             self.info,
             min_shapes=f"input_ids:1x{min_len}",
             max_shapes=f"input_ids:{max_batch}x{max_len}",
             opt_shapes=f"input_ids:1x{min_len}",
         )
-        limits = profile_limits(self.profile, self.info)
-        self.max_batch_size = limits["max_batch_size"]
-        self.max_sequence_length = limits["max_sequence_length"]
-        self.min_sequence_length = limits["min_sequence_length"]
+        self.limits = profile_limits(self.profile, self.info)
         self.shapes: list[tuple[int, ...]] = []
 
     @property
-    def input_specs(self) -> list[TensorSpec]:
-        return self.runner.input_specs
+    def max_batch_size(self) -> int | None:
+        return self.limits["max_batch_size"]
 
     @property
-    def output_names(self) -> list[str]:
-        return self.runner.output_names
+    def max_sequence_length(self) -> int | None:
+        return self.limits["max_sequence_length"]
 
-    def __call__(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        arrays = validate_for_profile(feeds, self.info, self.profile)
-        self.shapes.append(arrays["input_ids"].shape)
-        return self.runner(arrays)
+    @property
+    def min_sequence_length(self) -> int:
+        return self.limits["min_sequence_length"]
+
+    def _validate(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        return validate_for_profile(feeds, self.info, self.profile)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.shapes.append(feeds["input_ids"].shape)
+        return self.runner(feeds)
 
 
 def test_pipeline_truncates_to_the_profile_and_pads_up_to_its_minimum(clf_dir):

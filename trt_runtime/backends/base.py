@@ -14,7 +14,9 @@ owns what must not differ between backends:
 - `close()` and context-manager use (`with trt_runtime.load(dir) as runner: ...`); a closed runner refuses
   calls with a clear error.
 
-A backend subclass sets `backend`, calls `super().__init__`, sets `self.choice`, and implements `_run`.
+A backend subclass sets `backend` and `options_class` (a frozen `RunnerOptions` dataclass: its options, typed
+and checked, which `trt_runtime.load` reads without importing the backend), calls `super().__init__`, sets
+`self.choice`, and implements `_run`.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from __future__ import annotations
 import abc
 import enum
 import os
+import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, final, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, final, runtime_checkable
 
 import numpy as np
 
@@ -52,18 +55,31 @@ class CacheStatus(enum.Enum):
 
 @dataclass(frozen=True)
 class BackendChoice:
-    """Which backend runs the export and why, which of its graphs and why, and what happened to the cache."""
+    """Which backend runs the export and why, which of its graphs and why, and what happened to the caches.
+
+    Two artefacts may be involved, each with its status: the graph that runs when it is derived from
+    model.onnx (`cache`: the CPU INT8 or fused float graph, a TensorRT engine), and the backend library's own
+    optimized form of that graph (`session_cache`: ONNX Runtime's optimized graph, OpenVINO's compiled model).
+    """
 
     backend: str  # "onnxruntime" | "tensorrt" | "openvino"
     reason: str  # why this backend ("asked for", "ONNX Runtime fallback: no TensorRT engine in ...")
-    graph: str = "exported"  # which graph runs: "exported" (model.onnx), "cpu-int8", "engine", ...
+    graph: str = "exported"  # which graph runs: "exported" (model.onnx), "cpu-int8", "cpu-float", "engine", ...
     graph_reason: str = "the exported graph"
-    cache: CacheStatus = CacheStatus.NOT_USED
-    cache_detail: str = ""  # the cached file, or why none
+    cache: CacheStatus = CacheStatus.NOT_USED  # of the derived graph
+    cache_detail: str = ""  # its file, or why there is none, or why it was rebuilt
+    session_cache: CacheStatus = CacheStatus.NOT_USED  # of the backend's optimized form of the graph
+    session_cache_detail: str = ""
 
     def describe(self) -> str:
-        cache = self.cache.value + (f" ({self.cache_detail})" if self.cache_detail else "")
-        return f"{self.backend}: {self.reason}; {self.graph_reason}; cache {cache}"
+        def status(value: CacheStatus, detail: str) -> str:
+            return value.value + (f" ({detail})" if detail else "")
+
+        return (
+            f"{self.backend}: {self.reason}; {self.graph_reason}; graph cache "
+            f"{status(self.cache, self.cache_detail)}; session cache "
+            f"{status(self.session_cache, self.session_cache_detail)}"
+        )
 
 
 class RunnerClosedError(RuntimeError):
@@ -72,21 +88,74 @@ class RunnerClosedError(RuntimeError):
     code = "runner-closed"
 
 
+class BackendUnavailableError(RuntimeError):
+    """The backend asked for cannot run here; the message says what is missing and what to do.
+
+    Raised by `trt_runtime.load` for an explicit backend, and by a runner that finds at construction that it
+    cannot serve this export here (`backend="auto"` then tries the next backend)."""
+
+    code = "backend-unavailable"
+
+
+OptionsT = TypeVar("OptionsT", bound="RunnerOptions")
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """Base of each backend's options: a frozen dataclass whose fields are the keyword options that
+    `trt_runtime.load(dir, backend, **options)` passes on; each subclass checks its values in __post_init__."""
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def check_names(cls, backend: str, keywords: Mapping[str, Any]) -> None:
+        """TypeError naming the options there are, where `keywords` has a name that is not one of them."""
+        unknown = sorted(set(keywords) - set(cls.names()))
+        if unknown:
+            raise TypeError(
+                f"unknown option(s) {', '.join(unknown)} for the {backend} backend; it takes "
+                f"{', '.join(cls.names())}"
+            )
+
+    @classmethod
+    def from_keywords(
+        cls: type[OptionsT], backend: str, keywords: Mapping[str, Any], base: OptionsT | None = None
+    ) -> OptionsT:
+        """The options from keyword arguments (on top of `base`); TypeError for a name it does not have."""
+        if base is not None and not isinstance(base, cls):
+            raise TypeError(
+                f"the {backend} runner's options must be a {cls.__name__} (or keyword arguments), got {base!r}"
+            )
+        cls.check_names(backend, keywords)
+        return replace(base, **keywords) if base is not None else cls(**keywords)
+
+
 class BaseRunner(abc.ABC):
     """Base of the backends' runners (see the module docstring)."""
 
     #: "onnxruntime", "tensorrt", "openvino"
     backend: ClassVar[str]
+    #: the backend's options (a `RunnerOptions` dataclass)
+    options_class: ClassVar[type[RunnerOptions]]
     #: what the backend chose; subclasses set it in __init__
     choice: BackendChoice
+    #: the options this runner was made with (an `options_class`); subclasses set it in __init__
+    options: RunnerOptions
 
     def __init__(
-        self, export_dir: str | os.PathLike, *, info: ExportInfo | None = None, reason: str = "asked for"
+        self,
+        export_dir: str | os.PathLike,
+        *,
+        info: ExportInfo | None = None,
+        reason: str = "asked for",
+        verify_sha256: bool = True,
     ) -> None:
-        """info: export.json as `trt_runtime.load` read (and checked) it; None reads it here, checking the
-        sha256 of model.onnx. reason: why this backend, as the caller decided it."""
+        """info: export.json as `trt_runtime.load` read (and checked) it; None reads it here (checking
+        model.onnx against it unless verify_sha256=False). reason: why this backend, as the caller decided it."""
         self.export_dir = Path(export_dir)
-        self.info = info if info is not None else read_export_info(self.export_dir, verify_sha256=True)
+        self.info = info if info is not None else read_export_info(self.export_dir, verify_sha256=verify_sha256)
         self.choice = BackendChoice(self.backend, reason)
         self._closed = False
 
@@ -113,10 +182,26 @@ class BaseRunner(abc.ABC):
     def min_sequence_length(self) -> int:
         return 1
 
+    # --- the previous release's names for parts of `choice` (deprecated; removed in 0.3) ----------------
+
     @property
     def backend_reason(self) -> str:
-        """Why this backend (and, where it matters, graph): `choice` as one line, for logs."""
+        """Deprecated: `choice.reason`."""
+        _deprecated("backend_reason", "choice.reason")
         return self.choice.reason
+
+    @property
+    def graph_reason(self) -> str:
+        """Deprecated: `choice.graph_reason`."""
+        _deprecated("graph_reason", "choice.graph_reason")
+        return self.choice.graph_reason
+
+    @property
+    def cache_status(self) -> str:
+        """Deprecated: `choice.session_cache` (an enum) and `choice.session_cache_detail`."""
+        _deprecated("cache_status", "choice.session_cache / choice.cache")
+        detail = self.choice.session_cache_detail
+        return self.choice.session_cache.value + (f" {detail}" if detail else "")
 
     @final
     def __call__(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -164,6 +249,10 @@ class BaseRunner(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.export_dir)!r}, task={self.info.task!r})"
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"runner.{old} is deprecated; read runner.{new}", DeprecationWarning, stacklevel=3)
 
 
 @runtime_checkable

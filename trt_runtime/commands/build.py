@@ -1,4 +1,5 @@
-"""`python -m trt_runtime build OUT ...`: build model.engine + engine.json for an export directory."""
+"""`python -m trt_runtime build OUT ...`: build model.engine + engine.json for an export directory (or, with
+`--target cpu-int8 | cpu-float`, the CPU graph ONNX Runtime runs, with its record)."""
 
 from __future__ import annotations
 
@@ -69,9 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--verbose", action="store_true", help="show TensorRT's verbose log")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_target_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.target != ENGINE_TARGET:
+        return build_cpu_graph(args.directory, args.target)
     from trt_runtime.backends.tensorrt.builder import (
         BuildError,
         BuildOptions,
@@ -119,4 +123,42 @@ def main(args: argparse.Namespace) -> int:
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+# --- --target cpu-int8 | cpu-float: the CPU graphs of the ONNX Runtime backend ---------------------------------
+
+ENGINE_TARGET = "engine"
+CPU_TARGETS = ("cpu-int8", "cpu-float")
+
+
+def add_target_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target",
+        choices=(ENGINE_TARGET, *CPU_TARGETS),
+        default=ENGINE_TARGET,
+        help="what to build: engine (TensorRT, the default), cpu-int8 (the CPU INT8 graph of a qdq export) or "
+        "cpu-float (the fused float graph of a float export), each with a JSON record the runtime checks "
+        "before use; the TensorRT options do not apply to the CPU targets",
+    )
+
+
+def build_cpu_graph(directory: str, target: str) -> int:
+    """Write the CPU graph `target` and its record into the export; exit 2 with the reason where it cannot."""
+    from trt_runtime.backends.onnxruntime.graphs import DERIVATION_ERRORS, build
+    from trt_runtime.contract.export_dir import ExportDirError, read_export_info
+
+    try:
+        path = build(directory, read_export_info(directory), target)
+    except (ExportDirError, *DERIVATION_ERRORS) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:
+        print(f"error: building the {target} graph needs the onnx and sympy packages ({e}): pip install onnx sympy",
+              file=sys.stderr)
+        return 2
+    except OSError as e:  # read-only export, full disk, a link in the way (UnsafePathError)
+        print(f"error: cannot write the {target} graph into {directory}: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} and its record {path.with_suffix('.json').name}")
     return 0

@@ -125,7 +125,7 @@ def main(args: argparse.Namespace) -> int:
         runner_options = {} if args.threads is None else {"intra_op_num_threads": args.threads}
         pipe = pipeline(task, args.directory, args.backend, batch_size=args.batch_size, **runner_options)
         backend = pipe.runner.backend
-        print(f"backend: {backend} ({getattr(pipe.runner, 'backend_reason', '')})", file=sys.stderr)
+        print(f"backend: {backend} ({pipe.runner.choice.reason})", file=sys.stderr)
         results = pipe(inputs, **_options(args))
     except (
         ValueError,

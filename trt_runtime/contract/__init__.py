@@ -1,6 +1,9 @@
 """The torch-free contract that every part of the project shares (standard library and NumPy only).
 
-- `export_dir`: the export directory's file names and `export.json` schema, read and checked.
+- `export_dir`: the export directory's file names and `export.json` schema, read and checked (with what a load
+  checks of the other files: links out of the directory, the metadata copy, the graph's quantization).
+- `onnx_wire`: an ONNX file's metadata and node op types, read from the protobuf wire format without parsing
+  the model (for those checks).
 - `ibert`: the `ibert` op domain (name, version, op list), the integer constants derived from the scales and
   the NumPy int64 reference of each op: what the torch modules, the ONNX function bodies and the TensorRT
   plugin kernels are all tested against.

@@ -3,6 +3,11 @@
 `python -m exporter` writes the directory; everything in `trt_runtime` reads it through this module.
 It needs only the standard library, so the exporter (which has torch) and the runtime (which must
 not) share one definition of the schema.
+
+`read_export_info` is the one place a load reads export.json, and it checks what the export's files must
+agree on before anything runs them (docs/runtime.md, "What a load checks"): the schema; no file that is a
+symbolic link out of the directory; and, with `verify_sha256`, model.onnx's sha256, the copy of export.json
+that the exporter stores in model.onnx's metadata, and the graph's quantization against the export's mode.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from trt_runtime.contract.files import sha256_file
+from trt_runtime.contract.onnx_wire import OnnxSummary, OnnxWireError, summarize_file
 
 MODEL_ONNX = "model.onnx"
 EXPORT_JSON = "export.json"
@@ -22,6 +28,12 @@ CALIBRATION_JSON = "calibration.json"
 CONFIG_JSON = "config.json"
 ENGINE = "model.engine"
 ENGINE_JSON = "engine.json"
+#: the CPU graphs `python -m trt_runtime build DIR --target cpu-int8 | cpu-float` adds, each with its record
+#: (trt_runtime.backends.onnxruntime.graphs)
+CPU_INT8_ONNX, CPU_INT8_JSON = "model.cpu-int8.onnx", "model.cpu-int8.json"
+CPU_FLOAT_ONNX, CPU_FLOAT_JSON = "model.cpu-float.onnx", "model.cpu-float.json"
+#: where the runtime caches what it derives, unless told another directory (`cache_dir`, QBERT_CACHE_DIR)
+CACHE_DIR = ".cache"
 #: key of the ONNX `metadata_props` entry that repeats export.json (without `onnx_sha256`, which
 #: cannot be known before the file is written)
 ONNX_METADATA_KEY = "export"
@@ -42,6 +54,8 @@ QUANTIZATION_MODES = ("none", "qdq", "integer")
 
 class ExportDirError(ValueError):
     """An export directory is missing a file, or its files do not agree; the message says what to do."""
+
+    code = "export-dir"
 
 
 @dataclass(frozen=True)
@@ -131,13 +145,18 @@ class ExportInfo:
 
 
 def read_export_info(directory: str | os.PathLike, verify_sha256: bool = True) -> ExportInfo:
-    """Read and check `export.json`; with verify_sha256, also that model.onnx is the file it describes."""
+    """Read and check `export.json`; with verify_sha256, also that model.onnx is the file it describes.
+
+    Always: the schema, and that no file of the directory is a symbolic link pointing out of it. With
+    verify_sha256 (the default of every runner): model.onnx's sha256 against export.json's, export.json
+    against the copy in model.onnx's metadata, and the graph's quantization against the export's mode."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ExportDirError(f"{directory} is not a directory; pass an export directory made by `python -m exporter`")
     path = directory / EXPORT_JSON
     if not path.exists():
         raise ExportDirError(f"{path} not found: {directory} is not an export directory; run `python -m exporter`")
+    check_no_outside_links(directory)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -158,7 +177,106 @@ def read_export_info(directory: str | os.PathLike, verify_sha256: bool = True) -
             f"{onnx_path} does not match the sha256 recorded in {path}: the file was changed or damaged "
             f"after export; re-export the model"
         )
+    if verify_sha256:
+        try:
+            summary = summarize_file(onnx_path)
+        except OnnxWireError as e:
+            raise ExportDirError(f"{onnx_path} is not a readable ONNX file ({e}); re-export the model") from None
+        check_metadata_copy(data, summary, path, onnx_path)
+        check_quantization(info, summary, onnx_path)
     return info
+
+
+def check_no_outside_links(directory: str | os.PathLike) -> None:
+    """Refuse an export whose files (model.onnx, export.json, tokenizer files, ...) are symbolic links to
+    something outside the directory: the runtime would serve, and `triton-repo` copy, a file nobody exported.
+
+    Links inside the directory are fine, and so is the directory itself being a link; the cache directory
+    (`.cache`) is not looked into (the runtime never writes through a link there, and checks what it reads)."""
+    directory = Path(directory)
+    top = Path(os.path.realpath(directory))
+    for parent, subdirectories, files in os.walk(directory):
+        if Path(parent) == directory and CACHE_DIR in subdirectories:
+            subdirectories.remove(CACHE_DIR)
+        for name in [*subdirectories, *files]:
+            entry = Path(parent) / name
+            if not entry.is_symlink():
+                continue
+            target = Path(os.path.realpath(entry))
+            if target != top and top not in target.parents:
+                raise ExportDirError(
+                    f"{entry} is a symbolic link to {target}, outside the export directory {directory}; the "
+                    f"runtime only serves files of the export itself. Replace the link with the file "
+                    f"(cp --remove-destination \"$(readlink -f {entry})\" {entry}) or re-export the model"
+                )
+
+
+def check_metadata_copy(
+    export_json: dict[str, Any], summary: OnnxSummary, json_path: Path, onnx_path: Path
+) -> None:
+    """export.json must equal the copy of it that the exporter stored in model.onnx's metadata
+    (`ONNX_METADATA_KEY`, everything but onnx_sha256): a hand-edited id2label would otherwise give wrong
+    labels, and an export.json from another export would describe a model that is not there."""
+    stored = summary.metadata.get(ONNX_METADATA_KEY)
+    if stored is None:
+        raise ExportDirError(
+            f"{onnx_path} carries no copy of export.json (metadata_props {ONNX_METADATA_KEY!r}), so nothing "
+            f"shows that {json_path} describes it: it was not written by `python -m exporter`; re-export the model"
+        )
+    try:
+        copy = json.loads(stored)
+    except json.JSONDecodeError:
+        copy = None
+    if not isinstance(copy, dict):
+        raise ExportDirError(
+            f"the copy of export.json in {onnx_path}'s metadata is not a JSON object; re-export the model"
+        )
+    fields = sorted((set(export_json) | set(copy)) - {"onnx_sha256"})
+    differing = [name for name in fields if export_json.get(name) != copy.get(name)]
+    if differing:
+        first = differing[0]
+        raise ExportDirError(
+            f"{json_path} and the copy of it in {onnx_path}'s metadata disagree on {', '.join(differing)} "
+            f"({first}: export.json has {_short(export_json.get(first))}, model.onnx has {_short(copy.get(first))}): "
+            f"export.json was edited after export, or comes from another export; re-export the model"
+        )
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+#: standard ops that only a quantized graph has (Q/DQ, integer GEMMs)
+QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul")
+
+
+def check_quantization(info: ExportInfo, summary: OnnxSummary, onnx_path: Path) -> None:
+    """The graph must be of the export's quantization mode: a qdq export has QuantizeLinear and
+    DequantizeLinear nodes, an integer export the integer ops (the `ibert` nodes export.json lists), a float
+    export neither; and the graph's custom ops are the ones export.json lists."""
+    graph_ops = summary.custom_ops()
+    if graph_ops != sorted(info.custom_ops):
+        raise ExportDirError(
+            f"{onnx_path} has the custom ops {graph_ops or 'none'}, but export.json lists "
+            f"{sorted(info.custom_ops) or 'none'} (custom_ops): model.onnx is not the graph this export made; "
+            f"re-export the model"
+        )
+    has_qdq = summary.has("QuantizeLinear") and summary.has("DequantizeLinear")
+    quantized = summary.has(*QUANTIZED_OPS) or bool(graph_ops)
+    problem = None
+    if info.quantization == "qdq" and not has_qdq:
+        problem = "has no QuantizeLinear/DequantizeLinear nodes"
+    elif info.quantization == "integer" and not quantized:
+        problem = "has no integer ops (no ibert nodes, no Q/DQ or integer GEMMs)"
+    elif info.quantization == "none" and quantized:
+        found = [op for op in QUANTIZED_OPS if summary.has(op)] + graph_ops
+        problem = f"has quantization nodes ({', '.join(found)})"
+    if problem:
+        raise ExportDirError(
+            f"export.json says quantization={info.quantization!r}, but {onnx_path} {problem}: the graph is not "
+            f"of the export's mode (model.onnx replaced by another export's?); re-export the model"
+        )
 
 
 def _schema_problems(info: ExportInfo) -> list[str]:

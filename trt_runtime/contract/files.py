@@ -202,24 +202,6 @@ def save_onnx_atomic(model: Any, path: str | os.PathLike, *, root: str | os.Path
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: str | os.PathLike, *, root: str | os.PathLike | None = None) -> Iterator[None]:
-    """Hold an exclusive `flock` on `path` (created empty if missing, never through a link) while the block runs:
-    for read-merge-write of a file that several processes update (the TensorRT timing cache's `<cache>.lock`)."""
-    path = Path(path)
-    root_path = Path(root) if root is not None else path.parent
-    dir_fd = _open_directory(root_path, _relative_parts(path.parent, root_path), create=True)
-    try:
-        fd = os.open(path.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
-    try:
-        _lock(fd)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-@contextlib.contextmanager
 def reserved_path(path: str | os.PathLike, *, root: str | os.PathLike | None = None) -> Iterator[Path]:
     """For a library that writes a file by name itself (ONNX Runtime's `optimized_model_filepath`): yield a
     fresh temporary path (created exclusively, empty, locked) for it to write; on normal exit it is fsynced
@@ -249,6 +231,32 @@ def reserved_path(path: str | os.PathLike, *, root: str | os.PathLike | None = N
             os.close(fd)
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, *, root: str | os.PathLike | None = None) -> Iterator[None]:
+    """Hold an exclusive `flock` on the lock file `path` (created empty if missing, never through a link) for
+    the duration of the block: one writer at a time derives what many processes or threads want (a cache), or
+    read-merge-writes a file that several processes update (the TensorRT timing cache's `<cache>.lock`).
+
+    flock locks belong to an open file description, so two threads of one process exclude each other too.
+    root: as for `atomic_file`; the directories up to `path` are created without following links."""
+    path = Path(path)
+    root_path = Path(root) if root is not None else path.parent
+    dir_fd = _open_directory(root_path, _relative_parts(path.parent, root_path), create=True)
+    try:
+        fd = os.open(path.name, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UnsafePathError(f"{path} is a symbolic link; refusing to use it as a lock (remove it)") from None
+        raise
+    finally:
+        os.close(dir_fd)
+    try:
+        _lock(fd)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # --- directories ---------------------------------------------------------------------------------------------

@@ -63,17 +63,18 @@ def pipeline(
     """A pipeline for `task` (None: export.json's task) over the export in `directory`.
 
     options: the task's own options (defaults for every call, e.g. top_k, aggregation_strategy,
-    pooling) and the runner's (e.g. intra_op_num_threads, providers; see trt_runtime.load).
+    pooling) and the runner's (e.g. intra_op_num_threads, providers, cache_dir; see trt_runtime.load).
+    export.json is read and checked once, before anything is loaded.
     """
-    from trt_runtime.loader import load, runner_options
+    from trt_runtime.loader import all_runner_options, open_runner
     from trt_runtime.tokenization import TextTokenizer
 
     directory = Path(directory)
-    info = read_export_info(directory, verify_sha256=False)
+    info = read_export_info(directory)
     cls = pipeline_class(task or info.task)
     task_options = {k: v for k, v in options.items() if k in cls.options}
     other = {k: v for k, v in options.items() if k not in cls.options}
-    known = runner_options("onnxruntime") | _tensorrt_options()
+    known = all_runner_options()
     unknown = sorted(set(other) - known)
     if unknown:
         raise TypeError(
@@ -84,14 +85,5 @@ def pipeline(
     if info.task != cls.task:  # before loading any model
         raise ValueError(task_mismatch(cls.task, info.task, directory))
     tokenizer = TextTokenizer.from_directory(directory)
-    runner = load(directory, backend, **other)
+    runner = open_runner(directory, info, backend, **other)
     return cls(runner, tokenizer, batch_size=batch_size, **task_options)
-
-
-def _tensorrt_options() -> set[str]:
-    from trt_runtime.loader import runner_options
-
-    try:
-        return runner_options("tensorrt")
-    except ImportError:
-        return set()

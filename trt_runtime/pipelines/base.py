@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 from tokenizers import Encoding
 
-from trt_runtime.backends.base import Runner
+from trt_runtime.backends.base import BaseRunner
 from trt_runtime.contract.export_dir import ExportDirError, ExportInfo
 from trt_runtime.tokenization import Text, TextTokenizer
 from trt_runtime.validation import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, InputError
@@ -77,34 +77,33 @@ class Pipeline:
     options: ClassVar[dict[str, Any]] = {}
 
     def __init__(
-        self, runner: Runner, tokenizer: TextTokenizer, *, batch_size: int = DEFAULT_BATCH_SIZE, **options
+        self, runner: BaseRunner, tokenizer: TextTokenizer, *, batch_size: int = DEFAULT_BATCH_SIZE, **options
     ):
-        if runner.info.task != self.task:
-            raise ValueError(
-                task_mismatch(self.task, runner.info.task, getattr(runner, "export_dir", "the export"))
+        if not isinstance(runner, BaseRunner):
+            raise TypeError(
+                f"a pipeline runs a trt_runtime runner (a BaseRunner, e.g. trt_runtime.load(dir)), got "
+                f"{type(runner).__name__}"
             )
+        if runner.info.task != self.task:
+            raise ValueError(task_mismatch(self.task, runner.info.task, runner.export_dir))
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if tokenizer.max_token_id >= runner.info.vocab_size:
             raise ExportDirError(
-                f"the tokenizer of {getattr(runner, 'export_dir', 'the export')} has token ids up to "
+                f"the tokenizer of {runner.export_dir} has token ids up to "
                 f"{tokenizer.max_token_id}, but the model's vocabulary (export.json vocab_size) has "
                 f"{runner.info.vocab_size} entries, so some texts would give ids the model cannot look up; "
                 f"use the checkpoint's own tokenizer files (re-export), or resize the model's embeddings"
             )
         self.runner = runner
         self.tokenizer = tokenizer
-        self.batch_size = min(batch_size, getattr(runner, "max_batch_size", None) or batch_size)
+        self.batch_size = min(batch_size, runner.max_batch_size or batch_size)
         self.defaults = self._merge(options)
         # the longest encoding the model takes: the export's, a backend's (TensorRT profile), the tokenizer's
-        limits = [
-            runner.info.max_sequence_length,
-            getattr(runner, "max_sequence_length", None),
-            tokenizer.model_max_length,
-        ]
+        limits = [runner.info.max_sequence_length, runner.max_sequence_length, tokenizer.model_max_length]
         self.max_length = min(int(limit) for limit in limits if limit)
         #: the shortest sequence the backend takes (a TensorRT profile's min); rows are padded up to it
-        self.min_length = int(getattr(runner, "min_sequence_length", None) or 1)
+        self.min_length = max(1, int(runner.min_sequence_length))
 
     @property
     def info(self) -> ExportInfo:

@@ -178,7 +178,7 @@ class TritonPythonModel:
                 f"{self.name}: parameter mode={self.mode!r}; use '{MODE_PIPELINE}' or '{MODE_RUNNER}'"
             )
         self.input_names = [spec.name for spec in self.runner.input_specs]
-        reason = getattr(self.runner, "backend_reason", "")
+        reason = self.runner.choice.reason
         if pb_utils is not None:
             pb_utils.Logger.log_info(f"{self.name}: {self.mode} on {self.runner.backend} ({reason})")
 

@@ -42,10 +42,11 @@ with 8-bit weights on an AVX2 EPYC, exact with 7-bit ones). With 7-bit weights
 (|w| <= 63) no pair can overflow. With AVX-VNNI or AVX512-VNNI (vpdpbusd adds in int32), or off x86,
 the weights keep all 8 bits. `weight_bits=None` picks by the CPU; the choice is part of the cache key.
 
-The derived graph is written once next to the export, `<dir>/.cache/cpu-int8-<onnxruntime version>-
-<sha256[:16] of model.onnx>-<recipe>.onnx` (temporary sibling, then renamed), and `OrtRunner` loads it
-for qdq exports on the CPU execution provider (`trt_runtime.backends.onnxruntime.runner.choose_graph`). model.onnx
-stays the exported artefact (the one TensorRT builds from).
+This module only derives the graph (`derive`, in memory). Where it is kept and how it is checked before
+use is `trt_runtime.backends.onnxruntime.graphs`: built explicitly (`python -m trt_runtime build DIR --target
+cpu-int8`) or derived on first load into a cache directory, always with a JSON record of what it was made from
+(recipe, onnxruntime version, CPU features, sha256 of model.onnx and of itself). model.onnx stays the exported
+artefact (the one TensorRT builds from).
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ import contextlib
 import json
 import logging
 import os
-import platform
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,107 +62,27 @@ from typing import Any
 
 import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
-from trt_runtime.contract.export_dir import CONFIG_JSON, MODEL_ONNX, ExportInfo
-from trt_runtime.contract.files import save_onnx_atomic, sha256_file
+from trt_runtime.backends.onnxruntime.recipes import (  # noqa: F401  (re-exported: the recipe's old home)
+    ACTIVATION_MODES,
+    ATTENTION_MODES,
+    FLOAT_INPUT_MODES,
+    FUSABLE_ARCHITECTURES,
+    RECIPE_VERSION,
+    CpuInt8Error,
+    Recipe,
+    check_int8_applies,
+    cpu_flags,
+    int8_dot_products_are_exact,
+)
+from trt_runtime.contract.export_dir import CONFIG_JSON, MODEL_ONNX, ExportDirError, ExportInfo
 
 logger = logging.getLogger(__name__)
 
-#: bumped when the derivation changes, so that older cached graphs are not reused
-RECIPE_VERSION = 2  # 2: SkipLayerNormalization split back (step 4)
-CACHE_DIR = ".cache"
 MS_DOMAIN = "com.microsoft"
-#: architectures whose float graph onnxruntime.transformers' "bert" optimizer knows how to fuse
-FUSABLE_ARCHITECTURES = ("bert",)
 ACTIVATION_ZERO_POINT = 128  # u8 activations: the export's symmetric int8 grid shifted by 128
-
-
-class CpuInt8Error(ValueError):
-    """The export cannot be turned into the CPU INT8 graph (not a qdq export, unexpected Q/DQ layout)."""
-
-
-ACTIVATION_MODES = ("static", "dynamic", "row")
-FLOAT_INPUT_MODES = ("row", "dynamic", "float")
-ATTENTION_MODES = ("mha", "qattention")
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How the CPU graph is made; `tag` names it in the cache key.
-
-    activations: how the input of a linear layer that the export quantized is quantized: "static"
-        (the export's calibrated per-tensor scale), "dynamic" (per tensor, the range of each call) or
-        "row" (per row, i.e. per token, each call; QAttention takes per-tensor "dynamic").
-    float_inputs: linear layers whose weights the export quantized but whose input it kept float (the
-        FFN output projection by default): "row", "dynamic" (as above) or "float" (a float GEMM).
-    weight_bits: 8 or 7; None: 8 where the CPU has VNNI (or is not x86), else 7 (see the module doc).
-    fuse: onnxruntime.transformers' fusions (Attention, SkipLayerNormalization, BiasGelu).
-    attention: what a fused Attention becomes: "qattention" (QAttention: the Q, K and V projections in
-        one u8 x s8 kernel with one per-tensor input scale per call, then the attention core) or "mha"
-        (the projections as one int8 GEMM like any other linear layer, per-row inputs included, then a
-        float MultiHeadAttention). QAttention is faster: 5-15 % at BERT-base batch 8 x sequence 128 on
-        an AVX2 EPYC in three of three side-by-side runs, and on a quiet machine "mha" fell to the
-        speed of quantize_dynamic (1.60x float at BERT-base, 1.24x on all-MiniLM-L6-v2;
-        benchmarks/results/bench-goal-mha.json). Its price: the one scale per call makes a row depend
-        slightly on its batch companions (max |difference| 0.006, cosine 0.9993, in a sentence
-        embedding of all-MiniLM-L6-v2 alone vs in a batch of three), as with ONNX Runtime's
-        quantize_dynamic; "mha" answers every row alike alone or in any batch, bit for bit. Accuracy
-        is the same (mean cosine 0.9949 vs 0.9948).
-    """
-
-    activations: str = "row"
-    float_inputs: str = "row"
-    weight_bits: int | None = None
-    fuse: bool = True
-    attention: str = "qattention"
-
-    def __post_init__(self) -> None:
-        if self.activations not in ACTIVATION_MODES:
-            raise ValueError(f"activations={self.activations!r}; choose one of {', '.join(ACTIVATION_MODES)}")
-        if self.float_inputs not in FLOAT_INPUT_MODES:
-            raise ValueError(
-                f"float_inputs={self.float_inputs!r}; choose one of {', '.join(FLOAT_INPUT_MODES)}"
-            )
-        if self.weight_bits not in (None, 7, 8):
-            raise ValueError(f"weight_bits={self.weight_bits!r}; choose 7, 8 or None (by the CPU)")
-        if self.attention not in ATTENTION_MODES:
-            raise ValueError(f"attention={self.attention!r}; choose one of {', '.join(ATTENTION_MODES)}")
-
-    def resolved(self) -> Recipe:
-        """This recipe with weight_bits chosen for this CPU where it was None."""
-        if self.weight_bits is not None:
-            return self
-        bits = 8 if int8_dot_products_are_exact() else 7
-        return Recipe(self.activations, self.float_inputs, bits, self.fuse, self.attention)
-
-    @property
-    def tag(self) -> str:
-        bits = self.resolved().weight_bits
-        # QAttention is the default: its tag keeps the form that version 1 had
-        fused = (
-            ("-fused" if self.attention == "qattention" else f"-fused-{self.attention}") if self.fuse else ""
-        )
-        return f"v{RECIPE_VERSION}-{self.activations}-{self.float_inputs}-w{bits}{fused}"
-
-
-def cpu_flags() -> set[str]:
-    """The CPU feature flags of /proc/cpuinfo (Linux); empty where it cannot be read."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.partition(":")[2].split())
-    except OSError:
-        pass
-    return set()
-
-
-def int8_dot_products_are_exact() -> bool:
-    """Whether MLAS's u8 x s8 kernel adds in int32 here (VNNI, or not x86); False on AVX2-only x86."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
-        return True
-    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 # --- 1. Q/DQ out --------------------------------------------------------------------------------------
@@ -289,6 +209,15 @@ def _remove_unused_initializers(graph: onnx.GraphProto) -> None:
 
 
 # --- 2. fusions ------------------------------------------------------------------------------------
+
+
+def load_exported_model(export_dir: Path) -> onnx.ModelProto:
+    """The export's model.onnx; ExportDirError (not protobuf's DecodeError) where it is damaged."""
+    path = export_dir / MODEL_ONNX
+    try:
+        return onnx.load(str(path))
+    except DecodeError as e:
+        raise ExportDirError(f"{path} is not a readable ONNX model ({e}); re-export the model") from None
 
 
 def read_config(export_dir: Path) -> dict[str, Any]:
@@ -705,15 +634,17 @@ def split_skip_layer_norms(model: onnx.ModelProto) -> int:
 # --- the whole derivation and its cache ------------------------------------------------------------
 
 
-def derive(export_dir: str | os.PathLike, info: ExportInfo, recipe: Recipe | None = None) -> onnx.ModelProto:
-    """The CPU INT8 graph of the qdq export in `export_dir` (in memory)."""
+def derive(
+    export_dir: str | os.PathLike,
+    info: ExportInfo,
+    recipe: Recipe | None = None,
+    model: onnx.ModelProto | None = None,
+) -> onnx.ModelProto:
+    """The CPU INT8 graph of the qdq export in `export_dir` (in memory); `model`: its model.onnx, if loaded."""
     export_dir = Path(export_dir)
     recipe = (recipe or Recipe()).resolved()
-    if info.quantization != "qdq":
-        raise CpuInt8Error(
-            f"{export_dir} is a {info.quantization!r} export; the CPU INT8 graph is derived from qdq exports"
-        )
-    dequantized = dequantize_qdq(onnx.load(str(export_dir / MODEL_ONNX)))
+    check_int8_applies(export_dir, info)
+    dequantized = dequantize_qdq(model if model is not None else load_exported_model(export_dir))
     model = dequantized.model
     config = read_config(export_dir)
     if recipe.fuse and info.architecture in FUSABLE_ARCHITECTURES:
@@ -736,27 +667,8 @@ def derive(export_dir: str | os.PathLike, info: ExportInfo, recipe: Recipe | Non
         summary.row,
         summary.float_gemms,
     )
-    doc = f"CPU INT8 graph ({recipe.tag}) derived by trt_runtime.backends.onnxruntime.cpu_int8 from {MODEL_ONNX} sha256 {info.onnx_sha256}"
-    model.doc_string = doc
+    model.doc_string = (
+        f"CPU INT8 graph ({recipe.tag}) derived by trt_runtime.backends.onnxruntime.cpu_int8 from {MODEL_ONNX} "
+        f"sha256 {info.onnx_sha256}"
+    )
     return model
-
-
-def cache_path(export_dir: str | os.PathLike, info: ExportInfo, recipe: Recipe | None = None) -> Path:
-    """<dir>/.cache/cpu-int8-<onnxruntime version>-<sha256[:16] of model.onnx>-<recipe tag>.onnx"""
-    import onnxruntime
-
-    export_dir = Path(export_dir)
-    digest = info.onnx_sha256 or sha256_file(export_dir / MODEL_ONNX)
-    tag = (recipe or Recipe()).tag
-    return export_dir / CACHE_DIR / f"cpu-int8-{onnxruntime.__version__}-{digest[:16]}-{tag}.onnx"
-
-
-def cached_model(
-    export_dir: str | os.PathLike, info: ExportInfo, recipe: Recipe | None = None
-) -> tuple[Path, str]:
-    """The CPU INT8 graph's file, derived and written now where missing: (path, "created ..." | "reused ...")."""
-    path = cache_path(export_dir, info, recipe)
-    if path.exists():
-        return path, f"reused {path}"
-    save_onnx_atomic(derive(export_dir, info, recipe), path, root=export_dir)
-    return path, f"created {path}"

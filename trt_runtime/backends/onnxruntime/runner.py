@@ -1,23 +1,28 @@
 """`OrtRunner`: an export directory run by ONNX Runtime (the CPU fallback; CUDA with onnxruntime-gpu).
 
-Loading: `ort_model_path` says which ONNX file of the export ONNX Runtime runs. For a `qdq` export on
-the CPU execution provider that is not model.onnx (laid out for TensorRT, slower than float on a CPU)
-but the CPU INT8 graph derived from it by `trt_runtime.backends.onnxruntime.cpu_int8` (fused attention and LayerNorm, u8 x
-s8 GEMMs), cached in `<dir>/.cache/cpu-int8-*.onnx`; `graph="exported"` runs model.onnx as exported.
-The graph optimizations that do not depend on
-the machine (ONNX Runtime's "extended" level: fusions, constant folding, Q/DQ fusion) are done once and
-the result is cached next to the export, in `<dir>/.cache/ort-<onnxruntime version>-<sha256[:16] of the
-ONNX>-<level>-<provider>.onnx` (written to a temporary sibling, then renamed). Every load then starts
-from that file and only adds the hardware-specific layout optimizations of the "all" level, which ONNX
-Runtime documents as unsafe to save for another machine. A new onnxruntime, a changed ONNX file or
-another provider gives another key. A cached file that ONNX Runtime cannot load is set aside with an
-`.unusable` note and the original file is used, so a bad cache never stops a runner.
+Loading takes two steps, each with an artefact that is checked before use (`trt_runtime.backends.artefacts`):
+
+1. Which graph runs (`graphs.choose_graph`): model.onnx as exported, or on the CPU execution provider the graph
+   derived from it (the CPU INT8 graph of a qdq export, the fused float graph of a float BERT-style export),
+   prebuilt into the export, cached, or derived in memory.
+2. ONNX Runtime's optimized form of that graph. The graph optimizations that do not depend on the machine
+   (ONNX Runtime's "extended" level: fusions, constant folding, Q/DQ fusion) are done once and the result is
+   cached as `ort-<onnxruntime version>-<sha256[:16] of the graph>-<level>-<provider>.onnx` with its record
+   (the graph's sha256 and its own); every load then starts from it and only adds the hardware-specific
+   layout optimizations of the "all" level, which ONNX Runtime documents as unsafe to save for another
+   machine. A cached file that does not match its record is made again; one that matches but that ONNX
+   Runtime cannot load is set aside with an `.unusable` note and the graph itself is used.
+
+The cache directory is the export's `.cache/`, or `cache_dir` / $QBERT_CACHE_DIR (`OrtOptions`); where it
+cannot be written, both steps happen in memory at full speed (`choice` says so).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,18 +30,22 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from trt_runtime.backends.base import BaseRunner
-from trt_runtime.contract.export_dir import (
-    MODEL_ONNX,
-    ExportDirError,
-    ExportInfo,
-    read_export_info,
+from trt_runtime.backends.artefacts import CacheLocation, Expected, cache_location, verify, write_record
+from trt_runtime.backends.base import BaseRunner, CacheStatus
+from trt_runtime.backends.onnxruntime.graphs import (
+    ChosenGraph,
+    choose_graph,
+    first_provider,
+    has_external_data,
 )
-from trt_runtime.contract.files import reserved_path, sha256_file
+from trt_runtime.backends.onnxruntime.options import CACHE_DIR_ENV, OrtOptions, ProviderSpec
+from trt_runtime.contract.export_dir import CACHE_DIR, ExportDirError, ExportInfo
+from trt_runtime.contract.files import reserved_path, sha256_bytes, write_text_atomic
+
+__all__ = ["CACHE_DIR", "OrtOptions", "OrtRunner", "choose_graph", "choose_providers", "ort_model_path"]
 
 logger = logging.getLogger(__name__)
 
-CACHE_DIR = ".cache"
 GRAPH_OPTIMIZATION_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -47,10 +56,6 @@ GRAPH_OPTIMIZATION_LEVELS = {
 #: The TensorRT execution provider is left out on purpose: TensorRT is served by trt_runtime's own backend.
 AUTO_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 CPU = "CPUExecutionProvider"
-#: which graph of an export the runner loads: see `ort_model_path`
-GRAPHS = ("auto", "exported", "cpu-int8")
-
-ProviderSpec = str | tuple[str, dict[str, Any]]
 
 _ort_errors = ort.capi.onnxruntime_pybind11_state
 #: what InferenceSession raises for a file it cannot read or a graph it cannot build
@@ -60,61 +65,6 @@ _ORT_LOAD_ERRORS = (
     _ort_errors.InvalidGraph,
     _ort_errors.NoSuchFile,
 )
-
-
-def ort_model_path(
-    export_dir: Path, info: ExportInfo, graph: str = "auto", providers: Sequence[ProviderSpec] | None = None
-) -> Path:
-    """The ONNX file that the ONNX Runtime backend loads for this export (see `choose_graph`)."""
-    return choose_graph(export_dir, info, graph, providers)[0]
-
-
-def choose_graph(
-    export_dir: Path, info: ExportInfo, graph: str = "auto", providers: Sequence[ProviderSpec] | None = None
-) -> tuple[Path, str]:
-    """(ONNX file, why) that ONNX Runtime runs for this export; the one place that decides it.
-
-    graph="auto": for a qdq export whose first provider is the CPU (`providers`; None: the CPU), the
-    CPU INT8 graph derived from model.onnx (`trt_runtime.backends.onnxruntime.cpu_int8`, made once and cached in <dir>/.cache;
-    where it cannot be made or written, model.onnx with a warning); otherwise model.onnx as exported
-    (float, `integer` with its `ibert` function bodies, and Q/DQ on other providers).
-    graph="exported": model.onnx. graph="cpu-int8": the derived graph, an error for a non-qdq export.
-    """
-    if graph not in GRAPHS:
-        raise ValueError(f"graph={graph!r}; choose one of {', '.join(GRAPHS)}")
-    exported = export_dir / MODEL_ONNX
-    first = (providers[0] if isinstance(providers[0], str) else providers[0][0]) if providers else CPU
-    if graph == "exported":
-        return exported, "the exported graph (asked for)"
-    if graph == "auto" and (info.quantization != "qdq" or first != CPU):
-        return exported, "the exported graph"
-    try:
-        from trt_runtime.backends.onnxruntime import cpu_int8  # needs onnx
-
-        path, status = cpu_int8.cached_model(export_dir, info)  # onnxruntime.transformers needs sympy
-    except ImportError as e:  # deriving the graph needs onnx and sympy; running an export does not
-        problem = (
-            f"deriving the CPU INT8 graph needs the onnx and sympy packages ({e}): pip install onnx sympy"
-        )
-        if graph == "cpu-int8":
-            raise ImportError(problem) from e
-        logger.warning(
-            "%s; running the exported Q/DQ graph of %s, slower than float on a CPU", problem, export_dir
-        )
-        return exported, f"the exported graph ({problem})"
-    except Exception as e:
-        if graph == "cpu-int8" or not isinstance(e, (cpu_int8.CpuInt8Error, OSError)):
-            raise
-        logger.warning(
-            "cannot make the CPU INT8 graph of %s (%s); running the exported Q/DQ graph", export_dir, e
-        )
-        return exported, f"the exported graph (no CPU INT8 graph: {e})"
-    return path, f"the CPU INT8 graph derived from {MODEL_ONNX} ({status})"
-
-
-def _has_external_data(model_path: Path) -> bool:
-    # The exporter keeps weights of models over 2 GB in <model>.data next to the model.
-    return any(p.name.startswith(model_path.name + ".") for p in model_path.parent.iterdir())
 
 
 def choose_providers(requested: Sequence[ProviderSpec] | None) -> tuple[list[ProviderSpec], str]:
@@ -139,82 +89,73 @@ def choose_providers(requested: Sequence[ProviderSpec] | None) -> tuple[list[Pro
     return list(auto), f"{auto[0]} (the best provider installed: {', '.join(available)})"
 
 
-def _provider_tag(providers: Sequence[ProviderSpec]) -> str:
-    first = providers[0] if isinstance(providers[0], str) else providers[0][0]
-    return first.removesuffix("ExecutionProvider").lower()
+def ort_model_path(
+    export_dir: str | os.PathLike,
+    info: ExportInfo,
+    graph: str = "auto",
+    providers: Sequence[ProviderSpec] | None = None,
+) -> Path | None:
+    """Deprecated (removed in 0.3): `graphs.choose_graph(...).path`, the file of the graph ONNX Runtime runs."""
+    warnings.warn(
+        "ort_model_path is deprecated; use trt_runtime.backends.onnxruntime.graphs.choose_graph(...).path",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    export_dir = Path(export_dir)
+    return choose_graph(export_dir, info, graph, providers, cache_location(export_dir, info, None)).path
+
+
+def cache_location_for(export_dir: Path, info: ExportInfo, options: OrtOptions) -> CacheLocation | None:
+    """Where this runner caches what it derives; None with cache=False."""
+    if not options.cache:
+        return None
+    named = options.resolved_cache_dir()
+    origin = ""
+    if named is not None:
+        origin = f"cache_dir={str(named)!r}" if options.cache_dir is not None else f"${CACHE_DIR_ENV}={str(named)!r}"
+    return cache_location(export_dir, info, named, origin)
 
 
 class OrtRunner(BaseRunner):
-    """Runs an export directory with ONNX Runtime (a `BaseRunner`).
+    """Runs an export directory with ONNX Runtime (a `BaseRunner`; options: `OrtOptions`).
 
-    providers: execution provider names (or (name, options) pairs); None picks CUDA where installed,
-        else the CPU. intra_op_num_threads / inter_op_num_threads: ONNX Runtime's thread pools (None:
-        its defaults, one thread per physical core). graph_optimization_level: "disable" | "basic" |
-        "extended" | "all". cache: keep the optimized graph in <dir>/.cache (see the module doc).
-        graph: "auto" | "exported" | "cpu-int8", which graph of the export runs (`choose_graph`):
-        "auto" runs qdq exports on the CPU as the derived CPU INT8 graph, "exported" forces model.onnx.
-    After loading, `providers` lists the providers the session uses, `model_path` the ONNX file it was
-    built from, `graph_path` the chosen graph (model.onnx or the derived one) and `graph_reason` why, `cache_status` what happened to the cache and
-    `backend_reason` why these providers.
+    OrtRunner(dir, OrtOptions(...)) or OrtRunner(dir, intra_op_num_threads=2, ...) (the same names).
+    After loading: `choice` (which graph and why, what happened to both caches), `providers` (what the session
+    uses), `graph_path` (the chosen graph's file; None where it lives in memory), `model_path` (the file the
+    session was built from: the cached optimized graph, or the graph itself; None in memory), `session`.
     """
 
     backend = "onnxruntime"
+    options_class = OrtOptions
+    options: OrtOptions
 
     def __init__(
         self,
         export_dir: str | os.PathLike,
-        providers: Sequence[ProviderSpec] | None = None,
-        intra_op_num_threads: int | None = None,
-        inter_op_num_threads: int | None = None,
-        graph_optimization_level: str = "all",
-        cache: bool = True,
-        verify_sha256: bool = True,
-        log_severity_level: int = 3,
-        graph: str = "auto",
+        options: OrtOptions | None = None,
         *,
         info: ExportInfo | None = None,
         reason: str = "asked for",
+        verify_sha256: bool = True,
+        **keywords: Any,
     ):
-        if graph_optimization_level not in GRAPH_OPTIMIZATION_LEVELS:
-            raise ValueError(
-                f"graph_optimization_level={graph_optimization_level!r}; choose one of "
-                f"{', '.join(GRAPH_OPTIMIZATION_LEVELS)}"
-            )
-        for name, value in (
-            ("intra_op_num_threads", intra_op_num_threads),
-            ("inter_op_num_threads", inter_op_num_threads),
-        ):
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ValueError(
-                    f"{name} must be a non-negative int (0: onnxruntime's default), got {value!r}"
-                )
-        if info is None:
-            info = read_export_info(export_dir, verify_sha256=verify_sha256)
-        self._providers, providers_reason = choose_providers(providers)
-        super().__init__(export_dir, info=info, reason=f"{reason}; {providers_reason}")
-        self._threads = (intra_op_num_threads, inter_op_num_threads)
-        self._log_severity_level = log_severity_level
-        self.graph_optimization_level = graph_optimization_level
-        source, graph_reason = choose_graph(self.export_dir, self.info, graph, self._providers)
-        self._set_choice(graph="exported" if source == self.export_dir / MODEL_ONNX else "cpu-int8", graph_reason=graph_reason)
-        self.graph_path = source  # the chosen graph, before ONNX Runtime's optimized-graph cache
-        cached, self.cache_status = self._cached_model(source) if cache else (None, "disabled")
-        self.session, self.model_path = self._load(source, cached)
+        self.options = OrtOptions.from_keywords(self.backend, keywords, base=options or OrtOptions())
+        self._providers, providers_reason = choose_providers(self.options.providers)
+        super().__init__(export_dir, info=info, reason=f"{reason}; {providers_reason}", verify_sha256=verify_sha256)
+        self.graph_optimization_level = self.options.graph_optimization_level
+        location = cache_location_for(self.export_dir, self.info, self.options)
+        graph = choose_graph(self.export_dir, self.info, self.options.graph, self._providers, location)
+        self._set_choice(
+            graph=graph.name, graph_reason=graph.reason, cache=graph.cache, cache_detail=graph.cache_detail
+        )
+        self.graph_path = graph.path
+        self.session, self.model_path = self._open_session(graph, location)
         self._check_signature()
         self.providers: list[str] = list(self.session.get_providers())
-        logger.info(
-            "onnxruntime %s: %s with %s (%s; %s; optimized graph cache: %s)",
-            ort.__version__,
-            self.export_dir,
-            ", ".join(self.providers),
-            self.backend_reason,
-            self.graph_reason,
-            self.cache_status,
+        logger.debug(  # trt_runtime.load logs the choice at INFO
+            "onnxruntime %s: %s with %s (%s)", ort.__version__, self.export_dir, ", ".join(self.providers),
+            self.choice.describe(),
         )
-
-    @property
-    def graph_reason(self) -> str:
-        return self.choice.graph_reason
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self.session.run(self.output_names, feeds)
@@ -223,89 +164,116 @@ class OrtRunner(BaseRunner):
     def __repr__(self) -> str:
         return f"OrtRunner({str(self.export_dir)!r}, providers={self.providers}, task={self.info.task!r})"
 
-    # --- sessions and the optimized-graph cache ----------------------------------------------------
+    # --- sessions and ONNX Runtime's optimized-graph cache --------------------------------------------------
 
     def _session_options(self, level: str, optimized_path: Path | None = None) -> ort.SessionOptions:
         options = ort.SessionOptions()
         options.graph_optimization_level = GRAPH_OPTIMIZATION_LEVELS[level]
-        options.log_severity_level = self._log_severity_level
-        intra, inter = self._threads
-        if intra is not None:
-            options.intra_op_num_threads = intra
-        if inter is not None:
-            options.inter_op_num_threads = inter
+        options.log_severity_level = self.options.log_severity_level
+        if self.options.intra_op_num_threads is not None:
+            options.intra_op_num_threads = self.options.intra_op_num_threads
+        if self.options.inter_op_num_threads is not None:
+            options.inter_op_num_threads = self.options.inter_op_num_threads
         if optimized_path is not None:
             options.optimized_model_filepath = str(optimized_path)
         return options
 
-    def _session(self, path: Path, level: str, optimized_path: Path | None = None) -> ort.InferenceSession:
-        options = self._session_options(level, optimized_path)
+    def _session(
+        self, source: bytes | Path, level: str, what: str, optimized_path: Path | None = None
+    ) -> ort.InferenceSession:
+        model = source if isinstance(source, bytes) else str(source)
         try:
-            return ort.InferenceSession(str(path), sess_options=options, providers=self._providers)
+            return ort.InferenceSession(
+                model, sess_options=self._session_options(level, optimized_path), providers=self._providers
+            )
         except _ORT_LOAD_ERRORS as e:
             # a damaged or foreign file, not a bug of ours: say which file and what to do
-            raise ExportDirError(f"{path} cannot be loaded by ONNX Runtime ({e}); re-export the model") from e
-
-    def cache_key(self, source: Path) -> str:
-        """ort-<onnxruntime version>-<sha256[:16] of the ONNX file>-<optimization level>-<provider>."""
-        if source == self.export_dir / MODEL_ONNX and self.info.onnx_sha256:
-            digest = self.info.onnx_sha256  # checked against the file when export.json was read
-        else:
-            digest = sha256_file(source)
-        return f"ort-{ort.__version__}-{digest[:16]}-{self._cached_level}-{_provider_tag(self._providers)}"
+            raise ExportDirError(f"{what} cannot be loaded by ONNX Runtime ({e}); re-export the model") from e
 
     @property
     def _cached_level(self) -> str:
         """The optimization level of the cached graph: the requested one, capped at portable "extended"."""
         return "extended" if self.graph_optimization_level == "all" else self.graph_optimization_level
 
-    def _cached_model(self, source: Path) -> tuple[Path | None, str]:
-        """The cached optimized graph for `source`, made now if missing; None (and why) where none."""
-        if self.graph_optimization_level == "disable":
-            return None, "not used (graph optimizations disabled)"
-        if _has_external_data(source):
-            return None, "not used (the model keeps its weights in external data files)"
-        cache_dir = self.export_dir / CACHE_DIR
-        key = self.cache_key(source)
-        cached, unusable = cache_dir / f"{key}.onnx", cache_dir / f"{key}.unusable"
-        if unusable.exists():
-            return None, f"not used ({unusable} records why)"
-        if cached.exists():
-            return cached, f"reused {cached}"
+    def cache_key(self, graph_sha256: str) -> str:
+        """ort-<onnxruntime version>-<sha256[:16] of the graph>-<optimization level>-<provider>."""
+        provider = first_provider(self._providers).removesuffix("ExecutionProvider").lower()
+        return f"ort-{ort.__version__}-{graph_sha256[:16]}-{self._cached_level}-{provider}"
+
+    def _open_session(
+        self, graph: ChosenGraph, location: CacheLocation | None
+    ) -> tuple[ort.InferenceSession, Path | None]:
+        """A session on the cached optimized form of `graph` where there is (or can be) one, else on `graph`."""
+        source: bytes | Path
+        if graph.data is not None:
+            source = graph.data
+        else:
+            assert graph.path is not None, "a graph is a file or bytes"
+            source = graph.path
+        what = str(graph.path) if graph.path is not None else f"{graph.name} graph of {self.export_dir}"
+        level = self.graph_optimization_level
+
+        def direct(status: CacheStatus, detail: str) -> tuple[ort.InferenceSession, Path | None]:
+            self._set_choice(session_cache=status, session_cache_detail=detail)
+            return self._session(source, level, what), graph.path
+
+        if location is None:
+            return direct(CacheStatus.NOT_USED, "caching is off (cache=False)")
+        if level == "disable":
+            return direct(CacheStatus.NOT_USED, "graph optimizations disabled")
+        if graph.data is None and graph.path is not None and has_external_data(graph.path):
+            return direct(CacheStatus.NOT_USED, "the model keeps its weights in external data files")
+        key = self.cache_key(graph.sha256)
+        cached, unusable = location.path(f"{key}.onnx"), location.path(f"{key}.unusable")
+        expected = Expected(
+            "ort-optimized",
+            graph.path.name if graph.path is not None else f"the {graph.name} graph",
+            graph.sha256,
+            {"onnxruntime_version": ort.__version__, "graph_optimization_level": self._cached_level,
+             "providers": [first_provider(self._providers)]},
+        )
         try:
-            self._write_cache(source, cached)
-        except OSError as e:
-            logger.warning(
-                "cannot write the optimized-graph cache in %s (%s); running without it", cache_dir, e
-            )
-            return None, f"not written ({e})"
-        return cached, f"created {cached}"
-
-    def _load(self, source: Path, cached: Path | None) -> tuple[ort.InferenceSession, Path]:
-        """A session on the cached graph where there is one that loads, else on `source`."""
-        if cached is not None:
-            # the cached graph has the portable optimizations already; "all" adds the machine-specific ones
-            level = "all" if self.graph_optimization_level == "all" else "disable"
-            try:
-                return self._session(cached, level), cached
-            except Exception as e:  # note why, so that later loads do not try again
-                logger.warning(
-                    "the cached optimized graph %s does not load (%s); using %s", cached, e, source.name
+            location.check()
+            if os.path.lexists(unusable):
+                return direct(CacheStatus.NOT_USED, f"{unusable} records why the cached graph is not used")
+            data, problems = verify(cached, expected)
+            status = CacheStatus.REUSED
+            if data is None:
+                with location.lock():
+                    data, problems = verify(cached, expected)  # another writer may have made it meanwhile
+                    if data is None:
+                        data = self._write_cache(source, what, cached, expected, location)
+                        status = CacheStatus.CREATED if problems == [f"{cached} not found"] else CacheStatus.REBUILT
+        except OSError as e:  # read-only, a link in the way (UnsafePathError), full disk
+            logger.info("ONNX Runtime optimizes %s in memory: the cache in %s cannot be used (%s)", what,
+                        location.origin, e)
+            return direct(CacheStatus.IN_MEMORY, f"the cache in {location.origin} cannot be used: {e}")
+        detail = str(cached) if status is not CacheStatus.REBUILT else f"{cached}: {'; '.join(problems)}"
+        if status is CacheStatus.REBUILT:
+            logger.warning("made ONNX Runtime's optimized graph again in %s: %s", cached, "; ".join(problems))
+        # the cached graph has the portable optimizations already; "all" adds the machine-specific ones
+        try:
+            session = self._session(data, "all" if level == "all" else "disable", str(cached))
+        except Exception as e:  # noted, so that later loads do not try again
+            logger.warning("the cached optimized graph %s does not load (%s); using %s", cached, e, what)
+            with contextlib.suppress(OSError):
+                write_text_atomic(
+                    unusable, f"onnxruntime {ort.__version__} cannot load {cached.name}: {e}\n", root=location.root
                 )
-                try:
-                    cached.with_suffix(".unusable").write_text(
-                        f"onnxruntime {ort.__version__} cannot load {cached.name}: {e}\n", encoding="utf-8"
-                    )
-                    cached.unlink(missing_ok=True)
-                except OSError:
-                    pass
-                self.cache_status = f"not used (the cached graph did not load: {e})"
-        return self._session(source, self.graph_optimization_level), source
+            return direct(CacheStatus.NOT_USED, f"the cached optimized graph did not load: {e}")
+        self._set_choice(session_cache=status, session_cache_detail=detail)
+        return session, cached
 
-    def _write_cache(self, source: Path, cached: Path) -> None:
-        # ONNX Runtime writes the optimized graph by name: to a fresh, exclusively created temporary
-        with reserved_path(cached, root=self.export_dir) as tmp:
-            self._session(source, self._cached_level, optimized_path=tmp)
+    def _write_cache(
+        self, source: bytes | Path, what: str, cached: Path, expected: Expected, location: CacheLocation
+    ) -> bytes:
+        """Have ONNX Runtime write the optimized graph (to a fresh, exclusively created temporary, renamed into
+        place), then its record; returns the bytes written."""
+        with reserved_path(cached, root=location.root) as tmp:
+            self._session(source, self._cached_level, what, optimized_path=tmp)
+            data = tmp.read_bytes()
+        write_record(cached, sha256_bytes(data), expected, root=location.root)
+        return data
 
     def _check_signature(self) -> None:
         """export.json and the ONNX graph must agree on names, or every call would fail later."""
@@ -314,7 +282,8 @@ class OrtRunner(BaseRunner):
         if sorted(graph_inputs) != sorted(self.info.input_names) or not set(self.info.output_names) <= set(
             graph_outputs
         ):
+            where = self.model_path or f"the {self.choice.graph} graph of {self.export_dir}"
             raise ExportDirError(
-                f"{self.model_path} has inputs {graph_inputs} and outputs {graph_outputs}, but export.json "
+                f"{where} has inputs {graph_inputs} and outputs {graph_outputs}, but export.json "
                 f"describes {self.info.input_names} -> {self.info.output_names}; re-export the model"
             )

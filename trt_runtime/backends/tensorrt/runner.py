@@ -44,6 +44,7 @@ from trt_runtime.backends.tensorrt.engine_info import (
     read_engine_info,
 )
 from trt_runtime.backends.tensorrt.libs import tensorrt_available as tensorrt_available
+from trt_runtime.backends.tensorrt.options import TensorRTOptions
 from trt_runtime.backends.tensorrt.profiles import (
     Profile,
     ProfileError,
@@ -152,15 +153,18 @@ class TensorRTRunner(BaseRunner):
     """Runs model.engine of an export directory with TensorRT (see the module docstring)."""
 
     backend = "tensorrt"
+    options_class = TensorRTOptions
+    options: TensorRTOptions
 
     def __init__(
         self,
         export_dir: str | Path,
-        device: int = 0,
+        options: TensorRTOptions | None = None,
         *,
         info: ExportInfo | None = None,
         reason: str = "asked for",
-        cuda_graphs: bool = False,
+        verify_sha256: bool = True,
+        **keywords: Any,
     ) -> None:
         from trt_runtime.backends.tensorrt.libs import (
             cuda_call,
@@ -172,9 +176,11 @@ class TensorRTRunner(BaseRunner):
             tensorrt_logger,
         )
 
-        super().__init__(export_dir, info=info, reason=reason)
-        self.directory = self.export_dir
-        self.engine_info: EngineInfo = read_engine_info(self.directory)
+        self.options = TensorRTOptions.from_keywords(self.backend, keywords, base=options or TensorRTOptions())
+        device = self.options.device
+        cuda_graphs = self.options.cuda_graphs
+        super().__init__(export_dir, info=info, reason=reason, verify_sha256=verify_sha256)
+        self.engine_info: EngineInfo = read_engine_info(self.export_dir)
         require_tensorrt()
         import tensorrt as trt
 
@@ -182,11 +188,11 @@ class TensorRTRunner(BaseRunner):
         cuda_call(self._cudart.cudaSetDevice(device))
         self.device = device
         _, compute_capability = gpu_properties(device)
-        engine_bytes = (self.directory / ENGINE).read_bytes()
+        engine_bytes = (self.export_dir / ENGINE).read_bytes()
         check_engine_matches(
             self.engine_info,
-            self.directory,
-            onnx_sha256=self.info.onnx_sha256 or sha256_file(self.directory / MODEL_ONNX),
+            self.export_dir,
+            onnx_sha256=self.info.onnx_sha256 or sha256_file(self.export_dir / MODEL_ONNX),
             tensorrt_version=str(trt.__version__),
             compute_capability=compute_capability,
             engine_sha256=sha256_bytes(engine_bytes),
@@ -194,7 +200,7 @@ class TensorRTRunner(BaseRunner):
         )
         if cuda_graphs and self.engine_info.plugin_implementation == "jit":
             raise EngineMismatchError(
-                f"{self.directory / ENGINE} has JIT Python plugins, which cannot be captured in a CUDA graph; load it "
+                f"{self.export_dir / ENGINE} has JIT Python plugins, which cannot be captured in a CUDA graph; load it "
                 f"without cuda_graphs, or rebuild it with AOT plugins (TensorRT >= 10.9) or --no-plugins"
             )
         self.cuda_graphs = cuda_graphs
@@ -207,8 +213,8 @@ class TensorRTRunner(BaseRunner):
         engine = self._runtime.deserialize_cuda_engine(engine_bytes)
         if engine is None:
             raise EngineMismatchError(
-                f"TensorRT could not deserialize {self.directory / ENGINE} (see its log above); rebuild it: "
-                f"python -m trt_runtime build {self.directory}"
+                f"TensorRT could not deserialize {self.export_dir / ENGINE} (see its log above); rebuild it: "
+                f"python -m trt_runtime build {self.export_dir}"
             )
         self._engine: trt.ICudaEngine = engine
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -217,21 +223,21 @@ class TensorRTRunner(BaseRunner):
         self._dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
         if set(self._inputs) != set(self.info.input_names) or set(self._outputs) != set(self.info.output_names):
             raise EngineMismatchError(
-                f"{self.directory / ENGINE} has inputs {self._inputs} and outputs {self._outputs}, export.json "
+                f"{self.export_dir / ENGINE} has inputs {self._inputs} and outputs {self._outputs}, export.json "
                 f"{self.info.input_names} and {self.info.output_names}; rebuild it: python -m trt_runtime build "
-                f"{self.directory}"
+                f"{self.export_dir}"
             )
         self.profiles: list[Profile] = self.engine_info.profiles
         if engine.num_optimization_profiles != len(self.profiles):
             raise EngineMismatchError(
-                f"{self.directory / ENGINE} has {engine.num_optimization_profiles} optimization profiles, engine.json "
-                f"{len(self.profiles)}; rebuild it: python -m trt_runtime build {self.directory}"
+                f"{self.export_dir / ENGINE} has {engine.num_optimization_profiles} optimization profiles, engine.json "
+                f"{len(self.profiles)}; rebuild it: python -m trt_runtime build {self.export_dir}"
             )
         self._set_choice(
             graph="engine",
             graph_reason=f"{ENGINE} built from {MODEL_ONNX}",
             cache=CacheStatus.PREBUILT,
-            cache_detail=f"{self.directory / ENGINE}, checked against engine.json",
+            cache_detail=f"{self.export_dir / ENGINE}, checked against engine.json",
         )
         self._local = threading.local()
         self._states: list[_ThreadState] = []
@@ -374,5 +380,5 @@ class TensorRTRunner(BaseRunner):
             self._close()
 
     def __repr__(self) -> str:
-        return f"TensorRTRunner({str(self.directory)!r}, TensorRT {self.engine_info.tensorrt_version})"
+        return f"TensorRTRunner({str(self.export_dir)!r}, TensorRT {self.engine_info.tensorrt_version})"
 

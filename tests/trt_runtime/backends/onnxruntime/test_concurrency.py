@@ -1,23 +1,33 @@
-"""Issue 11, concurrency: one runner or pipeline shared by 8 threads x 50 requests answers every request
-exactly as a serial call does (ONNX Runtime sessions are thread-safe; the tokenizer's truncation state is
-per call, behind a lock)."""
+"""Concurrency: one runner or pipeline shared by 8 threads x 50 requests answers every request exactly as a
+serial call does (ONNX Runtime sessions are thread-safe; the tokenizer's truncation state is per call, behind a
+lock); and many threads, or several processes, making runners on one fresh qdq export at once all get the graph
+serial use gets, bit for bit (one derives under the cache's lock, the others wait and reuse it)."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 import trt_runtime
+from tests.fixtures import ROOT
 from tests.fixtures.runtime_exports import tiny_export
-from trt_runtime.backends.onnxruntime.runner import OrtRunner
+from trt_runtime.backends.base import BackendChoice
+from trt_runtime.backends.onnxruntime.runner import CACHE_DIR, OrtRunner
 from trt_runtime.validation import InputError
 
-THREADS, REQUESTS = 8, 50
+THREADS, REQUESTS, PROCESSES = 8, 50, 4
 
 
 def hammer(call: Callable[[int], Any], requests: list[int]) -> dict[tuple[int, int], Any]:
@@ -138,3 +148,110 @@ def test_shared_pipeline_gives_serial_answers(task):
             assert isinstance(got, InputError) and str(got) == str(expected), (thread, n, got)
         else:
             assert got == expected, f"thread {thread} call {n} (input {request}): {got} != {expected}"
+
+
+# --- many threads and processes making runners on one fresh qdq export at once (issue 21) ------------------
+
+
+@pytest.fixture(scope="module")
+def qdq_export(tmp_path_factory) -> Path:
+    import exporter
+    from tests.fixtures.runtime_exports import save_checkpoint
+
+    root = tmp_path_factory.mktemp("concurrent-qdq")
+    save_checkpoint(root / "checkpoint", "bert", "text-classification")
+    return Path(
+        exporter.export(
+            root / "checkpoint", root / "export", task="text-classification", quantization="qdq",
+            num_calibration_samples=16, validate=False, log=None,
+        )
+    )
+
+
+def _fresh_copy(export_dir: Path, target: Path) -> Path:
+    shutil.copytree(export_dir, target, ignore=shutil.ignore_patterns(CACHE_DIR))
+    return target
+
+
+def _feeds() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(5)
+    ids = rng.integers(3, 99, size=(3, 14))
+    mask = np.ones_like(ids)
+    mask[1, 9:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+
+
+def _no_temporaries(export_dir: Path) -> list[Path]:
+    return [p for p in (export_dir / CACHE_DIR).rglob(".*") if p.name != ".lock"]
+
+
+def test_threads_making_runners_on_a_fresh_export_all_get_the_serial_graph(qdq_export, tmp_path):
+    feeds = _feeds()
+    serial = trt_runtime.load(_fresh_copy(qdq_export, tmp_path / "serial"))(feeds)["logits"]
+    export_dir = _fresh_copy(qdq_export, tmp_path / "fresh")
+    start = threading.Barrier(THREADS)
+    results: dict[int, Any] = {}
+
+    def worker(thread: int) -> None:
+        start.wait()
+        try:
+            runner = trt_runtime.load(export_dir)
+            results[thread] = (runner.choice, runner(feeds)["logits"])
+        except Exception as e:  # kept, so the test reports it
+            results[thread] = (e, None)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert len(results) == THREADS
+    choices = [choice for choice, _ in results.values()]
+    assert all(isinstance(c, BackendChoice) and c.graph == "cpu-int8" for c in choices), choices
+    # one thread derived each artefact while the others waited on the lock, then reused it
+    assert sorted(c.cache.value for c in choices) == ["created"] + ["reused"] * (THREADS - 1)
+    assert sorted(c.session_cache.value for c in choices) == ["created"] + ["reused"] * (THREADS - 1)
+    for thread, (_, logits) in results.items():
+        np.testing.assert_array_equal(logits, serial, err_msg=f"thread {thread}")
+    assert not _no_temporaries(export_dir)
+
+
+_PROCESS = """
+import json, sys, time
+from pathlib import Path
+import numpy as np
+import trt_runtime
+export_dir, go, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+feeds = dict(np.load(sys.argv[4]))
+while not go.exists():
+    time.sleep(0.005)
+runner = trt_runtime.load(export_dir)
+np.save(out.with_suffix(".npy"), runner(feeds)["logits"])
+out.write_text(json.dumps([runner.choice.graph, runner.choice.cache.value, runner.choice.session_cache.value]))
+"""
+
+
+def test_processes_making_runners_on_a_fresh_export_all_get_the_serial_graph(qdq_export, tmp_path):
+    feeds = _feeds()
+    serial = trt_runtime.load(_fresh_copy(qdq_export, tmp_path / "serial"))(feeds)["logits"]
+    export_dir = _fresh_copy(qdq_export, tmp_path / "fresh")
+    np.savez(tmp_path / "feeds.npz", **feeds)
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PROCESS, str(export_dir), str(go), str(tmp_path / f"out-{n}.json"),
+             str(tmp_path / "feeds.npz")],
+            env=env,
+        )
+        for n in range(PROCESSES)
+    ]
+    time.sleep(0.5)  # let them import; the go file releases them at once
+    go.touch()
+    assert [p.wait(timeout=300) for p in processes] == [0] * PROCESSES
+    reports = [json.loads((tmp_path / f"out-{n}.json").read_text()) for n in range(PROCESSES)]
+    assert all(graph == "cpu-int8" for graph, _, _ in reports), reports
+    assert sorted(cache for _, cache, _ in reports) == ["created"] + ["reused"] * (PROCESSES - 1), reports
+    for n in range(PROCESSES):
+        np.testing.assert_array_equal(np.load(tmp_path / f"out-{n}.npy"), serial, err_msg=f"process {n}")
+    assert not _no_temporaries(export_dir)

@@ -1,12 +1,19 @@
-"""The CPU INT8 graph (trt_runtime.backends.onnxruntime.cpu_int8): its int8 GEMMs against NumPy, agreement with the float
-graph on a tiny model, the cache next to the export, the ONNX Runtime backend's choice of graph, and
-the benchmark's --quick machinery on a tiny model (no timing assertions)."""
+"""The CPU INT8 graph (trt_runtime.backends.onnxruntime.cpu_int8): its int8 GEMMs against NumPy, agreement with the
+float graph on a tiny model; the graph as an artefact (trt_runtime.backends.onnxruntime.graphs): its record, the
+cache and `cache_dir`, `build --target cpu-int8`, substituted and stale graphs, read-only exports (a real read-only
+bind mount where the machine allows it); the ONNX Runtime backend's choice of graph; and the benchmark's --quick
+machinery on a tiny model (no timing assertions)."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
 import os
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +22,14 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import trt_runtime
 from tests.fixtures.runtime_exports import save_checkpoint
 from tests.fixtures.tiny_models import padded_batch
+from trt_runtime.backends.base import CacheStatus
 from trt_runtime.backends.onnxruntime import cpu_int8
+from trt_runtime.backends.onnxruntime.recipes import recipe_record
 from trt_runtime.backends.onnxruntime.runner import CACHE_DIR, OrtRunner, choose_graph
-from trt_runtime.contract.export_dir import MODEL_ONNX, read_export_info
+from trt_runtime.contract.export_dir import CPU_INT8_JSON, CPU_INT8_ONNX, MODEL_ONNX, read_export_info
 
 #: the tiny model's weights are drawn 10x wider than BERT's (initializer_range 0.2) so that the linear
 #: layers, not the residual path, decide the output; on it, mistakes of a few percent in one GEMM's
@@ -269,7 +279,7 @@ def test_outputs_agree_with_the_float_graph(tiny_exports, left_padding):
     float_dir, qdq_dir = tiny_exports
     feeds = _feeds(left_padding)
     int8_runner, float_runner = OrtRunner(qdq_dir), OrtRunner(float_dir)
-    assert "CPU INT8" in int8_runner.graph_reason
+    assert int8_runner.choice.graph == "cpu-int8" and "CPU INT8" in int8_runner.choice.graph_reason
     ours, reference = int8_runner(feeds), float_runner(feeds)
     mask = feeds["attention_mask"].astype(bool)
     hidden_error = _relative_l2(ours["last_hidden_state"][mask], reference["last_hidden_state"][mask])
@@ -278,74 +288,259 @@ def test_outputs_agree_with_the_float_graph(tiny_exports, left_padding):
         assert _relative_l2(ours["pooler_output"], reference["pooler_output"]) < RELATIVE_L2_TOLERANCE
 
 
-# --- cache and choice -----------------------------------------------------------------------------------
+# --- the CPU INT8 graph as an artefact: record, cache, prebuilt, read-only exports ----------------------------
 
 
-def test_cpu_graph_is_cached_once_keyed_and_reused(tiny_exports, tmp_path):
+def _cache(export_dir: Path, root: Path | None = None) -> Path:
+    """Where the CPU graphs of `export_dir` are cached: <root or export/.cache>/<sha256[:16] of model.onnx>."""
+    digest = hashlib.sha256((export_dir / MODEL_ONNX).read_bytes()).hexdigest()
+    return (root if root is not None else export_dir / CACHE_DIR) / digest[:16]
+
+
+def _graph_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("cpu-int8-*.onnx")) if directory.exists() else []
+
+
+def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.stat().st_size) for p in directory.rglob("*")}
+
+
+def test_cpu_graph_is_cached_once_with_its_record_and_reused(tiny_exports, tmp_path):
     export_dir = _fresh_copy(tiny_exports[1], tmp_path / "qdq")
-    info = read_export_info(export_dir)
     first = OrtRunner(export_dir)
-    name = f"cpu-int8-{ort.__version__}-{info.onnx_sha256[:16]}-{cpu_int8.Recipe().tag}.onnx"
-    derived = export_dir / CACHE_DIR / name
-    assert first.graph_path == derived and "(created" in first.graph_reason
+    [derived] = _graph_files(_cache(export_dir))
+    assert derived.name == f"cpu-int8-{ort.__version__}-{cpu_int8.Recipe().tag}.onnx"
+    assert first.choice.graph == "cpu-int8" and first.graph_path == derived
+    assert first.choice.cache is CacheStatus.CREATED and first.choice.cache_detail == str(derived)
+    record = json.loads(derived.with_suffix(".json").read_text())
+    assert record["kind"] == "cpu-int8" and record["source"] == MODEL_ONNX
+    assert record["source_sha256"] == hashlib.sha256((export_dir / MODEL_ONNX).read_bytes()).hexdigest()
+    assert record["sha256"] == hashlib.sha256(derived.read_bytes()).hexdigest()
+    made_with = record["made_with"]
+    assert made_with["onnxruntime_version"] == ort.__version__
+    # the CPU feature the weights' bit width depends on, as /proc/cpuinfo says here (read by this test itself)
+    assert made_with["int8_dot_products_exact"] is _cpu_adds_in_int32()
+    assert made_with["recipe"]["weight_bits"] == (8 if _cpu_adds_in_int32() else 7)
+    assert made_with["recipe"]["tag"] == cpu_int8.Recipe().tag and made_with["recipe"]["version"] >= 2
     stamp = derived.stat().st_mtime_ns
 
     second = OrtRunner(export_dir)
-    assert second.graph_path == derived and "(reused" in second.graph_reason
+    assert second.graph_path == derived and second.choice.cache is CacheStatus.REUSED
     assert derived.stat().st_mtime_ns == stamp
-    assert not [p for p in (export_dir / CACHE_DIR).iterdir() if p.name.startswith(".")], (
-        "no temporary file left"
-    )
+    assert not [p for p in derived.parent.iterdir() if p.name.startswith(".") and p.name != ".lock"], "no temporary"
     feeds = _feeds()
-    np.testing.assert_allclose(
-        second(feeds)["last_hidden_state"], first(feeds)["last_hidden_state"], atol=1e-5
-    )
+    np.testing.assert_array_equal(second(feeds)["last_hidden_state"], first(feeds)["last_hidden_state"])
 
-    # another ONNX Runtime version or another model.onnx: another key
-    assert cpu_int8.cache_path(export_dir, info).name == name
-    info.onnx_sha256 = "0" * 64
-    assert cpu_int8.cache_path(export_dir, info).name != name
+
+def _another_qdq_graph(tmp_path: Path) -> bytes:
+    """The CPU INT8 graph of another tiny qdq export (other weights, same shapes)."""
+    import exporter
+
+    save_checkpoint(tmp_path / "other-checkpoint", "bert", "feature-extraction", initializer_range=0.2, seed=7)
+    other = exporter.export(
+        tmp_path / "other-checkpoint", tmp_path / "other", task="feature-extraction", quantization="qdq",
+        num_calibration_samples=32, validate=False, log=None,
+    )
+    runner = OrtRunner(other)
+    assert runner.graph_path is not None
+    return runner.graph_path.read_bytes()
+
+
+def test_a_substituted_cached_graph_is_never_used(tiny_exports, tmp_path):
+    """Export A's cache holding export B's graph (A's model.onnx still verifies): detected by its sha256, made
+    again, and the answers are A's, bit for bit as a fresh derivation gives them."""
+    export_dir = _fresh_copy(tiny_exports[1], tmp_path / "qdq")
+    serial = OrtRunner(_fresh_copy(tiny_exports[1], tmp_path / "serial"))
+    derived = OrtRunner(export_dir).graph_path
+    assert derived is not None
+    derived.write_bytes(_another_qdq_graph(tmp_path))
+    runner = OrtRunner(export_dir)
+    assert runner.choice.cache is CacheStatus.REBUILT
+    assert "is not the file its record describes" in runner.choice.cache_detail
+    feeds = _feeds()
+    np.testing.assert_array_equal(runner(feeds)["last_hidden_state"], serial(feeds)["last_hidden_state"])
+    assert OrtRunner(export_dir).choice.cache is CacheStatus.REUSED
+
+
+RECORD_MISMATCHES = {
+    "another model.onnx": (lambda r: r.update(source_sha256="0" * 64), "made from a different model.onnx"),
+    "another onnxruntime": (
+        lambda r: r["made_with"].update(onnxruntime_version="1.0.0"),
+        f"made with onnxruntime_version 1.0.0, this runtime needs {ort.__version__}",
+    ),
+    "another CPU": (
+        lambda r: r["made_with"].update(int8_dot_products_exact=not r["made_with"]["int8_dot_products_exact"]),
+        "made with int8_dot_products_exact",
+    ),
+    "another recipe": (lambda r: r["made_with"]["recipe"].update(activations="static"), "made with recipe"),
+}
+
+
+@pytest.mark.parametrize("case", list(RECORD_MISMATCHES))
+def test_a_cached_graph_whose_record_does_not_match_is_rebuilt_naming_why(tiny_exports, tmp_path, case):
+    export_dir = _fresh_copy(tiny_exports[1], tmp_path / "qdq")
+    derived = OrtRunner(export_dir).graph_path
+    assert derived is not None
+    record = json.loads(derived.with_suffix(".json").read_text())
+    change, message = RECORD_MISMATCHES[case]
+    change(record)
+    derived.with_suffix(".json").write_text(json.dumps(record))
+    runner = OrtRunner(export_dir)
+    assert runner.choice.cache is CacheStatus.REBUILT and message in runner.choice.cache_detail
+    rewritten = json.loads(derived.with_suffix(".json").read_text())
+    assert rewritten["made_with"] == json.loads(json.dumps(cpu_int8_expected_made_with()))
+
+
+def cpu_int8_expected_made_with() -> dict:
+    return {
+        "onnxruntime_version": ort.__version__,
+        "recipe": recipe_record(cpu_int8.Recipe()),
+        "int8_dot_products_exact": _cpu_adds_in_int32(),
+    }
+
+
+def _build(export_dir: Path, target: str) -> int:
+    from trt_runtime.__main__ import main
+
+    return main(["build", str(export_dir), "--target", target])
+
+
+def test_build_target_cpu_int8_writes_the_graph_with_its_record_and_the_runner_uses_it(
+    tiny_exports, tmp_path, capsys
+):
+    export_dir = _fresh_copy(tiny_exports[1], tmp_path / "qdq")
+    assert _build(export_dir, "cpu-int8") == 0
+    built = export_dir / CPU_INT8_ONNX
+    assert f"wrote {built}" in capsys.readouterr().out
+    record = json.loads((export_dir / CPU_INT8_JSON).read_text())
+    assert record["sha256"] == hashlib.sha256(built.read_bytes()).hexdigest()
+    assert record["made_with"] == cpu_int8_expected_made_with()
+    runner = OrtRunner(export_dir)
+    assert runner.choice.cache is CacheStatus.PREBUILT and runner.graph_path == built
+    assert not _graph_files(_cache(export_dir)), "a prebuilt graph is not derived again into the cache"
+    reference = OrtRunner(_fresh_copy(tiny_exports[1], tmp_path / "derived"))
+    feeds = _feeds()
+    np.testing.assert_array_equal(runner(feeds)["last_hidden_state"], reference(feeds)["last_hidden_state"])
+
+
+def test_a_prebuilt_graph_that_no_longer_matches_is_rebuilt_in_the_cache_with_a_warning(
+    tiny_exports, tmp_path, caplog
+):
+    export_dir = _fresh_copy(tiny_exports[1], tmp_path / "qdq")
+    assert _build(export_dir, "cpu-int8") == 0
+    (export_dir / CPU_INT8_ONNX).write_bytes(_another_qdq_graph(tmp_path))  # e.g. copied from another export
+    with caplog.at_level(logging.WARNING):
+        runner = OrtRunner(export_dir)
+    assert f"not using {export_dir / CPU_INT8_ONNX}" in caplog.text and "not the file its record describes" in caplog.text
+    assert runner.choice.cache is CacheStatus.REBUILT and CPU_INT8_ONNX in runner.choice.cache_detail
+    assert runner.graph_path in _graph_files(_cache(export_dir))
+    again = OrtRunner(export_dir)  # the cached one now; the stale prebuilt one is still named
+    assert again.choice.cache is CacheStatus.REUSED and "the prebuilt one was not used" in again.choice.cache_detail
+
+
+def test_build_target_refuses_an_export_of_another_mode(tiny_exports, capsys):
+    float_dir, _ = tiny_exports
+    assert _build(float_dir, "cpu-int8") == 2
+    assert "the CPU INT8 graph is derived from qdq exports" in capsys.readouterr().err
+    assert not (float_dir / CPU_INT8_ONNX).exists()
+
+
+def test_cache_dir_and_the_environment_variable_serve_many_exports(tiny_exports, tmp_path, monkeypatch):
+    """One cache directory outside the exports, entries keyed by each export's model.onnx; nothing is written
+    into the exports."""
+    float_dir, qdq_dir = (_fresh_copy(d, tmp_path / d.name) for d in tiny_exports)
+    shared, named = tmp_path / "shared-cache", tmp_path / "named-cache"
+    monkeypatch.setenv("QBERT_CACHE_DIR", str(shared))
+    runners = [OrtRunner(qdq_dir), OrtRunner(float_dir)]
+    assert [r.choice.graph for r in runners] == ["cpu-int8", "cpu-float"]
+    assert all(r.choice.cache is CacheStatus.CREATED and "QBERT_CACHE_DIR" not in r.choice.cache_detail for r in runners)
+    assert {p.name for p in shared.iterdir()} == {_cache(qdq_dir).name, _cache(float_dir).name}
+    assert _graph_files(_cache(qdq_dir, shared)) == [runners[0].graph_path]
+    assert not (qdq_dir / CACHE_DIR).exists() and not (float_dir / CACHE_DIR).exists()
+    assert OrtRunner(qdq_dir).choice.cache is CacheStatus.REUSED
+    # the option wins over the environment
+    explicit = OrtRunner(qdq_dir, cache_dir=named)
+    assert explicit.choice.cache is CacheStatus.CREATED and explicit.graph_path in _graph_files(_cache(qdq_dir, named))
+
+
+def test_cache_off_derives_in_memory_and_writes_nothing(tiny_exports, tmp_path):
+    export_dir = _fresh_copy(tiny_exports[1], tmp_path / "qdq")
+    before = _snapshot(export_dir)
+    runner = OrtRunner(export_dir, cache=False)
+    assert runner.choice.graph == "cpu-int8" and runner.choice.cache is CacheStatus.IN_MEMORY
+    assert "cache=False" in runner.choice.cache_detail and runner.graph_path is None
+    assert _snapshot(export_dir) == before
+    reference = OrtRunner(_fresh_copy(tiny_exports[1], tmp_path / "cached"))
+    feeds = _feeds()
+    np.testing.assert_array_equal(runner(feeds)["last_hidden_state"], reference(feeds)["last_hidden_state"])
+
+
+def test_a_symlinked_cache_is_never_written_through(tiny_exports, tmp_path, caplog):
+    export_dir = _fresh_copy(tiny_exports[1], tmp_path / "qdq")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (export_dir / CACHE_DIR).symlink_to(elsewhere, target_is_directory=True)
+    with caplog.at_level(logging.INFO):
+        runner = OrtRunner(export_dir)
+    assert runner.choice.graph == "cpu-int8" and runner.choice.cache is CacheStatus.IN_MEMORY
+    assert runner.choice.session_cache is CacheStatus.IN_MEMORY
+    assert "is a symbolic link" in runner.choice.cache_detail and str(export_dir / CACHE_DIR) in runner.choice.cache_detail
+    assert "deriving the CPU INT8 graph" in caplog.text and "in memory" in caplog.text
+    assert list(elsewhere.iterdir()) == [], "nothing was written into the link's target"
+    # with a cache directory named, it is used instead
+    cached = OrtRunner(export_dir, cache_dir=tmp_path / "cache")
+    assert cached.choice.cache is CacheStatus.CREATED and list(elsewhere.iterdir()) == []
+
+
+def test_a_link_planted_at_a_cached_graphs_name_is_replaced_not_followed(tiny_exports, tmp_path):
+    """An export shipped with `.cache/<key>/cpu-int8-....onnx` linking to a file elsewhere: the link is neither
+    read as the graph nor written through; the graph is made again in its place."""
+    export_dir = _fresh_copy(tiny_exports[1], tmp_path / "qdq")
+    derived = OrtRunner(export_dir).graph_path
+    assert derived is not None
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone else's file")
+    derived.unlink()
+    derived.symlink_to(victim)
+    runner = OrtRunner(export_dir)
+    assert runner.choice.cache is CacheStatus.REBUILT and "symbolic link" in runner.choice.cache_detail
+    assert victim.read_text() == "someone else's file"
+    assert not derived.is_symlink() and runner.graph_path == derived
 
 
 def test_backend_chooses_the_cpu_graph_for_qdq_exports_on_the_cpu_only(tiny_exports):
     float_dir, qdq_dir = tiny_exports
-    float_info, qdq_info = read_export_info(float_dir), read_export_info(qdq_dir)
-    assert choose_graph(float_dir, float_info)[0] == float_dir / MODEL_ONNX
-    assert choose_graph(qdq_dir, qdq_info)[0].name.startswith("cpu-int8-")
-    assert choose_graph(qdq_dir, qdq_info, providers=["CUDAExecutionProvider"])[0] == qdq_dir / MODEL_ONNX
+    qdq_info = read_export_info(qdq_dir)
+    assert choose_graph(qdq_dir, qdq_info).name == "cpu-int8"
+    on_cuda = choose_graph(qdq_dir, qdq_info, providers=["CUDAExecutionProvider"])
+    assert on_cuda.name == "exported" and on_cuda.path == qdq_dir / MODEL_ONNX
     forced = OrtRunner(qdq_dir, graph="exported")
-    assert forced.graph_path == qdq_dir / MODEL_ONNX and "asked for" in forced.graph_reason
+    assert forced.graph_path == qdq_dir / MODEL_ONNX and "asked for" in forced.choice.graph_reason
     ops = {node.op_type for node in onnx.load(str(forced.graph_path)).graph.node}
     assert "QuantizeLinear" in ops, "the exported (TensorRT-style) Q/DQ graph"
     with pytest.raises(cpu_int8.CpuInt8Error, match="derived from qdq exports"):
         OrtRunner(float_dir, graph="cpu-int8")
-    with pytest.raises(ValueError, match="choose one of auto, exported, cpu-int8"):
+    with pytest.raises(ValueError, match="choose one of auto, exported, cpu-int8, cpu-float"):
         OrtRunner(qdq_dir, graph="fast")
 
 
-def test_unwritable_export_dir_falls_back_to_the_exported_graph(tiny_exports, tmp_path, caplog):
-    export_dir = _fresh_copy(tiny_exports[1], tmp_path / "qdq")
-    (export_dir / CACHE_DIR).write_text("a file where the cache directory should be")
-    runner = OrtRunner(export_dir, cache=False)
-    assert runner.graph_path == export_dir / MODEL_ONNX and "no CPU INT8 graph" in runner.graph_reason
-    assert "cannot make the CPU INT8 graph" in caplog.text
-    assert runner(_feeds())["last_hidden_state"].shape == (4, 16, 32)
-
-
-def test_without_the_onnx_package_the_exported_graph_runs_and_says_why(
+def test_without_the_onnx_package_the_exported_graph_runs_and_a_prebuilt_graph_still_serves(
     tiny_exports, tmp_path, monkeypatch, caplog
 ):
-    """A runtime-only environment (numpy, onnxruntime, tokenizers; e.g. a Triton server's) lacks `onnx`."""
+    """A runtime-only environment (numpy, onnxruntime, tokenizers; e.g. a Triton server's) may lack `onnx`:
+    it cannot derive the CPU INT8 graph, but it runs one built beforehand (its check needs no onnx)."""
     import sys
 
     export_dir = _fresh_copy(tiny_exports[1], tmp_path / "qdq")
+    prebuilt_dir = _fresh_copy(tiny_exports[1], tmp_path / "prebuilt")
+    assert _build(prebuilt_dir, "cpu-int8") == 0
     import trt_runtime.backends.onnxruntime as package
 
     # as if `onnx` were missing: importing trt_runtime.backends.onnxruntime.cpu_int8 raises ImportError
     monkeypatch.setitem(sys.modules, "trt_runtime.backends.onnxruntime.cpu_int8", None)
     monkeypatch.delattr(package, "cpu_int8")
     runner = OrtRunner(export_dir, cache=False)
-    assert runner.graph_path == export_dir / MODEL_ONNX and "pip install onnx sympy" in runner.graph_reason
+    assert runner.graph_path == export_dir / MODEL_ONNX and "pip install onnx sympy" in runner.choice.graph_reason
     assert "needs the onnx and sympy packages" in caplog.text
     with pytest.raises(ImportError, match="pip install onnx sympy"):
         OrtRunner(export_dir, cache=False, graph="cpu-int8")
@@ -353,6 +548,60 @@ def test_without_the_onnx_package_the_exported_graph_runs_and_says_why(
     feeds = _feeds()
     expected = reference.run(["last_hidden_state"], feeds)[0]
     np.testing.assert_allclose(runner(feeds)["last_hidden_state"], expected, rtol=1e-4, atol=1e-4)
+    prebuilt = OrtRunner(prebuilt_dir)
+    assert prebuilt.choice.graph == "cpu-int8" and prebuilt.choice.cache is CacheStatus.PREBUILT
+
+
+@contextlib.contextmanager
+def read_only_bind_mount(source: Path, target: Path) -> Iterator[Path]:
+    """`source` mounted read-only at `target` (mount --bind, then remount,ro,bind), as a Docker image layer or
+    a Kubernetes volume serves an export; skips the test where this machine does not allow mounting."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a read-only bind mount needs root and mount(8); not available here")
+    target.mkdir()
+    bound = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True, text=True)
+    if bound.returncode != 0:
+        pytest.skip(f"mounting is not permitted here: {bound.stderr.strip()}")
+    try:
+        remount = subprocess.run(["mount", "-o", "remount,ro,bind", str(target)], capture_output=True, text=True)
+        if remount.returncode != 0:
+            pytest.skip(f"remounting read-only is not permitted here: {remount.stderr.strip()}")
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], check=False, capture_output=True)
+
+
+def test_a_read_only_export_serves_the_cpu_int8_graph_at_full_speed_and_nothing_is_written(tiny_exports, tmp_path):
+    source = _fresh_copy(tiny_exports[1], tmp_path / "qdq")
+    prebuilt = _fresh_copy(tiny_exports[1], tmp_path / "prebuilt")
+    assert _build(prebuilt, "cpu-int8") == 0
+    reference = OrtRunner(_fresh_copy(tiny_exports[1], tmp_path / "writable"))
+    feeds = _feeds()
+    expected = reference(feeds)["last_hidden_state"]
+    before = {source: _snapshot(source), prebuilt: _snapshot(prebuilt)}
+    with read_only_bind_mount(source, tmp_path / "ro") as mounted, read_only_bind_mount(
+        prebuilt, tmp_path / "ro-prebuilt"
+    ) as mounted_prebuilt:
+        with pytest.raises(OSError):
+            (mounted / "probe").write_text("x")  # it really is read-only
+        # no cache_dir: derived in memory, the CPU INT8 graph (not the slow exported one)
+        runner = trt_runtime.load(mounted)
+        assert runner.choice.graph == "cpu-int8" and runner.choice.cache is CacheStatus.IN_MEMORY
+        assert runner.choice.session_cache is CacheStatus.IN_MEMORY
+        np.testing.assert_array_equal(runner(feeds)["last_hidden_state"], expected)
+        explicit = trt_runtime.load(mounted, graph="cpu-int8")  # no bare OSError
+        assert explicit.choice.cache is CacheStatus.IN_MEMORY
+        # a cache directory elsewhere: written there
+        cached = trt_runtime.load(mounted, cache_dir=tmp_path / "cache")
+        assert cached.choice.cache is CacheStatus.CREATED and cached.choice.session_cache is CacheStatus.CREATED
+        np.testing.assert_array_equal(cached(feeds)["last_hidden_state"], expected)
+        # built beforehand into the export (e.g. in the image build): used as it is
+        built = trt_runtime.load(mounted_prebuilt)
+        assert built.choice.cache is CacheStatus.PREBUILT and built.choice.session_cache is CacheStatus.IN_MEMORY
+        np.testing.assert_array_equal(built(feeds)["last_hidden_state"], expected)
+        pipe = trt_runtime.pipeline("feature-extraction", mounted, pooling="mean")
+        assert pipe.runner.choice.graph == "cpu-int8" and len(pipe("john lives in paris")) == 32
+    assert _snapshot(source) == before[source] and _snapshot(prebuilt) == before[prebuilt], "nothing written"
 
 
 # --- the benchmark's machinery ------------------------------------------------------------------------

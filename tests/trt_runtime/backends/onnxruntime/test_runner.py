@@ -3,6 +3,8 @@ optimized-graph cache, backend choice, and bad feeds that must never reach onnxr
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -16,7 +18,8 @@ import trt_runtime
 from tests.fixtures import ROOT
 from tests.fixtures.runtime_exports import save_checkpoint, tiny_export
 from tests.fixtures.tiny_models import hf_outputs, padded_batch
-from trt_runtime.backends.base import Runner
+from trt_runtime.backends.base import BaseRunner, CacheStatus, Runner
+from trt_runtime.backends.onnxruntime.options import OrtOptions
 from trt_runtime.backends.onnxruntime.runner import CACHE_DIR, OrtRunner
 from trt_runtime.contract.export_dir import ENGINE, ENGINE_JSON, ExportDirError, read_export_info
 from trt_runtime.loader import BackendUnavailableError
@@ -42,7 +45,7 @@ def fresh_copy(export_dir: Path, tmp_path: Path) -> Path:
 def test_outputs_match_hugging_face(model_type, task):
     checkpoint, export_dir = tiny_export(model_type, task)
     runner = trt_runtime.load(export_dir, backend="onnxruntime")
-    assert isinstance(runner, Runner) and runner.backend == "onnxruntime"
+    assert isinstance(runner, BaseRunner) and isinstance(runner, Runner) and runner.backend == "onnxruntime"
     import transformers
 
     reference = getattr(transformers, _hf_class(checkpoint)).from_pretrained(checkpoint).eval()
@@ -61,29 +64,40 @@ def _hf_class(checkpoint: Path) -> str:
     return json.loads((checkpoint / "config.json").read_text())["architectures"][0]
 
 
-# --- the optimized-graph cache ----------------------------------------------------------------------
+# --- ONNX Runtime's optimized-graph cache, with its record -----------------------------------------------
 
 
-def _cache_files(export_dir: Path) -> list[Path]:
-    return sorted((export_dir / CACHE_DIR).glob("*")) if (export_dir / CACHE_DIR).exists() else []
+def _cache_dir(runner: OrtRunner) -> Path:
+    """The runner's cache directory for this export: <export>/.cache/<sha256[:16] of model.onnx>."""
+    return runner.export_dir / CACHE_DIR / runner.info.onnx_sha256[:16]
 
 
-def test_cache_is_created_once_keyed_and_reused(tmp_path):
+def _cached_graphs(directory: Path) -> list[Path]:
+    return sorted(directory.glob("ort-*.onnx")) if directory.exists() else []
+
+
+def test_optimized_graph_cache_is_created_once_with_its_record_and_reused(tmp_path):
     export_dir = fresh_copy(tiny_export("bert", "text-classification")[1], tmp_path)
+    first = OrtRunner(export_dir, graph="exported")
+    cache = _cache_dir(first)
+    files = _cached_graphs(cache)
     info = read_export_info(export_dir)
-    first = OrtRunner(export_dir)
-    files = _cache_files(export_dir)
     assert [f.name for f in files] == [f"ort-{ort.__version__}-{info.onnx_sha256[:16]}-extended-cpu.onnx"]
-    assert first.cache_status.startswith("created") and first.model_path == files[0]
+    assert first.choice.session_cache is CacheStatus.CREATED and first.model_path == files[0]
+    record = json.loads(files[0].with_suffix(".json").read_text())
+    # the record vouches for what the file was made from and for the file itself (sha256 taken here, not by the code)
+    assert record["source_sha256"] == info.onnx_sha256
+    assert record["sha256"] == hashlib.sha256(files[0].read_bytes()).hexdigest()
+    assert record["made_with"]["onnxruntime_version"] == ort.__version__
     stamp = files[0].stat().st_mtime_ns
 
-    second = OrtRunner(export_dir)
-    assert second.cache_status.startswith("reused") and second.model_path == files[0]
-    assert _cache_files(export_dir) == files and files[0].stat().st_mtime_ns == stamp
-    assert not list((export_dir / CACHE_DIR).glob(".*")), "no temporary file is left behind"
+    second = OrtRunner(export_dir, graph="exported")
+    assert second.choice.session_cache is CacheStatus.REUSED and second.model_path == files[0]
+    assert _cached_graphs(cache) == files and files[0].stat().st_mtime_ns == stamp
+    assert not [p for p in cache.iterdir() if p.name.startswith(".") and p.name != ".lock"], "no temporary left"
 
-    uncached = OrtRunner(export_dir, cache=False)
-    assert uncached.model_path == export_dir / "model.onnx"
+    uncached = OrtRunner(export_dir, graph="exported", cache=False)
+    assert uncached.model_path == export_dir / "model.onnx" and uncached.choice.session_cache is CacheStatus.NOT_USED
     feeds = {k: v.numpy() for k, v in padded_batch("bert").items()}
     for runner in (first, second):
         np.testing.assert_allclose(runner(feeds)["logits"], uncached(feeds)["logits"], rtol=1e-5, atol=1e-6)
@@ -91,46 +105,73 @@ def test_cache_is_created_once_keyed_and_reused(tmp_path):
 
 def test_cache_key_changes_with_the_onnx_file_and_the_level(tmp_path):
     export_dir = fresh_copy(tiny_export("bert", "text-classification")[1], tmp_path)
-    OrtRunner(export_dir)
-    OrtRunner(export_dir, graph_optimization_level="basic")
-    names = [f.name for f in _cache_files(export_dir)]
+    runner = OrtRunner(export_dir, graph="exported")
+    OrtRunner(export_dir, graph="exported", graph_optimization_level="basic")
+    names = [f.name for f in _cached_graphs(_cache_dir(runner))]
     assert len(names) == 2 and any(n.endswith("-basic-cpu.onnx") for n in names)
     # another export (another ONNX file) in the same place gets another key
     other = tiny_export("bert", "text-classification", seed=3)[1]
     shutil.copy(other / "model.onnx", export_dir / "model.onnx")
     shutil.copy(other / "export.json", export_dir / "export.json")
-    OrtRunner(export_dir)
+    again = OrtRunner(export_dir, graph="exported")
     sha = read_export_info(export_dir).onnx_sha256
-    assert any(sha[:16] in f.name for f in _cache_files(export_dir)) and len(_cache_files(export_dir)) == 3
+    assert again.model_path is not None and sha[:16] in again.model_path.name
+    assert again.choice.session_cache is CacheStatus.CREATED
 
 
-def test_unloadable_cache_is_set_aside_and_the_original_used(tmp_path, caplog):
+def test_a_substituted_optimized_graph_is_detected_and_rebuilt(tmp_path):
+    """Another export's optimized graph copied over this one's (its model.onnx still verifies) is never run."""
     export_dir = fresh_copy(tiny_export("bert", "text-classification")[1], tmp_path)
-    cached = OrtRunner(export_dir).model_path
+    other_dir = fresh_copy(tiny_export("bert", "text-classification", seed=3)[1], tmp_path / "other")
+    cached = OrtRunner(export_dir, graph="exported").model_path
+    foreign = OrtRunner(other_dir, graph="exported").model_path
+    assert cached is not None and foreign is not None
+    shutil.copy(foreign, cached)
+    runner = OrtRunner(export_dir, graph="exported")
+    assert runner.choice.session_cache is CacheStatus.REBUILT
+    assert "is not the file its record describes" in runner.choice.session_cache_detail
+    feeds = {k: v.numpy() for k, v in padded_batch("bert").items()}
+    reference = ort.InferenceSession(str(export_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(runner(feeds)["logits"], reference.run(["logits"], feeds)[0], rtol=1e-5, atol=1e-6)
+    assert OrtRunner(export_dir, graph="exported").choice.session_cache is CacheStatus.REUSED
+
+
+def test_a_verified_cache_that_does_not_load_is_set_aside_and_the_graph_used(tmp_path, caplog):
+    """A cached file that matches its record but that ONNX Runtime cannot load (its own output, refused)."""
+    from trt_runtime.backends.artefacts import record_path
+
+    export_dir = fresh_copy(tiny_export("bert", "text-classification")[1], tmp_path)
+    cached = OrtRunner(export_dir, graph="exported").model_path
+    assert cached is not None
     cached.write_bytes(b"not an onnx model")
+    record = json.loads(record_path(cached).read_text())
+    record["sha256"] = hashlib.sha256(b"not an onnx model").hexdigest()
+    record_path(cached).write_text(json.dumps(record))
     with caplog.at_level(logging.WARNING):
-        runner = OrtRunner(export_dir)
+        runner = OrtRunner(export_dir, graph="exported")
     assert "does not load" in caplog.text
-    assert runner.model_path == export_dir / "model.onnx" and runner.cache_status.startswith("not used")
-    assert cached.with_suffix(".unusable").exists() and not cached.exists()
+    assert runner.model_path == export_dir / "model.onnx" and runner.choice.session_cache is CacheStatus.NOT_USED
+    assert cached.with_suffix(".unusable").exists()
     feeds = {k: v.numpy() for k, v in padded_batch("bert").items()}
     np.testing.assert_allclose(
-        runner(feeds)["logits"], OrtRunner(export_dir, cache=False)(feeds)["logits"], atol=1e-6
+        runner(feeds)["logits"], OrtRunner(export_dir, graph="exported", cache=False)(feeds)["logits"], atol=1e-6
     )
-    assert OrtRunner(export_dir).cache_status.startswith("not used"), "a set-aside cache is not tried again"
+    again = OrtRunner(export_dir, graph="exported")
+    assert again.choice.session_cache is CacheStatus.NOT_USED, "a set-aside cache is not tried again"
+    assert "records why" in again.choice.session_cache_detail
 
 
-def test_unwritable_cache_runs_without_it(tmp_path, caplog):
+def test_unwritable_cache_runs_in_memory_and_says_so(tmp_path):
     export_dir = fresh_copy(tiny_export("bert", "text-classification")[1], tmp_path)
-    (export_dir / CACHE_DIR).write_text(
-        "a file where the cache directory should be"
-    )  # mkdir fails, even as root
-    with caplog.at_level(logging.WARNING):
-        runner = OrtRunner(export_dir)
-    assert "cannot write the optimized-graph cache" in caplog.text
-    assert runner.cache_status.startswith("not written") and runner.model_path.name == "model.onnx"
+    # a file where the cache directory should be: mkdir fails, even as root
+    (export_dir / CACHE_DIR).write_text("a file where the cache directory should be")
+    runner = OrtRunner(export_dir)
+    assert runner.choice.session_cache is CacheStatus.IN_MEMORY
+    assert runner.choice.cache is CacheStatus.IN_MEMORY and runner.choice.graph == "cpu-float"
+    assert "cannot be" in runner.choice.session_cache_detail and runner.model_path is None
     feeds = {k: v.numpy() for k, v in padded_batch("bert").items()}
     assert runner(feeds)["logits"].shape == (3, 3)
+    assert (export_dir / CACHE_DIR).read_text() == "a file where the cache directory should be"
 
 
 @pytest.mark.parametrize(
@@ -141,10 +182,6 @@ def test_cache_of_quantized_exports_loads_and_matches(tmp_path, model_type, quan
     """Q/DQ nodes and `ibert` function bodies survive the cached optimized graph."""
     import exporter
 
-    if quantization == "integer":
-        pytest.importorskip(
-            "models.ibert", reason="the I-BERT integer modules (models/ibert.py) are not written yet"
-        )
     checkpoint = tmp_path / "checkpoint"
     save_checkpoint(checkpoint, model_type, "text-classification")
     export_dir = exporter.export(
@@ -156,17 +193,69 @@ def test_cache_of_quantized_exports_loads_and_matches(tmp_path, model_type, quan
         log=None,
     )
     created, reused, uncached = (
-        OrtRunner(export_dir),
-        OrtRunner(export_dir),
-        OrtRunner(export_dir, cache=False),
+        OrtRunner(export_dir, graph="exported"),
+        OrtRunner(export_dir, graph="exported"),
+        OrtRunner(export_dir, graph="exported", cache=False),
     )
-    assert created.cache_status.startswith("created") and reused.cache_status.startswith("reused")
+    assert created.choice.session_cache is CacheStatus.CREATED
+    assert reused.choice.session_cache is CacheStatus.REUSED
     if quantization == "integer":
         assert created.info.custom_ops, "the export has `ibert` nodes with function bodies"
     feeds = {k: v.numpy() for k, v in padded_batch(model_type).items() if k in created.info.input_names}
     expected = uncached(feeds)["logits"]
     for runner in (created, reused):
         np.testing.assert_allclose(runner(feeds)["logits"], expected, rtol=1e-5, atol=1e-5)
+
+
+# --- options -----------------------------------------------------------------------------------------------
+
+
+def test_options_are_a_typed_dataclass_and_keywords_alike(tmp_path):
+    export_dir = tiny_export("bert", "text-classification")[1]
+    by_class = OrtRunner(export_dir, OrtOptions(intra_op_num_threads=1, graph="exported"))
+    by_keyword = OrtRunner(export_dir, intra_op_num_threads=1, graph="exported")
+    assert by_class.options == by_keyword.options == OrtOptions(intra_op_num_threads=1, graph="exported")
+    assert by_class.session.get_session_options().intra_op_num_threads == 1
+    # keywords on top of an options object
+    assert OrtRunner(export_dir, OrtOptions(graph="exported"), cache=False).options.cache is False
+    with pytest.raises(TypeError, match="options must be a OrtOptions .*got \\{'graph'"):
+        OrtRunner(export_dir, {"graph": "exported"})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"graph_optimization_level": "max"}, "graph_optimization_level='max'; choose one of disable, basic"),
+        ({"graph": "fast"}, "graph='fast'; choose one of auto, exported, cpu-int8, cpu-float"),
+        ({"intra_op_num_threads": -1}, "intra_op_num_threads must be a non-negative int"),
+        ({"inter_op_num_threads": 1.5}, "inter_op_num_threads must be a non-negative int"),
+        ({"cache": "yes"}, "cache must be True or False"),
+        ({"cache_dir": 3}, "cache_dir must be a path"),
+        ({"log_severity_level": 7}, "log_severity_level must be an int from 0"),
+        ({"providers": "CPUExecutionProvider"}, "providers must be a list of execution provider names"),
+    ],
+)
+def test_bad_option_values_are_refused_naming_the_option(options, message):
+    with pytest.raises(ValueError, match=message):
+        OrtOptions(**options)
+    with pytest.raises(ValueError, match=message):
+        trt_runtime.load(tiny_export("bert", "text-classification")[1], backend="onnxruntime", **options)
+
+
+def test_the_loader_knows_each_backends_options_without_importing_tensorrt():
+    """Option names come from the options dataclasses (light modules), not from the runners' signatures."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from trt_runtime.loader import runner_options, all_runner_options\n"
+        "assert runner_options('tensorrt') == {'device'}, runner_options('tensorrt')\n"
+        "assert 'cache_dir' in runner_options('onnxruntime') and 'device' in all_runner_options()\n"
+        "loaded = [m for m in ('trt_runtime.backends.tensorrt.runner', 'onnxruntime') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
 
 
 # --- backend choice ---------------------------------------------------------------------------------
@@ -176,11 +265,8 @@ def test_auto_without_engine_falls_back_and_says_why(caplog):
     export_dir = tiny_export("bert", "text-classification")[1]
     with caplog.at_level(logging.INFO, logger="trt_runtime"):
         runner = trt_runtime.load(export_dir)
-    assert runner.backend == "onnxruntime"
-    assert (
-        "no TensorRT engine" in runner.backend_reason
-        and "python -m trt_runtime build" in runner.backend_reason
-    )
+    assert runner.backend == "onnxruntime" and runner.choice.backend == "onnxruntime"
+    assert "no TensorRT engine" in runner.choice.reason and "python -m trt_runtime build" in runner.choice.reason
     assert "onnxruntime backend" in caplog.text
 
 
@@ -189,7 +275,7 @@ def test_auto_with_engine_but_no_tensorrt_falls_back(tmp_path):
     (export_dir / ENGINE).write_bytes(b"\0")
     (export_dir / ENGINE_JSON).write_text("{}")
     runner = trt_runtime.load(export_dir)
-    assert runner.backend == "onnxruntime" and "TensorRT is not available" in runner.backend_reason
+    assert runner.backend == "onnxruntime" and "TensorRT is not available" in runner.choice.reason
 
 
 def test_tensorrt_backend_without_tensorrt_is_a_clear_error():
@@ -209,6 +295,8 @@ def test_unknown_backend_and_option():
         match="unknown option.*threads for the onnxruntime backend; it takes .*intra_op_num_threads",
     ):
         trt_runtime.load(export_dir, backend="onnxruntime", threads=2)
+    with pytest.raises(TypeError, match="unknown option.*device for the onnxruntime backend"):
+        trt_runtime.load(export_dir, backend="onnxruntime", device=0)
 
 
 def test_unavailable_provider_names_the_installed_ones():
@@ -222,6 +310,16 @@ def test_thread_settings_reach_the_session():
     runner = OrtRunner(export_dir, intra_op_num_threads=1, inter_op_num_threads=1)
     assert runner.session.get_session_options().intra_op_num_threads == 1
     assert runner.providers == ["CPUExecutionProvider"]
+
+
+def test_deprecated_reason_properties_still_read_the_choice():
+    runner = trt_runtime.load(tiny_export("bert", "text-classification")[1])
+    with pytest.warns(DeprecationWarning, match="runner.backend_reason is deprecated; read runner.choice.reason"):
+        assert runner.backend_reason == runner.choice.reason
+    with pytest.warns(DeprecationWarning, match="graph_reason"):
+        assert runner.graph_reason == runner.choice.graph_reason
+    with pytest.warns(DeprecationWarning, match="cache_status"):
+        assert runner.cache_status.startswith(runner.choice.session_cache.value)
 
 
 def test_not_an_export_dir_and_a_changed_model(tmp_path):
