@@ -250,7 +250,7 @@ def test_the_loader_knows_each_backends_options_without_importing_tensorrt():
     code = (
         "import sys\n"
         "from trt_runtime.loader import runner_options, all_runner_options\n"
-        "assert runner_options('tensorrt') == {'device'}, runner_options('tensorrt')\n"
+        "assert runner_options('tensorrt') == {'device', 'cuda_graphs'}, runner_options('tensorrt')\n"
         "assert 'cache_dir' in runner_options('onnxruntime') and 'device' in all_runner_options()\n"
         "loaded = [m for m in ('trt_runtime.backends.tensorrt.runner', 'onnxruntime') if m in sys.modules]\n"
         "assert not loaded, loaded\n"
