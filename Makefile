@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU build on local disk (an unpinned torch pulls a multi-GB CUDA build)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,openvino]"
 	# TensorRT's API for mypy only (the real wheels cannot install here; see README)
 	$(PY) -m pip install -q --no-deps "tensorrt-stubs==10.13.0.35.1"
 	# ... made readable by mypy: copied into typings/ (generated, not committed) with two fixes
@@ -50,10 +50,10 @@ demo: setup  ## all-MiniLM-L6-v2 float vs INT8 on ONNX Runtime: export (or reuse
 	$(PY) scripts/demo.py
 
 .PHONY: bench bench-quick
-bench: setup  ## CPU speed/memory/accuracy: PyTorch, float and INT8 exports on ONNX Runtime, ORT quantizers (BERT-base, MiniLM) -> benchmarks/results/bench.{json,png} (docs/benchmarks.md)
+bench: setup  ## CPU speed/memory/accuracy side by side: transformers, ONNX Runtime (float, O2, quantize_dynamic), OpenVINO (float, + NNCF) and our backends (BERT-base, MiniLM; real-corpus pass) -> benchmarks/results/bench.{json,png} (docs/benchmarks.md)
 	$(PY) -m benchmarks.bench $(BENCH_FLAGS)
 
-bench-quick: setup  ## the same, MiniLM at sequence 128 only (under two minutes once exports/bench exists)
+bench-quick: setup  ## the same for MiniLM at batch 1 and 8 x sequence 128 and a 500-sentence corpus pass -> benchmarks/results/bench-quick.{json,png}
 	$(PY) -m benchmarks.bench --quick $(BENCH_FLAGS)
 
 .PHONY: engines trtexec-bench

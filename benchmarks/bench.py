@@ -1,22 +1,22 @@
-"""`make bench`: float vs INT8 on the CPU, side by side on the same inputs, with the accuracy of each path.
+"""`make bench`: every way to run a BERT-family encoder on the CPU, side by side on the same inputs, with accuracy.
 
-For each model (BERT-base-sized with random weights; all-MiniLM-L6-v2) and shape (batch 1 and 8 x
-sequence 32, 128, 384) it measures PyTorch float eager, our float export on ONNX Runtime, our INT8
-export on ONNX Runtime (the CPU INT8 graph of trt_runtime.backends.onnxruntime.cpu_int8), the export's TensorRT-style Q/DQ
-graph on ONNX Runtime, and onnxruntime.quantization's quantize_dynamic / quantize_static applied to our
-float export (benchmarks/variants.py). Reported per variant: median and p90 latency, throughput,
-the ratio to our float export, peak resident memory (a fresh child process per variant, at the
-largest shape), model size, and the mean sentence-embedding cosine to PyTorch float on held-out real
-sentences (with random weights: agreement with float only). Results go to
-benchmarks/results/bench[-quick].json and .png; the table is printed.
+For each model (BERT-base-sized with random weights; all-MiniLM-L6-v2) and shape (batch 1, 8 and 32 x
+sequence 32, 128, 384) it measures the peers a CPU user would pick (transformers float, ONNX Runtime float
+with optimum's O2 fusions, ONNX Runtime's quantize_dynamic, OpenVINO float, OpenVINO + NNCF INT8) and each
+of our backends (the ONNX Runtime CPU INT8 graph, OpenVINO on our qdq export, the integer export on ONNX
+Runtime): benchmarks/variants.py. Reported per variant: median and p90 latency, throughput, the ratio to
+our float export, peak resident memory (a fresh child process per variant, at the largest shape), model
+size, and the mean sentence-embedding cosine to transformers float on held-out real sentences (with random
+weights: agreement with float only). Then the real-corpus pass (benchmarks/corpus.py): all-MiniLM-L6-v2
+embedding thousands of held-out shipped sentences, text in to embeddings out, each peer batching as its
+own pipeline does. Results go to benchmarks/results/bench[-quick].json and .png, with the CPU model and
+its flags; the table is printed.
 
     PYTHONPATH=. python -m benchmarks.bench [--quick] [--models bert-base,minilm] [--threads 2] ...
 
---quick (about 35 s on this 2-core machine once the exports exist, under two minutes): all-MiniLM-L6-v2
-at batch 1 and 8 x sequence 128, three rounds, 64 sentences, and only ort-float, ort-int8,
-quantize_dynamic and quantize_static (PyTorch float is still the accuracy reference). A first run
-exports the models into exports/bench/ and makes the peers there (minutes; "prepare_seconds" in the
-JSON says how long); later runs reuse them.
+--quick: all-MiniLM-L6-v2 at batch 1 and 8 x sequence 128, three rounds, 64 sentences, the goal's
+variants, and a 500-sentence corpus pass. A first run exports the models into exports/bench/ and makes
+the peers there (minutes; "prepare_seconds" in the JSON says how long); later runs reuse them.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import report  # noqa: E402
+from benchmarks import corpus, report  # noqa: E402
 from benchmarks.checkpoints import bert_base_random, minilm  # noqa: E402
 from benchmarks.measure import (  # noqa: E402
     cosine_stats,
@@ -52,24 +52,31 @@ from benchmarks.variants import (  # noqa: E402
     ModelSpec,
     VariantSpec,
     build_runner,
-    export,
     model_size_mb,
-    peer,
     random_feeds,
+    variant_specs,
 )
 
+#: the default run: the peers of issue 19 and each of our backends (benchmarks/variants.py says what each is)
 VARIANTS = (
-    "pytorch",
+    "transformers",
     "ort-float",
-    "ort-float-fused",
-    "ort-int8",
-    "ort-qdq-export",
+    "ort-float-o2",
     "quantize_dynamic",
-    "quantize_static",
-    "quantize_static-defaults",
+    "openvino-float",
+    "openvino-float-bf16",
+    "openvino-nncf",
+    "ort-int8",
+    "openvino-qdq",
+    "openvino-qdq-bf16",
+    "ort-integer",
 )
-#: --quick: ours, its baseline and the two quantizers of the goal (PyTorch still gives the accuracy reference)
-QUICK_VARIANTS = ("ort-float", "ort-int8", "quantize_dynamic", "quantize_static")
+#: measured only when asked for (--variants)
+EXTRA_VARIANTS = ("ort-float-fused", "ort-qdq-export", "quantize_static", "quantize_static-defaults")
+#: --quick: the goal's variants (transformers still gives the accuracy reference)
+QUICK_VARIANTS = (
+    "ort-float", "ort-float-o2", "quantize_dynamic", "openvino-float", "openvino-nncf", "ort-int8", "openvino-qdq",
+)
 
 
 RANDOM_WEIGHT_SENTENCES = 64
@@ -118,54 +125,18 @@ def model_specs(
     return specs
 
 
-def variant_specs(spec: ModelSpec, wanted: list[str], exports: Path) -> list[VariantSpec]:
-    float_dir = export(spec, "none", exports, say)
-    qdq_dir = export(spec, "qdq", exports, say) if {"ort-int8", "ort-qdq-export"} & set(wanted) else None
-    variants = []
-    for name in wanted:
-        if name == "pytorch":
-            variants.append(VariantSpec(name, "torch", str(spec.checkpoint)))
-        elif name == "ort-float":
-            variants.append(VariantSpec(name, "runner", str(float_dir), "exported"))
-        elif name == "ort-float-fused":
-            variants.append(
-                VariantSpec(name, "file", str(fused_float(float_dir, exports / "peers" / spec.name)))
-            )
-        elif name == "ort-int8":
-            variants.append(VariantSpec(name, "runner", str(qdq_dir), "cpu-int8"))
-        elif name == "ort-qdq-export":
-            variants.append(VariantSpec(name, "runner", str(qdq_dir), "exported"))
-        else:
-            variants.append(VariantSpec(name, "file", str(peer(name, float_dir, spec, exports, say))))
-    return variants
-
-
-def fused_float(float_dir: Path, directory: Path) -> Path:
-    """The float export after onnxruntime.transformers' BERT fusions (the same ones the CPU INT8 graph uses)."""
-    import onnx
-
-    from trt_runtime.backends.onnxruntime import cpu_int8
-    from trt_runtime.contract.export_dir import MODEL_ONNX, read_export_info
-    from trt_runtime.contract.files import save_onnx_atomic
-
-    info = read_export_info(float_dir)
-    target = directory / f"float-fused-{(info.onnx_sha256 or '')[:16]}.onnx"
-    if target.exists():
-        return target
-    config = cpu_int8.read_config(float_dir)
-    model = onnx.load(str(float_dir / MODEL_ONNX))
-    if info.architecture in cpu_int8.FUSABLE_ARCHITECTURES:
-        model = cpu_int8.fuse_transformer(
-            model, int(config.get("num_attention_heads", 0)), int(config.get("hidden_size", 0))
-        )
-    save_onnx_atomic(model, target)
-    return target
+#: the CPU flags that decide which int8 / bf16 kernels the backends can use
+ISA_FLAGS = (
+    "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
+    "amx_bf16",
+)
 
 
 def machine() -> dict[str, Any]:
     import onnxruntime
 
     from trt_runtime.backends.onnxruntime import cpu_int8
+    from trt_runtime.loader import CPU_BACKENDS
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -174,14 +145,29 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     flags = cpu_int8.cpu_flags()
-    return {
+    info: dict[str, Any] = {
         "cpu": cpu,
         "cores": os.cpu_count(),
-        "isa": sorted(flags & {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"}),
+        "isa": [flag for flag in ISA_FLAGS if flag in flags],
         "onnxruntime": onnxruntime.__version__,
         "python": platform.python_version(),
         "cpu_int8_recipe": cpu_int8.Recipe().tag,
+        "cpu_backends": {mode: list(row) for mode, row in CPU_BACKENDS.items()},
     }
+    try:
+        import nncf
+        import openvino
+
+        core = openvino.Core()
+        info.update(
+            openvino=openvino.get_version(),
+            nncf=nncf.__version__,
+            openvino_device=core.get_property("CPU", "FULL_DEVICE_NAME"),
+            openvino_capabilities=list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
+        )
+    except ImportError as e:
+        info["openvino"] = f"not installed ({e})"
+    return info
 
 
 def bench_model(spec: ModelSpec, args: argparse.Namespace, results: dict[str, Any]) -> None:
@@ -189,7 +175,7 @@ def bench_model(spec: ModelSpec, args: argparse.Namespace, results: dict[str, An
 
     say(f"\n== {spec.name}: {spec.description}")
     prepare_started = time.perf_counter()
-    variants = variant_specs(spec, args.variants, args.exports)
+    variants = variant_specs(spec, args.variants, args.exports, say)
     vocab_size = int(json.loads((spec.checkpoint / "config.json").read_text())["vocab_size"])
     shapes = [(b, s) for s in args.sequences for b in args.batches]
     entry: dict[str, Any] = {
@@ -213,11 +199,11 @@ def bench_model(spec: ModelSpec, args: argparse.Namespace, results: dict[str, An
     # with random weights the cosine only checks agreement with float, not accuracy: fewer sentences do
     sentences = args.sentences if spec.real_weights else min(args.sentences, RANDOM_WEIGHT_SENTENCES)
     if sentences:
-        say(f"  accuracy: sentence embeddings of {sentences} held-out sentences vs PyTorch float")
+        say(f"  accuracy: sentence embeddings of {sentences} held-out sentences vs transformers float")
         entry["accuracy_sentences"] = sentences
         batches = tokenized_batches(spec.checkpoint, held_out_sentences(sentences))
-        reference_runner = runners.get("pytorch") or build_runner(
-            VariantSpec("pytorch", "torch", str(spec.checkpoint)), args.threads
+        reference_runner = runners.get("transformers") or build_runner(
+            VariantSpec("transformers", "transformers", str(spec.checkpoint)), args.threads
         )
         reference = sentence_embeddings(reference_runner, batches)
         for name, runner in tqdm(runners.items(), desc="accuracy", leave=False):
@@ -252,7 +238,7 @@ def bench_model(spec: ModelSpec, args: argparse.Namespace, results: dict[str, An
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="MiniLM, batch 1 and 8 x sequence 128, 3 rounds")
+    parser.add_argument("--quick", action="store_true", help="MiniLM, batch 1 and 8 x sequence 128, 3 rounds, 500-sentence corpus")
     parser.add_argument("--models", default=None, help="comma-separated: bert-base, minilm (default: both)")
     parser.add_argument(
         "--checkpoint",
@@ -261,9 +247,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="NAME=DIR",
         help="also measure this checkpoint (repeatable)",
     )
-    parser.add_argument("--batches", default=None, help="comma-separated (default 1,8)")
+    parser.add_argument("--batches", default=None, help="comma-separated (default 1,8,32; quick 1,8)")
     parser.add_argument("--sequences", default=None, help="comma-separated (default 32,128,384)")
-    parser.add_argument("--variants", default=None, help=f"comma-separated subset of {','.join(VARIANTS)}")
+    parser.add_argument(
+        "--variants", default=None, help=f"comma-separated, of {','.join(VARIANTS + EXTRA_VARIANTS)}"
+    )
+    parser.add_argument(
+        "--corpus-sentences", type=int, default=None,
+        help="sentences of the real-corpus pass (default 3000; quick 500; 0: no corpus pass)",
+    )
+    parser.add_argument(
+        "--corpus-variants", default=None, help=f"comma-separated, of {','.join(corpus.PIPELINES)}"
+    )
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count() or 1, help="intra-op threads (default: all cores)"
     )
@@ -291,14 +286,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.models = ["minilm"] if args.quick else ["bert-base", "minilm"]
     else:
         args.models = [m for m in args.models.split(",") if m]
-    args.batches = ints(args.batches) if args.batches else [1, 8]
+    args.batches = ints(args.batches) if args.batches else ([1, 8] if args.quick else [1, 8, 32])
     args.sequences = ints(args.sequences) if args.sequences else ([128] if args.quick else [32, 128, 384])
     args.variants = (
         args.variants.split(",") if args.variants else list(QUICK_VARIANTS if args.quick else VARIANTS)
     )
-    unknown = set(args.variants) - set(VARIANTS)
+    unknown = set(args.variants) - set(VARIANTS + EXTRA_VARIANTS)
     if unknown:
-        parser.error(f"unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS)}")
+        parser.error(
+            f"unknown variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(VARIANTS + EXTRA_VARIANTS)}"
+        )
+    if args.corpus_sentences is None:
+        args.corpus_sentences = 500 if args.quick else 3000
+    args.corpus_variants = args.corpus_variants.split(",") if args.corpus_variants else list(corpus.PIPELINES)
+    unknown = set(args.corpus_variants) - set(corpus.PIPELINES)
+    if unknown:
+        parser.error(f"unknown corpus variant(s) {', '.join(sorted(unknown))}; choose from {', '.join(corpus.PIPELINES)}")
     args.rounds = args.rounds or (3 if args.quick else 5)
     args.sentences = (64 if args.quick else 512) if args.sentences is None else args.sentences
     args.name = args.name or ("bench-quick" if args.quick else "bench")
@@ -318,12 +321,18 @@ def main(argv: list[str] | None = None) -> int:
         "models": {},
         "timings": [],
     }
+    m = results["machine"]
     say(
-        f"{results['machine']['cpu']} ({results['machine']['cores']} cores, {', '.join(results['machine']['isa'])}), "
-        f"onnxruntime {results['machine']['onnxruntime']}, {args.threads} threads; load average {load_now():.1f}"
+        f"{m['cpu']} ({m['cores']} cores, {', '.join(m['isa'])}), onnxruntime {m['onnxruntime']}, "
+        f"openvino {m.get('openvino')}, {args.threads} threads; load average {load_now():.1f}"
     )
-    for spec in model_specs(args.models, args.checkpoint, args.calibration_samples, args.exports):
+    specs = model_specs(args.models, args.checkpoint, args.calibration_samples, args.exports)
+    for spec in specs:
         bench_model(spec, args, results)
+    if args.corpus_sentences:
+        corpus_spec = next((s for s in specs if s.real_weights), None) or specs[0]
+        say(f"\n== real corpus: {corpus_spec.name}, {args.corpus_sentences} held-out sentences, text in, embeddings out")
+        results["corpus"] = corpus.run(corpus_spec, args, say)
     report.add_ratios(results)
     results["goal"] = report.goal_check(results)
     results["load_average_end"] = round(load_now(), 2)
@@ -336,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(json_path, results)
     report.plot(results, png_path)
     say("\n" + report.table(results))
+    if "corpus" in results:
+        say("\n" + report.corpus_table(results["corpus"]))
     say("\n" + report.goal_line(results["goal"]))
     prepared = sum(m.get("prepare_seconds", 0) for m in results["models"].values())
     say(

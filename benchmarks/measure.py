@@ -119,8 +119,12 @@ def memory_child(
     variant: VariantSpec, shapes: list[tuple[int, int]], vocab_size: int, threads: int
 ) -> dict[str, Any]:
     """In the child: RSS before loading, then peak RSS after loading and running every shape once."""
-    if variant.kind == "torch":
-        import torch  # noqa: F401  (imported before the baseline, as the ORT variants import onnxruntime)
+    # the variant's libraries are imported before the baseline, so the increase is what the variant costs
+    if variant.kind == "transformers":
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    if variant.kind.startswith("openvino"):
+        import openvino  # noqa: F401
     import onnxruntime  # noqa: F401
 
     before = _rss_mb()
@@ -202,15 +206,16 @@ def tokenized_batches(checkpoint: Path, texts: list[str], batch_size: int = 32) 
     return batches
 
 
+def mean_pooled(hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    """Mean over the attention mask, unit length: all-MiniLM-L6-v2's sentence embedding."""
+    mask = attention_mask[..., None].astype(np.float32)
+    pooled = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1.0)
+    return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+
 def sentence_embeddings(runner: Runner, batches: list[Feeds]) -> np.ndarray:
-    """Mean-pooled (over the attention mask), unit-length embeddings: all-MiniLM-L6-v2's sentence embedding."""
-    out = []
-    for feeds in batches:
-        hidden = runner(feeds)
-        mask = feeds["attention_mask"][..., None].astype(np.float32)
-        pooled = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1.0)
-        out.append(pooled / np.linalg.norm(pooled, axis=1, keepdims=True))
-    return np.concatenate(out)
+    """The sentence embedding (`mean_pooled`) of every row of `batches`."""
+    return np.concatenate([mean_pooled(runner(feeds), feeds["attention_mask"]) for feeds in batches])
 
 
 def cosine_stats(embeddings: np.ndarray, reference: np.ndarray) -> dict[str, float]:

@@ -1,8 +1,10 @@
-"""Where the time goes: ONNX Runtime's profiler (SessionOptions.enable_profiling) per variant, by op type.
+"""Where the time goes: ONNX Runtime's profiler (SessionOptions.enable_profiling) and OpenVINO's performance
+counters (PERF_COUNT, `InferRequest.profiling_info`) per variant, by op type and, for OpenVINO, by kernel.
 
 Loads the variants that `make bench` made (exports/bench/...), runs each on one shape with profiling
-on, the variants taking turns, and sums the kernel time of every node by op type per run. Writes
-benchmarks/results/profile-<model>-b<batch>-s<sequence>.json and prints a table.
+on, the variants taking turns, and sums the kernel time of every node by op type per run; for OpenVINO
+also by the kernel it chose (`exec_type`, e.g. brgemm_avx512_amx_I8: whether the int8 GEMMs run on AMX,
+VNNI or in float). Writes benchmarks/results/profile-<model>-b<batch>-s<sequence>.json and prints a table.
 
     PYTHONPATH=. python -m benchmarks.profile_ops [--model bert-base] [--batch 8] [--sequence 128] [--runs 5]
 """
@@ -22,11 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench import model_specs, variant_specs  # noqa: E402
+from benchmarks.bench import model_specs  # noqa: E402
 from benchmarks.measure import load_now  # noqa: E402
-from benchmarks.variants import VariantSpec, random_feeds, session_options  # noqa: E402
+from benchmarks.variants import VariantSpec, random_feeds, session_options, variant_specs  # noqa: E402
 
-DEFAULT_VARIANTS = ("ort-float", "ort-int8", "quantize_dynamic", "quantize_static")
+DEFAULT_VARIANTS = ("ort-float", "ort-int8", "quantize_dynamic", "openvino-qdq", "openvino-nncf")
 
 
 def onnx_file(variant: VariantSpec, threads: int) -> str:
@@ -52,31 +54,68 @@ def op_times(profile_path: str) -> tuple[dict[str, float], int]:
     return dict(per_op), runs
 
 
+def _summary(per_op: dict[str, float], runs: int, kernels: dict[str, float] | None = None) -> dict[str, Any]:
+    """Microseconds summed over `runs` -> ms per run and share, by op type (and by kernel)."""
+    total = sum(per_op.values()) or 1.0
+    summary: dict[str, Any] = {
+        "kernel_ms_per_run": round(total / runs / 1000, 2),
+        "ops": {op: {"ms_per_run": round(us / runs / 1000, 2), "share": round(us / total, 4)}
+                for op, us in sorted(per_op.items(), key=lambda kv: -kv[1])},
+    }
+    if kernels is not None:
+        summary["kernels"] = {k: {"ms_per_run": round(us / runs / 1000, 2), "share": round(us / total, 4)}
+                              for k, us in sorted(kernels.items(), key=lambda kv: -kv[1])}
+    return summary
+
+
+def _openvino_request(variant: VariantSpec, threads: int) -> Any:
+    """An infer request with OpenVINO's performance counters on, compiled as the variant is."""
+    import openvino
+
+    if variant.kind == "openvino":  # OpenVinoRunner on an export: its model.onnx, f32 unless asked for bf16
+        path = str(Path(variant.path) / "model.onnx")
+        config = {"INFERENCE_PRECISION_HINT": variant.options.get("precision", "f32")}
+    else:
+        path, config = variant.path, dict(variant.options)
+    config.update(PERF_COUNT=True, INFERENCE_NUM_THREADS=threads, PERFORMANCE_HINT="LATENCY")
+    return openvino.Core().compile_model(path, "CPU", config).create_infer_request()
+
+
 def profile(variants: list[VariantSpec], batch: int, sequence: int, vocab_size: int, runs: int, threads: int) -> dict[str, Any]:
     import onnxruntime as ort
 
     feeds = random_feeds(batch, sequence, vocab_size)
-    sessions = {}
+    sessions, requests = {}, {}
     with tempfile.TemporaryDirectory(prefix="ort-profile-") as scratch:
         for v in variants:
+            if v.kind.startswith("openvino"):
+                requests[v.name] = _openvino_request(v, threads)
+                continue
             options = session_options(threads)
             options.enable_profiling = True
             options.profile_file_prefix = os.path.join(scratch, v.name)
             session = ort.InferenceSession(onnx_file(v, threads), options, providers=["CPUExecutionProvider"])
             names = {i.name for i in session.get_inputs()}
             sessions[v.name] = (session, {k: a for k, a in feeds.items() if k in names})
-        for _ in range(runs):  # the variants take turns, as in the benchmark
+        ov_ops = {name: collections.Counter[str]() for name in requests}
+        ov_kernels = {name: collections.Counter[str]() for name in requests}
+        for run in range(runs):  # the variants take turns, as in the benchmark
             for session, own in sessions.values():
                 session.run(None, own)
+            for name, request in requests.items():
+                request.infer(feeds)
+                if run == 0:
+                    continue  # the warm-up run, as ONNX Runtime's first run is
+                for node in request.profiling_info:
+                    us = node.real_time.total_seconds() * 1e6
+                    ov_ops[name][node.node_type] += us
+                    ov_kernels[name][node.exec_type] += us
         result = {}
         for name, (session, _) in sessions.items():
             per_op, count = op_times(session.end_profiling())
-            total = sum(per_op.values())
-            result[name] = {
-                "kernel_ms_per_run": round(total / count / 1000, 2),
-                "ops": {op: {"ms_per_run": round(us / count / 1000, 2), "share": round(us / total, 4)}
-                        for op, us in sorted(per_op.items(), key=lambda kv: -kv[1])},
-            }
+            result[name] = _summary(per_op, count)
+        for name in requests:
+            result[name] = _summary(dict(ov_ops[name]), runs - 1, dict(ov_kernels[name]))
     return result
 
 
@@ -92,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
     spec = model_specs([args.model], [], None, args.exports)[0]
-    variants = [v for v in variant_specs(spec, args.variants.split(","), args.exports) if v.kind != "torch"]
+    variants = [v for v in variant_specs(spec, args.variants.split(","), args.exports, print) if v.kind != "transformers"]
     vocab_size = int(json.loads((spec.checkpoint / "config.json").read_text())["vocab_size"])
     load = load_now()
     result = profile(variants, args.batch, args.sequence, vocab_size, args.runs + 1, args.threads)
@@ -107,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{name}: {data['kernel_ms_per_run']:.1f} ms of kernels per run")
         for op, t in list(data["ops"].items())[:10]:
             print(f"  {op:28s} {t['ms_per_run']:9.2f} ms  {100 * t['share']:5.1f} %")
+        for kernel, t in list(data.get("kernels", {}).items())[:8]:
+            print(f"  kernel {kernel:38s} {t['ms_per_run']:9.2f} ms  {100 * t['share']:5.1f} %")
     print(f"\nload average {out['load_average'][0]} -> {out['load_average'][1]}; wrote {path}")
     return 0
 

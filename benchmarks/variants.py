@@ -1,21 +1,33 @@
 """What the benchmark runs: the exports (cached), the peers made from them, and one runner per variant.
 
-Variants of one model, all on the same inputs:
+Variants of one model, all on the same inputs. Peers (what a CPU user picks instead):
 
 | name | what runs |
 | --- | --- |
-| `pytorch` | PyTorch float eager (`models.load`, `torch.inference_mode`) |
-| `ort-float` | our float export on ONNX Runtime (`OrtRunner`: model.onnx, ORT's own graph optimizations) |
-| `ort-float-fused` | the float export after onnxruntime.transformers' BERT fusions (reference: what fusions alone give) |
-| `ort-int8` | our INT8 export on ONNX Runtime (`OrtRunner`: the CPU INT8 graph of `trt_runtime.backends.onnxruntime.cpu_int8`) |
-| `ort-qdq-export` | the same INT8 export's TensorRT-style Q/DQ graph as exported (`graph="exported"`) |
+| `transformers` | Hugging Face transformers float32 eager (`AutoModel`, `torch.inference_mode`): the accuracy reference |
+| `ort-float` | our float export on ONNX Runtime as `trt_runtime.load` runs it (`OrtRunner`, graph "auto") |
+| `ort-float-o2` | the float export after the fusions of optimum's O2 (`onnxruntime.transformers.optimizer`, opt_level 2, transformers fusions, no EmbedLayerNormalization, no GELU approximation: optimum/onnxruntime/configuration.py `AutoOptimizationConfig`) |
 | `quantize_dynamic` | `onnxruntime.quantization.quantize_dynamic` on our float export (after `quant_pre_process`) |
 | `quantize_static` | `quantize_static` on our float export, set up as ONNX Runtime's CPU guidance says: u8 activations, s8 per-channel weights with reduce_range, MatMul only, QDQ, MinMax calibration on the shipped text |
-| `quantize_static-defaults` | `quantize_static` with its defaults (s8 activations and weights on every op, QDQ) |
+| `openvino-float` | OpenVINO on our float export, f32 (`INFERENCE_PRECISION_HINT`) |
+| `openvino-float-bf16` | OpenVINO on our float export with its own defaults: bf16 on a CPU with native bf16 |
+| `openvino-nncf` | `nncf.quantize(model_type=TRANSFORMER)` post-training INT8 of our float export, calibrated on the same shipped text, run with OpenVINO's defaults (what an optimum-intel user gets) |
 
-Exports live in exports/bench/<model>-{float,qdq}; one is reused while its export.json still describes
-the same checkpoint, task and recipe. Peers live in exports/bench/peers/<model>/, with a JSON note of
-the float export (sha256) and the onnxruntime version they were made from.
+Ours (each of our CPU backends):
+
+| name | what runs |
+| --- | --- |
+| `ort-int8` | the qdq export on ONNX Runtime: the CPU INT8 graph of `trt_runtime.backends.onnxruntime.cpu_int8` |
+| `openvino-qdq` | the qdq export's own model.onnx on OpenVINO (`OpenVinoRunner`, f32) |
+| `openvino-qdq-bf16` | the same with `precision="bf16"` |
+| `ort-integer` | the integer export on ONNX Runtime (its `ibert` function bodies) |
+
+Also: `ort-float-fused` (the float export after the BERT fusions the CPU INT8 graph uses), `ort-qdq-export`
+(the qdq export's TensorRT-style Q/DQ graph on ONNX Runtime as exported), `quantize_static-defaults`.
+
+Exports live in exports/bench/<model>-{float,qdq,integer}; one is reused while its export.json still
+describes the same checkpoint, task and recipe. Peers live in exports/bench/peers/<model>/, with a JSON
+note of the float export (sha256) and the library versions they were made from.
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ import json
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,9 +66,13 @@ class VariantSpec:
     """How to build one variant's runner, in this process or in a child (JSON-serializable)."""
 
     name: str
-    kind: str  # "torch" | "runner" | "file"
-    path: str  # checkpoint dir | export dir | ONNX file
+    #: "transformers" | "runner" (OrtRunner) | "openvino" (OpenVinoRunner) | "file" (ONNX Runtime on a file)
+    #: | "openvino-file" (OpenVINO on an ONNX or IR file)
+    kind: str
+    path: str  # checkpoint dir | export dir | model file
     graph: str = "auto"  # runner: OrtRunner's graph option
+    #: openvino: OpenVinoRunner's options; openvino-file: OpenVINO properties ({}: OpenVINO's defaults)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -97,18 +113,26 @@ def _reusable(out_dir: Path, spec: ModelSpec, quantization: str) -> bool:
     if quantization == "none":
         return True
     calibration = info.calibration or {}
+    same_data = calibration.get("num_samples") == spec.calibration_samples and str(
+        calibration.get("data", "")
+    ).startswith("calibration_data/")
+    if quantization == "integer":  # min-max ranges: no keep-float sites, no percentile
+        return same_data
     defaults = _exporter_defaults()
     return (
-        calibration.get("num_samples") == spec.calibration_samples
-        and str(calibration.get("data", "")).startswith("calibration_data/")
+        same_data
         and list(calibration.get("keep_float", [])) == defaults["keep_float"]
         and calibration.get("percentile") == defaults["percentile"]
     )
 
 
+def export_path(spec: ModelSpec, quantization: str, root: Path) -> Path:
+    return root / f"{spec.name}-{'float' if quantization == 'none' else quantization}"
+
+
 def export(spec: ModelSpec, quantization: str, root: Path, log: Log) -> Path:
     """exports/bench/<model>-<float|qdq>, exported now unless a matching one is there."""
-    out_dir = root / f"{spec.name}-{'float' if quantization == 'none' else quantization}"
+    out_dir = export_path(spec, quantization, root)
     if _reusable(out_dir, spec, quantization):
         log(f"  reusing {out_dir} (its export.json matches)")
         return out_dir
@@ -150,7 +174,30 @@ def calibration_feeds(spec: ModelSpec, input_names: list[str], max_length: int) 
     return [{k: v.numpy() for k, v in batch.items() if k in input_names} for batch in batches]
 
 
-PEERS = ("quantize_dynamic", "quantize_static", "quantize_static-defaults")
+#: peers made from the float export: ONNX files run by ONNX Runtime, and OpenVINO IR
+ORT_PEERS = ("quantize_dynamic", "quantize_static", "quantize_static-defaults", "ort-float-o2")
+OPENVINO_PEERS = ("openvino-nncf",)
+PEERS = ORT_PEERS + OPENVINO_PEERS
+
+
+def _optimum_o2(source: Path, target: Path, config: dict[str, Any]) -> None:
+    """What optimum's ORTOptimizer does with AutoOptimizationConfig.O2() for a BERT on the CPU: the
+    transformers fusions of onnxruntime.transformers with EmbedLayerNormalization off (optimum's default,
+    disable_embed_layer_norm_fusion=True), no GELU approximation, and ONNX Runtime's level-2 ("extended")
+    graph optimizations (optimum/onnxruntime/configuration.py, `AutoOptimizationConfig._LEVELS["O2"]`)."""
+    from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    from trt_runtime.contract.files import save_onnx_atomic
+
+    options = FusionOptions("bert")
+    options.enable_embed_layer_norm = False
+    options.enable_gelu_approximation = False
+    model = optimizer.optimize_model(
+        str(source), model_type="bert", num_heads=int(config.get("num_attention_heads", 0)),
+        hidden_size=int(config.get("hidden_size", 0)), optimization_options=options, opt_level=2, use_gpu=False,
+    )
+    save_onnx_atomic(model.model, target)
 
 
 def _make_peer(name: str, source: Path, target: Path, spec: ModelSpec, info: ExportInfo) -> None:
@@ -165,6 +212,9 @@ def _make_peer(name: str, source: Path, target: Path, spec: ModelSpec, info: Exp
     if name == "quantize_dynamic":  # ONNX Runtime's recipe for transformers on CPU
         quantize_dynamic(source, target, weight_type=QuantType.QInt8)
         return
+    if name == "ort-float-o2":
+        _optimum_o2(source, target, json.loads((spec.checkpoint / "config.json").read_text()))
+        return
     reader = _CalibrationReader(calibration_feeds(spec, info.input_names, info.max_sequence_length))
     if name == "quantize_static":
         quantize_static(
@@ -178,27 +228,127 @@ def _make_peer(name: str, source: Path, target: Path, spec: ModelSpec, info: Exp
         raise ValueError(f"unknown peer {name!r}")
 
 
-def peer(name: str, float_dir: Path, spec: ModelSpec, root: Path, log: Log) -> Path:
-    """exports/bench/peers/<model>/<name>.onnx, made from the float export unless already made from it."""
+def _peer_note(name: str, info: ExportInfo) -> dict[str, Any]:
+    """What a peer is made from: the float export and the versions of the libraries that make it."""
     import onnxruntime
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    note: dict[str, Any] = {"float_export_sha256": info.onnx_sha256, "onnxruntime": onnxruntime.__version__}
+    if name in OPENVINO_PEERS:
+        import nncf
+        import openvino
+
+        note.update(openvino=openvino.get_version(), nncf=nncf.__version__)
+    return note
+
+
+def peer(name: str, float_dir: Path, spec: ModelSpec, root: Path, log: Log) -> Path:
+    """exports/bench/peers/<model>/<name>.onnx (or <name>/model.xml for OpenVINO's), made from the float
+    export unless already made from it."""
     from trt_runtime.contract.export_dir import MODEL_ONNX, read_export_info
     from trt_runtime.contract.files import reserved_path, write_json_atomic
 
     info = read_export_info(float_dir)
     directory = root / "peers" / spec.name
-    target, note = directory / f"{name}.onnx", directory / f"{name}.json"
-    made_from = {"float_export_sha256": info.onnx_sha256, "onnxruntime": onnxruntime.__version__}
+    target = directory / (f"{name}/model.xml" if name in OPENVINO_PEERS else f"{name}.onnx")
+    note = directory / f"{name}.json"
+    made_from = _peer_note(name, info)
     if target.exists() and note.exists() and json.loads(note.read_text()) == made_from:
         return target
     log(f"  making {name} from {float_dir / MODEL_ONNX} ...")
     directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{name}-pre-", dir=directory) as scratch, reserved_path(target) as tmp:
-        pre = Path(scratch) / "pre.onnx"
-        quant_pre_process(str(float_dir / MODEL_ONNX), str(pre), skip_symbolic_shape=True)
-        _make_peer(name, pre, tmp, spec, info)
+    if name in OPENVINO_PEERS:
+        _nncf_peer(float_dir / MODEL_ONNX, target.parent, spec, info)
+    elif name == "ort-float-o2":
+        with reserved_path(target) as tmp:
+            _make_peer(name, float_dir / MODEL_ONNX, tmp, spec, info)
+    else:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        with tempfile.TemporaryDirectory(prefix=f".{name}-pre-", dir=directory) as scratch, reserved_path(target) as tmp:
+            pre = Path(scratch) / "pre.onnx"
+            quant_pre_process(str(float_dir / MODEL_ONNX), str(pre), skip_symbolic_shape=True)
+            _make_peer(name, pre, tmp, spec, info)
     write_json_atomic(note, made_from)
+    return target
+
+
+def _nncf_peer(source: Path, target_dir: Path, spec: ModelSpec, info: ExportInfo) -> None:
+    """NNCF's post-training INT8 of the float export (`nncf.quantize(..., model_type=TRANSFORMER)`, as
+    optimum-intel's OVQuantizer calls it for a transformer), calibrated on all of the shipped samples that
+    the qdq export calibrates on, saved as OpenVINO IR into `target_dir` (staged, then swapped in whole)."""
+    import nncf
+    import openvino
+
+    from trt_runtime.contract.files import atomic_directory
+
+    batches = calibration_feeds(spec, info.input_names, info.max_sequence_length)
+    model = openvino.Core().read_model(str(source))
+    quantized = nncf.quantize(
+        model, nncf.Dataset(batches), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(batches)
+    )
+    with atomic_directory(target_dir) as staging:
+        # save_model writes model.xml and model.bin by name itself: into the fresh staging directory
+        openvino.save_model(quantized, str(staging / "model.xml"))
+
+
+def variant_specs(spec: ModelSpec, wanted: list[str], exports: Path, log: Log) -> list[VariantSpec]:
+    """The variants `wanted` of one model, its exports and peers made (or reused) under `exports`."""
+    float_dir = export(spec, "none", exports, log)
+    needs_qdq = {"ort-int8", "ort-qdq-export", "openvino-qdq", "openvino-qdq-bf16"} & set(wanted)
+    qdq_dir = export(spec, "qdq", exports, log) if needs_qdq else None
+    integer_dir = export(spec, "integer", exports, log) if "ort-integer" in wanted else None
+    variants = []
+    for name in wanted:
+        if name == "transformers":
+            variants.append(VariantSpec(name, "transformers", str(spec.checkpoint)))
+        elif name == "ort-float":
+            variants.append(VariantSpec(name, "runner", str(float_dir)))
+        elif name == "ort-float-fused":
+            variants.append(
+                VariantSpec(name, "file", str(fused_float(float_dir, exports / "peers" / spec.name)))
+            )
+        elif name == "ort-int8":
+            variants.append(VariantSpec(name, "runner", str(qdq_dir), "cpu-int8"))
+        elif name == "ort-qdq-export":
+            variants.append(VariantSpec(name, "runner", str(qdq_dir), "exported"))
+        elif name == "ort-integer":
+            variants.append(VariantSpec(name, "runner", str(integer_dir), "exported"))
+        elif name in ("openvino-qdq", "openvino-qdq-bf16"):
+            precision = "bf16" if name.endswith("bf16") else "f32"
+            variants.append(VariantSpec(name, "openvino", str(qdq_dir), options={"precision": precision}))
+        elif name == "openvino-float":
+            path = str(float_dir / "model.onnx")
+            variants.append(VariantSpec(name, "openvino-file", path, options={"INFERENCE_PRECISION_HINT": "f32"}))
+        elif name == "openvino-float-bf16":  # OpenVINO's own default precision (bf16 where the CPU has it)
+            variants.append(VariantSpec(name, "openvino-file", str(float_dir / "model.onnx")))
+        elif name == "openvino-nncf":  # run as optimum-intel would: OpenVINO's defaults
+            variants.append(VariantSpec(name, "openvino-file", str(peer(name, float_dir, spec, exports, log))))
+        elif name in PEERS:
+            variants.append(VariantSpec(name, "file", str(peer(name, float_dir, spec, exports, log))))
+        else:
+            raise ValueError(f"unknown variant {name!r}")
+    return variants
+
+
+def fused_float(float_dir: Path, directory: Path) -> Path:
+    """The float export after onnxruntime.transformers' BERT fusions (the same ones the CPU INT8 graph uses)."""
+    import onnx
+
+    from trt_runtime.backends.onnxruntime import cpu_int8
+    from trt_runtime.contract.export_dir import MODEL_ONNX, read_export_info
+    from trt_runtime.contract.files import save_onnx_atomic
+
+    info = read_export_info(float_dir)
+    target = directory / f"float-fused-{(info.onnx_sha256 or '')[:16]}.onnx"
+    if target.exists():
+        return target
+    config = cpu_int8.read_config(float_dir)
+    model = onnx.load(str(float_dir / MODEL_ONNX))
+    if info.architecture in cpu_int8.FUSABLE_ARCHITECTURES:
+        model = cpu_int8.fuse_transformer(
+            model, int(config.get("num_attention_heads", 0)), int(config.get("hidden_size", 0))
+        )
+    save_onnx_atomic(model, target)
     return target
 
 
@@ -228,20 +378,32 @@ def session_options(threads: int) -> Any:
     return options
 
 
-def build_runner(variant: VariantSpec, threads: int) -> Runner:
-    """The runner of one variant (imports torch only for the PyTorch variant)."""
-    if variant.kind == "torch":
-        import torch
+def _openvino_file_runner(variant: VariantSpec, threads: int) -> Runner:
+    import openvino
 
-        import models
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", **variant.options}
+    compiled = openvino.Core().compile_model(variant.path, "CPU", config)
+    request = compiled.create_infer_request()
+    output = compiled.output(OUTPUT)
+    names = [name for port in compiled.inputs for name in port.get_names()]
+    path = Path(variant.path)
+    files = [path] + ([path.with_suffix(".bin")] if path.suffix == ".xml" else [])
+    return Runner(lambda feeds: request.infer(feeds)[output], files, names)
+
+
+def build_runner(variant: VariantSpec, threads: int) -> Runner:
+    """The runner of one variant (imports torch only for the transformers variant)."""
+    if variant.kind == "transformers":
+        import torch
+        from transformers import AutoModel
 
         torch.set_num_threads(threads)
-        model = models.load(variant.path, task=TASK, quantization="none").eval()
+        model = AutoModel.from_pretrained(variant.path, dtype=torch.float32).eval()
 
         def run_torch(feeds: Feeds) -> np.ndarray:
             with torch.inference_mode():
                 out = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
-            return out[OUTPUT].numpy()
+            return out.last_hidden_state.numpy()
 
         names = ["input_ids", "attention_mask", "token_type_ids"]
         files = sorted(Path(variant.path).glob("*.safetensors")) + sorted(Path(variant.path).glob("*.bin"))
@@ -254,6 +416,15 @@ def build_runner(variant: VariantSpec, threads: int) -> Runner:
         # the graph it runs: for the CPU INT8 graph the derived file (.cache/cpu-int8-*.onnx), not model.onnx
         files = [Path(runner.graph_path)]
         return Runner(lambda feeds: session.run([OUTPUT], feeds)[0], files, runner.info.input_names)
+    if variant.kind == "openvino":
+        from trt_runtime.backends.openvino.runner import OpenVinoRunner
+
+        ov_runner = OpenVinoRunner(variant.path, intra_op_num_threads=threads, **variant.options)
+        return Runner(
+            lambda feeds: ov_runner(feeds)[OUTPUT], [ov_runner.model_path], ov_runner.info.input_names
+        )
+    if variant.kind == "openvino-file":
+        return _openvino_file_runner(variant, threads)
     if variant.kind == "file":
         import onnxruntime as ort
 

@@ -36,6 +36,13 @@ class Backend:
     requires: tuple[str, ...] = ()  # top-level packages it needs installed
     #: errors its runner raises when it cannot serve this export here, on which "auto" falls back
     fallback_errors: tuple[str, ...] = ()
+    title: str = ""  # its name in messages ("OpenVINO")
+    install_hint: str = ""  # how to install what `requires` names
+
+    def missing(self) -> str:
+        """What is not installed, and how to install it (for messages)."""
+        packages = ", ".join(name for name in self.requires if importlib.util.find_spec(name) is None)
+        return f"{packages} is not installed" + (f" ({self.install_hint})" if self.install_hint else "")
 
     def installed(self) -> bool:
         return all(importlib.util.find_spec(name) is not None for name in self.requires)
@@ -70,13 +77,23 @@ BACKENDS: dict[str, Backend] = {
             "trt_runtime.backends.tensorrt.libs:TensorRTUnavailable",
         ),
     ),
+    "openvino": Backend(
+        "trt_runtime.backends.openvino.runner:OpenVinoRunner",
+        "trt_runtime.backends.openvino.options:OpenVinoOptions",
+        ("openvino",),
+        # an export OpenVINO's ONNX frontend cannot convert (the ibert ops): "auto" runs it on ONNX Runtime
+        fallback_errors=("trt_runtime.backends.openvino.runner:OpenVinoUnavailable",),
+        title="OpenVINO",
+        install_hint="pip install qbert-deploy[openvino]",
+    ),
 }
-#: what backend="auto" runs on the CPU, per export mode, fastest first, chosen by measurement
-#: (docs/benchmarks.md), never guessed at load time; "onnxruntime" ends every row: it is always there
+#: what backend="auto" runs on the CPU, per export mode, fastest first, chosen by measurement side by side
+#: (`make bench`; docs/benchmarks.md, "Which CPU backend backend="auto" picks", says on which CPUs), never
+#: guessed at load time; "onnxruntime" ends every row: it is always installed and runs every export
 CPU_BACKENDS: dict[str, tuple[str, ...]] = {
-    "none": ("onnxruntime",),
-    "qdq": ("onnxruntime",),
-    "integer": ("onnxruntime",),
+    "none": ("openvino", "onnxruntime"),  # OpenVINO f32 on model.onnx
+    "qdq": ("openvino", "onnxruntime"),  # OpenVINO on the Q/DQ model.onnx; ONNX Runtime: the CPU INT8 graph
+    "integer": ("onnxruntime",),  # OpenVINO 2026.4 cannot convert the ibert ops
 }
 AUTO = "auto"
 
@@ -137,9 +154,8 @@ def candidates(directory: Path, info: ExportInfo, backend: str = AUTO) -> list[t
         return [(backend, "asked for")]
     if backend != AUTO:
         if not BACKENDS[backend].installed():
-            packages = ", ".join(BACKENDS[backend].requires)
             raise BackendUnavailableError(
-                f"backend={backend!r} cannot run here: {packages} is not installed; install it, or use "
+                f"backend={backend!r} cannot run here: {BACKENDS[backend].missing()}; install it, or use "
                 f"backend='auto'"
             )
         return [(backend, "asked for")]
@@ -152,12 +168,14 @@ def candidates(directory: Path, info: ExportInfo, backend: str = AUTO) -> list[t
         why_not_tensorrt = f"TensorRT is not available: {trt_reason}" if not trt_ok else ""
     else:
         why_not_tensorrt = engine_reason
-    preference = CPU_BACKENDS.get(info.quantization, ("onnxruntime",))
-    skipped: list[str] = []
-    for name in preference:
-        if not BACKENDS[name].installed():
-            skipped.append(f"{name} is not installed")
-            continue
+    installed = cpu_backends(info.quantization)
+    skipped = [
+        f"{BACKENDS[name].title or name}, measured faster for {info.quantization!r} exports, is not usable: "
+        f"{BACKENDS[name].missing()}"
+        for name in CPU_BACKENDS.get(info.quantization, ())
+        if name not in installed
+    ]
+    for name in installed:
         if name == "onnxruntime":
             reasons = [f"ONNX Runtime fallback: {why_not_tensorrt}" if why_not_tensorrt else "ONNX Runtime fallback"]
         else:
@@ -170,6 +188,11 @@ def candidates(directory: Path, info: ExportInfo, backend: str = AUTO) -> list[t
     if not any(name == "onnxruntime" for name, _ in found):  # the fallback that is always there
         found.append(("onnxruntime", f"ONNX Runtime fallback: {why_not_tensorrt or 'no other backend'}"))
     return found
+
+
+def cpu_backends(quantization: str) -> list[str]:
+    """The CPU backends "auto" tries for an export of this mode here, in order: CPU_BACKENDS' row, installed."""
+    return [name for name in CPU_BACKENDS.get(quantization, ("onnxruntime",)) if BACKENDS[name].installed()]
 
 
 def choose_backend(directory: Path, backend: str = AUTO, info: ExportInfo | None = None) -> tuple[str, str]:
@@ -212,6 +235,11 @@ def open_runner(directory: Path, info: ExportInfo, backend: str = AUTO, **option
             )
     fell_back: list[str] = []
     tried = candidates(directory, info, backend)
+    if not explicit and options:
+        # options only some backends take say which one the caller means (graph="cpu-int8" is ONNX Runtime's)
+        fitting = [(name, f"{reason}; it takes the options given ({', '.join(sorted(options))})")
+                   for name, reason in tried if set(options) <= runner_options(name)]  # fmt: skip
+        tried = fitting or tried
     for position, (name, reason) in enumerate(tried):
         kwargs = _split_options(name, options, explicit)
         if fell_back:

@@ -43,6 +43,7 @@ from trt_runtime.contract.export_dir import (
     ExportDirError,
     read_export_info,
 )
+from trt_runtime.loader import cpu_backends
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +212,7 @@ def test_engine_from_another_tensorrt_and_gpu_is_refused_naming_both_and_the_reb
     assert message.endswith(f"To fix, rebuild it: python -m trt_runtime build {copy}")
     # on this machine (no TensorRT) "auto" still serves the export with ONNX Runtime, and says why
     runner = trt_runtime.load(copy)
-    assert runner.backend == "onnxruntime" and "TensorRT is not available" in runner.choice.reason
+    assert runner.backend == cpu_backends("none")[0] and "TensorRT is not available" in runner.choice.reason
 
 
 @pytest.mark.parametrize(

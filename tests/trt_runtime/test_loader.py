@@ -15,7 +15,6 @@ import trt_runtime
 from tests.fixtures.runtime_exports import tiny_export
 from trt_runtime import loader
 from trt_runtime.backends.base import BackendUnavailableError, BaseRunner, RunnerOptions
-from trt_runtime.backends.onnxruntime.runner import OrtRunner
 from trt_runtime.backends.tensorrt.engine_info import EngineMismatchError, write_engine
 from trt_runtime.contract.export_dir import CACHE_DIR, QUANTIZATION_MODES, ExportInfo, read_export_info
 from trt_runtime.pipelines.text_classification import TextClassificationPipeline
@@ -45,9 +44,17 @@ def test_every_mode_has_a_cpu_preference_that_ends_with_onnx_runtime():
 def test_auto_ignores_the_options_of_the_backend_not_chosen_and_says_so(export_dir, caplog):
     with caplog.at_level(logging.INFO, logger="trt_runtime.loader"):
         runner = trt_runtime.load(export_dir, device=1, intra_op_num_threads=1)
-    assert runner.backend == "onnxruntime" and isinstance(runner, OrtRunner)
-    assert runner.options.intra_op_num_threads == 1
-    assert "ignoring option(s) device, which the onnxruntime backend does not take" in caplog.text
+    chosen = loader.cpu_backends("none")[0]  # the fastest CPU backend installed here (loader.CPU_BACKENDS)
+    assert runner.backend == chosen and runner.options.intra_op_num_threads == 1  # both CPU backends take it
+    assert f"ignoring option(s) device, which the {chosen} backend does not take" in caplog.text
+
+
+def test_auto_prefers_the_backend_that_takes_every_option_given(export_dir):
+    """graph= is ONNX Runtime's alone: with it, "auto" runs ONNX Runtime even where another CPU backend comes
+    first in the table, and says so."""
+    runner = trt_runtime.load(export_dir, graph="exported")
+    assert runner.backend == "onnxruntime" and runner.choice.graph == "exported"
+    assert "it takes the options given (graph)" in runner.choice.reason
 
 
 def test_an_option_no_backend_takes_is_an_error_even_with_auto(export_dir):
@@ -77,9 +84,10 @@ def test_auto_falls_back_from_an_engine_with_a_broken_record(export_dir, tensorr
     (export_dir / "engine.json").write_text('{"tensorrt_version": "10.13"}')  # incomplete: EngineMismatchError
     with caplog.at_level(logging.WARNING, logger="trt_runtime.loader"):
         runner = trt_runtime.load(export_dir)
-    assert runner.backend == "onnxruntime"
+    chosen = loader.cpu_backends("none")[0]
+    assert runner.backend == chosen
     assert "tensorrt cannot run it here" in runner.choice.reason and "rebuild the engine" in runner.choice.reason
-    assert "trying onnxruntime" in caplog.text
+    assert f"trying {chosen}" in caplog.text
     with pytest.raises(EngineMismatchError, match="incomplete or malformed"):
         trt_runtime.load(export_dir, backend="tensorrt")
 
@@ -91,10 +99,11 @@ def test_auto_falls_back_from_an_engine_that_needs_what_is_missing_here(export_d
     write_engine(export_dir, ENGINE_BYTES, engine_info(onnx_sha256=read_export_info(export_dir).onnx_sha256))
     runner = trt_runtime.load(export_dir)
     # here: TensorRT is not installed; on a GPU machine: the engine was built for another TensorRT and GPU
-    assert runner.backend == "onnxruntime" and "tensorrt cannot run it here" in runner.choice.reason
+    chosen = loader.cpu_backends("none")[0]
+    assert runner.backend == chosen and "tensorrt cannot run it here" in runner.choice.reason
     assert "TensorRT is not installed" in runner.choice.reason or "rebuild it" in runner.choice.reason
     pipe = trt_runtime.pipeline("text-classification", export_dir)
-    assert pipe.runner.backend == "onnxruntime"
+    assert pipe.runner.backend == chosen
 
 
 # --- export.json once per load; pipelines take a BaseRunner --------------------------------------------------
@@ -159,7 +168,7 @@ class UnavailableHereRunner(BaseRunner):
 @pytest.mark.parametrize(
     ("requires", "reason"),
     [((), "unavailable-here cannot run it here: this backend cannot serve the export here"),
-     (("no_such_package_for_this_test",), "unavailable-here is not installed")],
+     (("no_such_package_for_this_test",), "no_such_package_for_this_test is not installed")],
 )
 def test_auto_tries_the_cpu_backends_of_the_mode_in_order_and_says_why_it_moved_on(
     export_dir, monkeypatch, requires, reason

@@ -7,6 +7,8 @@ a record that is checked before use, in the export or a cache directory, or in m
   the fused float graph of float exports (`cpu_float`), with their recipes (`recipes`).
 - `tensorrt/`: the engine builder, ONNX preparation, optimization profiles, engine.json, the ibert plugins,
   trtexec, and `TensorRTRunner`.
+- `openvino/`: `OpenVinoRunner`, the export's own model.onnx compiled by OpenVINO for the CPU (optional:
+  `pip install qbert-deploy[openvino]`).
 
 Nothing here imports a backend's library at module load: a backend is imported when it is used.
 """

@@ -23,7 +23,7 @@ HELP = "run a task pipeline on texts (TensorRT or ONNX Runtime) and print JSON"
 #: (flags, add_argument options) of every option; also parsed when they come after DIR, among the texts
 OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--task",), {"help": "pipeline task (default: the export's task)"}),
-    (("--backend",), {"default": "auto", "choices": ("auto", "onnxruntime", "tensorrt")}),
+    (("--backend",), {"default": "auto", "choices": ("auto", "onnxruntime", "tensorrt", "openvino")}),
     (("--batch-size",), {"type": int, "default": 8}),
     (("--threads",), {"type": int, "help": "ONNX Runtime intra-op threads (default: one per core)"}),
     (("--top-k",), {"type": int, "help": "labels / tokens / answers to return"}),

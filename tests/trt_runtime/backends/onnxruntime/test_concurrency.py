@@ -187,7 +187,7 @@ def _no_temporaries(export_dir: Path) -> list[Path]:
 
 def test_threads_making_runners_on_a_fresh_export_all_get_the_serial_graph(qdq_export, tmp_path):
     feeds = _feeds()
-    serial = trt_runtime.load(_fresh_copy(qdq_export, tmp_path / "serial"))(feeds)["logits"]
+    serial = trt_runtime.load(_fresh_copy(qdq_export, tmp_path / "serial"), backend="onnxruntime")(feeds)["logits"]
     export_dir = _fresh_copy(qdq_export, tmp_path / "fresh")
     start = threading.Barrier(THREADS)
     results: dict[int, Any] = {}
@@ -195,7 +195,7 @@ def test_threads_making_runners_on_a_fresh_export_all_get_the_serial_graph(qdq_e
     def worker(thread: int) -> None:
         start.wait()
         try:
-            runner = trt_runtime.load(export_dir)
+            runner = trt_runtime.load(export_dir, backend="onnxruntime")
             results[thread] = (runner.choice, runner(feeds)["logits"])
         except Exception as e:  # kept, so the test reports it
             results[thread] = (e, None)
@@ -225,7 +225,7 @@ export_dir, go, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 feeds = dict(np.load(sys.argv[4]))
 while not go.exists():
     time.sleep(0.005)
-runner = trt_runtime.load(export_dir)
+runner = trt_runtime.load(export_dir, backend="onnxruntime")
 np.save(out.with_suffix(".npy"), runner(feeds)["logits"])
 out.write_text(json.dumps([runner.choice.graph, runner.choice.cache.value, runner.choice.session_cache.value]))
 """
@@ -233,7 +233,7 @@ out.write_text(json.dumps([runner.choice.graph, runner.choice.cache.value, runne
 
 def test_processes_making_runners_on_a_fresh_export_all_get_the_serial_graph(qdq_export, tmp_path):
     feeds = _feeds()
-    serial = trt_runtime.load(_fresh_copy(qdq_export, tmp_path / "serial"))(feeds)["logits"]
+    serial = trt_runtime.load(_fresh_copy(qdq_export, tmp_path / "serial"), backend="onnxruntime")(feeds)["logits"]
     export_dir = _fresh_copy(qdq_export, tmp_path / "fresh")
     np.savez(tmp_path / "feeds.npz", **feeds)
     go = tmp_path / "go"

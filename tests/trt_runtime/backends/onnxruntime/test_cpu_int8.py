@@ -1,8 +1,8 @@
 """The CPU INT8 graph (trt_runtime.backends.onnxruntime.cpu_int8): its int8 GEMMs against NumPy, agreement with the
 float graph on a tiny model; the graph as an artefact (trt_runtime.backends.onnxruntime.graphs): its record, the
 cache and `cache_dir`, `build --target cpu-int8`, substituted and stale graphs, read-only exports (a real read-only
-bind mount where the machine allows it); the ONNX Runtime backend's choice of graph; and the benchmark's --quick
-machinery on a tiny model (no timing assertions)."""
+bind mount where the machine allows it); and the ONNX Runtime backend's choice of graph.
+(The benchmark's machinery is tested in tests/benchmarks/test_bench.py.)"""
 
 from __future__ import annotations
 
@@ -585,182 +585,22 @@ def test_a_read_only_export_serves_the_cpu_int8_graph_at_full_speed_and_nothing_
         with pytest.raises(OSError):
             (mounted / "probe").write_text("x")  # it really is read-only
         # no cache_dir: derived in memory, the CPU INT8 graph (not the slow exported one)
-        runner = trt_runtime.load(mounted)
+        runner = trt_runtime.load(mounted, backend="onnxruntime")
         assert runner.choice.graph == "cpu-int8" and runner.choice.cache is CacheStatus.IN_MEMORY
         assert runner.choice.session_cache is CacheStatus.IN_MEMORY
         np.testing.assert_array_equal(runner(feeds)["last_hidden_state"], expected)
         explicit = trt_runtime.load(mounted, graph="cpu-int8")  # no bare OSError
         assert explicit.choice.cache is CacheStatus.IN_MEMORY
         # a cache directory elsewhere: written there
-        cached = trt_runtime.load(mounted, cache_dir=tmp_path / "cache")
+        cached = trt_runtime.load(mounted, backend="onnxruntime", cache_dir=tmp_path / "cache")
         assert cached.choice.cache is CacheStatus.CREATED and cached.choice.session_cache is CacheStatus.CREATED
         np.testing.assert_array_equal(cached(feeds)["last_hidden_state"], expected)
         # built beforehand into the export (e.g. in the image build): used as it is
-        built = trt_runtime.load(mounted_prebuilt)
+        built = trt_runtime.load(mounted_prebuilt, backend="onnxruntime")
         assert built.choice.cache is CacheStatus.PREBUILT and built.choice.session_cache is CacheStatus.IN_MEMORY
         np.testing.assert_array_equal(built(feeds)["last_hidden_state"], expected)
-        pipe = trt_runtime.pipeline("feature-extraction", mounted, pooling="mean")
+        pipe = trt_runtime.pipeline("feature-extraction", mounted, "onnxruntime", pooling="mean")
         assert pipe.runner.choice.graph == "cpu-int8" and len(pipe("john lives in paris")) == 32
+        # the default CPU backend (loader.CPU_BACKENDS) serves the read-only export too, writing nothing
+        assert len(trt_runtime.pipeline("feature-extraction", mounted, pooling="mean")("john lives in paris")) == 32
     assert _snapshot(source) == before[source] and _snapshot(prebuilt) == before[prebuilt], "nothing written"
-
-
-# --- the benchmark's machinery ------------------------------------------------------------------------
-
-
-def test_peak_memory_is_each_variants_own(tiny_exports):
-    """Each variant's peak resident set is read in a fresh interpreter from its own VmHWM: a parent that
-    peaked far higher (ru_maxrss would carry that peak over fork + exec) does not show in the figures,
-    and two variants get two measurements."""
-    from benchmarks.measure import _peak_rss_mb, measure_memory
-    from benchmarks.variants import VariantSpec
-
-    ballast = np.ones(600 * 2**20, np.uint8)  # touched: this process's peak is now >= 600 MB
-    parent_peak = _peak_rss_mb()
-    del ballast
-    float_dir, qdq_dir = tiny_exports
-    vocab_size = int(json.loads((float_dir / "config.json").read_text())["vocab_size"])
-    figures = [
-        measure_memory(VariantSpec(name, "runner", str(path), graph), [(2, 16)], vocab_size, 1)
-        for name, path, graph in (("float", float_dir, "exported"), ("int8", qdq_dir, "cpu-int8"))
-    ]
-    for memory in figures:
-        assert "error" not in memory, memory
-        assert 0 < memory["rss_before_mb"] <= memory["rss_loaded_mb"] <= memory["peak_rss_mb"]
-        assert memory["peak_rss_mb"] < parent_peak - 400, "the child's own peak, not the parent's"
-
-
-def test_benchmark_quick_machinery_on_a_tiny_model(tiny_exports, tmp_path, capsys):
-    """benchmarks/bench.py end to end on the tiny checkpoint: exports, peers, timing, memory children,
-    accuracy, JSON, table and plot (what the numbers are is not asserted: no timing in unit tests)."""
-    from benchmarks import bench
-
-    checkpoint = tiny_exports[0].parent / "checkpoint"
-    variants = ["pytorch", "ort-float", "ort-int8", "ort-qdq-export", "quantize_dynamic", "quantize_static"]
-    code = bench.main(
-        [
-            "--quick",
-            "--models",
-            "",
-            "--checkpoint",
-            f"tiny={checkpoint}",
-            "--batches",
-            "1,2",
-            "--sequences",
-            "16",
-            "--rounds",
-            "1",
-            "--sentences",
-            "8",
-            "--calibration-samples",
-            "32",
-            "--threads",
-            "1",
-            "--variants",
-            ",".join(variants),
-            "--exports",
-            str(tmp_path / "exports"),
-            "--output",
-            str(tmp_path / "results"),
-        ]
-    )
-    assert code == 0
-    results = json.loads((tmp_path / "results" / "bench-quick.json").read_text())
-    assert (tmp_path / "results" / "bench-quick.png").stat().st_size > 0
-    timings = results["timings"]
-    assert {(t["variant"], t["batch"]) for t in timings} == {(v, b) for v in variants for b in (1, 2)}
-    assert all(t["x_ort_float"] == 1.0 for t in timings if t["variant"] == "ort-float")
-    tiny = results["models"]["tiny"]["variants"]
-    assert tiny["pytorch"]["accuracy"]["mean_cosine"] == pytest.approx(1.0, abs=1e-5)
-    assert tiny["ort-float"]["accuracy"]["mean_cosine"] == pytest.approx(1.0, abs=1e-4)
-    assert all(tiny[v]["memory"]["peak_rss_mb"] >= tiny[v]["memory"]["rss_loaded_mb"] > 0 for v in variants)
-    assert Path(tiny["ort-int8"]["spec"]["path"]).is_dir() and tiny["ort-int8"]["size_mb"] > 0
-    goal = results["goal"]  # stated for BERT-base at batch 8 x sequence 128: not measured here, and said so
-    assert (
-        goal["status"] == "not measured"
-        and "ort-int8" in goal["missing"][0]
-        and "bert-base" in goal["missing"][0]
-    )
-    assert results["models"]["tiny"]["prepare_seconds"] > 0
-    out = capsys.readouterr().out
-    assert "| tiny | 2 x 16 | ort-int8 |" in out
-    # a second run reuses the exports and peers
-    exports_before = {p: p.stat().st_mtime_ns for p in (tmp_path / "exports").rglob("*.onnx")}
-    bench.main(
-        [
-            "--quick",
-            "--models",
-            "",
-            "--checkpoint",
-            f"tiny={checkpoint}",
-            "--batches",
-            "1",
-            "--sequences",
-            "8",
-            "--rounds",
-            "1",
-            "--sentences",
-            "0",
-            "--no-memory",
-            "--calibration-samples",
-            "32",
-            "--threads",
-            "1",
-            "--variants",
-            "ort-int8,quantize_dynamic",
-            "--exports",
-            str(tmp_path / "exports"),
-            "--output",
-            str(tmp_path / "results"),
-            "--name",
-            "again",
-        ]
-    )
-    for path, stamp in exports_before.items():
-        if CACHE_DIR not in path.parts:
-            assert path.stat().st_mtime_ns == stamp, f"{path} was made again"
-    assert os.path.exists(tmp_path / "results" / "again.json")
-
-
-def test_goal_check_states_met_not_met_or_not_measured():
-    """The issue's goal from one run's rows: ratios at BERT-base batch 8 x sequence 128 (the better of the
-    two ONNX Runtime quantizers as the peer), cosine from MiniLM."""
-    from benchmarks import report
-
-    def row(variant: str, throughput: float) -> dict:
-        return {
-            "model": "bert-base",
-            "variant": variant,
-            "batch": 8,
-            "sequence": 128,
-            "throughput": throughput,
-        }
-
-    results = {
-        "timings": [
-            row("ort-float", 10.0),
-            row("ort-int8", 19.0),
-            row("quantize_dynamic", 15.0),
-            row("quantize_static", 16.0),
-            row("quantize_static-defaults", 18.5),
-        ],
-        "models": {"minilm": {"variants": {"ort-int8": {"accuracy": {"mean_cosine": 0.995}}}}},
-    }
-    check = report.goal_check(results)
-    assert check["status"] == "met" and check["x_ort_float"] == 1.9
-    assert check["best_peer"] == "quantize_static" and check["x_best_peer"] == pytest.approx(
-        19 / 16, abs=1e-3
-    )
-    assert "MET" in report.goal_line(check)
-
-    results["timings"][1]["throughput"] = 17.0  # 1.7x float, 1.06x quantize_static
-    check = report.goal_check(results)
-    assert check["status"] == "not met"
-    assert check["met"] == {
-        "x_ort_float >= 1.8": False,
-        "x_best_peer >= 1.15": False,
-        "mean_cosine >= 0.99": True,
-    }
-
-    del results["models"]["minilm"]
-    check = report.goal_check(results)
-    assert check["status"] == "not measured" and "accuracy of ort-int8 on minilm" in check["missing"][0]

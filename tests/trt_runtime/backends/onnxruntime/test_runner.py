@@ -22,7 +22,7 @@ from trt_runtime.backends.base import BaseRunner, CacheStatus, Runner
 from trt_runtime.backends.onnxruntime.options import OrtOptions
 from trt_runtime.backends.onnxruntime.runner import CACHE_DIR, OrtRunner
 from trt_runtime.contract.export_dir import ENGINE, ENGINE_JSON, ExportDirError, read_export_info
-from trt_runtime.loader import BackendUnavailableError
+from trt_runtime.loader import BackendUnavailableError, cpu_backends
 from trt_runtime.validation import InputError
 
 CASES = [
@@ -265,9 +265,12 @@ def test_auto_without_engine_falls_back_and_says_why(caplog):
     export_dir = tiny_export("bert", "text-classification")[1]
     with caplog.at_level(logging.INFO, logger="trt_runtime"):
         runner = trt_runtime.load(export_dir)
-    assert runner.backend == "onnxruntime" and runner.choice.backend == "onnxruntime"
-    assert "no TensorRT engine" in runner.choice.reason and "python -m trt_runtime build" in runner.choice.reason
-    assert "onnxruntime backend" in caplog.text
+    assert runner.backend == cpu_backends("none")[0]  # the CPU backend of loader.CPU_BACKENDS installed here
+    assert (
+        "no TensorRT engine" in runner.choice.reason
+        and "python -m trt_runtime build" in runner.choice.reason
+    )
+    assert f"{runner.backend} backend" in caplog.text
 
 
 def test_auto_with_engine_but_no_tensorrt_falls_back(tmp_path):
@@ -275,7 +278,7 @@ def test_auto_with_engine_but_no_tensorrt_falls_back(tmp_path):
     (export_dir / ENGINE).write_bytes(b"\0")
     (export_dir / ENGINE_JSON).write_text("{}")
     runner = trt_runtime.load(export_dir)
-    assert runner.backend == "onnxruntime" and "TensorRT is not available" in runner.choice.reason
+    assert runner.backend == cpu_backends("none")[0] and "TensorRT is not available" in runner.choice.reason
 
 
 def test_tensorrt_backend_without_tensorrt_is_a_clear_error():
