@@ -11,6 +11,8 @@ The flags and their defaults are `QuantizationRecipe`'s (models.quantization.rec
 calibration=FILE)` applies the file. Exit status: 0 done, 2 bad arguments or inputs (the reason on stderr).
 
 Arguments are parsed and checked before torch is imported, so --help and argument errors answer at once.
+Run it as a command (or with runpy): importing it as a module rebinds the package's `calibrate` attribute,
+the qdq calibration function, to this module, as Python does for every submodule.
 """
 
 from __future__ import annotations
