@@ -33,17 +33,23 @@ typecheck: setup  ## mypy, trt_runtime against tensorrt-stubs
 test: setup lint typecheck  ## lint, type-check and the test suite (GPU tests skip without a GPU)
 	$(PY) -m pytest -q
 
+# The quantization settings are the recipe's defaults (models/quantization/recipe.py), not restated here;
+# EXPORT_FLAGS (the qdq export) and CALIBRATE_FLAGS (both modes) add recipe flags, e.g.
+# EXPORT_FLAGS="--calibration-method max", CALIBRATE_FLAGS="--num-calibration-samples 128"
 .PHONY: export
 DEMO_CHECKPOINT = $$($(PY) -m models.demo_model)
 export: setup  ## export the demo model (all-MiniLM-L6-v2, feature-extraction) to exports/minilm-float and exports/minilm-qdq
 	$(PY) -m exporter --model "$(DEMO_CHECKPOINT)" --task feature-extraction --output exports/minilm-float
-	$(PY) -m exporter --model "$(DEMO_CHECKPOINT)" --task feature-extraction --quantization qdq --output exports/minilm-qdq
+	$(PY) -m exporter --model "$(DEMO_CHECKPOINT)" --task feature-extraction --quantization qdq \
+		--output exports/minilm-qdq $(EXPORT_FLAGS)
 
 .PHONY: calibrate
-CALIBRATION_FILE = exports/calibration/minilm-qdq-calibration.json
-calibrate: setup  ## calibrate all-MiniLM-L6-v2 in qdq on the shipped calibration_data (percentile) -> $(CALIBRATION_FILE)
-	$(PY) -m models.quantization.calibrate --model "$(DEMO_CHECKPOINT)" --output $(CALIBRATION_FILE) \
-		--method percentile --percentile 99.999 --keep-float residual-adds --keep-float ffn-output-input
+CALIBRATION_DIR = exports/calibration
+calibrate: setup  ## calibrate all-MiniLM-L6-v2 in qdq and integer mode with the default recipe on the shipped calibration_data -> $(CALIBRATION_DIR)/minilm-{qdq,integer}-calibration.json
+	$(PY) -m models.quantization.calibrate --model "$(DEMO_CHECKPOINT)" --quantization qdq \
+		--output $(CALIBRATION_DIR)/minilm-qdq-calibration.json $(CALIBRATE_FLAGS)
+	$(PY) -m models.quantization.calibrate --model "$(DEMO_CHECKPOINT)" --quantization integer \
+		--output $(CALIBRATION_DIR)/minilm-integer-calibration.json $(CALIBRATE_FLAGS)
 
 .PHONY: demo
 demo: setup  ## all-MiniLM-L6-v2 float vs INT8 on ONNX Runtime: export (or reuse) into exports/, compare embeddings, search, size, latency

@@ -42,6 +42,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from models.quantization.errors import RecipeError
+from models.quantization.recipe import QuantizationRecipe
+
 if TYPE_CHECKING:
     from trt_runtime.contract.export_dir import ExportInfo
 
@@ -89,13 +92,11 @@ Feeds = dict[str, np.ndarray]
 # --- exports -------------------------------------------------------------------------------------------
 
 
-def _exporter_defaults() -> dict[str, Any]:
-    from exporter import pipeline
-
-    return {
-        "keep_float": list(getattr(pipeline, "DEFAULT_KEEP_FLOAT", ())),
-        "percentile": getattr(pipeline, "DEFAULT_PERCENTILE", None),
-    }
+def _recipe(spec: ModelSpec, quantization: str) -> QuantizationRecipe:
+    """The project's recipe of `quantization` with the spec's calibration samples."""
+    if quantization == "none":
+        return QuantizationRecipe.default("none")
+    return QuantizationRecipe(mode=quantization, num_samples=spec.calibration_samples)
 
 
 def _reusable(out_dir: Path, spec: ModelSpec, quantization: str) -> bool:
@@ -112,18 +113,11 @@ def _reusable(out_dir: Path, spec: ModelSpec, quantization: str) -> bool:
         return False
     if quantization == "none":
         return True
-    calibration = info.calibration or {}
-    same_data = calibration.get("num_samples") == spec.calibration_samples and str(
-        calibration.get("data", "")
-    ).startswith("calibration_data/")
-    if quantization == "integer":  # min-max ranges: no keep-float sites, no percentile
-        return same_data
-    defaults = _exporter_defaults()
-    return (
-        same_data
-        and list(calibration.get("keep_float", [])) == defaults["keep_float"]
-        and calibration.get("percentile") == defaults["percentile"]
-    )
+    try:  # the recipe the export records (defaults resolved), against today's
+        recorded = QuantizationRecipe.from_dict(info.calibration or {}, mode=info.quantization)
+    except RecipeError:
+        return False
+    return recorded == _recipe(spec, quantization).fitted(info.max_sequence_length)
 
 
 def export_path(spec: ModelSpec, quantization: str, root: Path) -> Path:
@@ -142,8 +136,8 @@ def export(spec: ModelSpec, quantization: str, root: Path, log: Log) -> Path:
     # validation (ONNX Runtime against PyTorch) is the exporter's test suite's job; here it would only
     # double the time of a first run
     exporter.export(
-        spec.checkpoint, out_dir, task=TASK, quantization=quantization, validate=False,
-        num_calibration_samples=spec.calibration_samples, log=lambda m: log(f"    {m}"),
+        spec.checkpoint, out_dir, task=TASK, recipe=_recipe(spec, quantization), validate=False,
+        log=lambda m: log(f"    {m}"),
     )
     return out_dir
 

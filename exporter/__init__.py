@@ -1,10 +1,14 @@
 """torch module -> ONNX export directory (model.onnx + export.json + checkpoint files), checked in ONNX Runtime.
 
     import exporter
-    exporter.export("ckpt_dir", "out_dir", task="text-classification", quantization="qdq",
-                    calibration_data="calibration_data/", calibration_method="percentile")
+    from models.quantization import QuantizationRecipe
 
-Command line: `python -m exporter --model DIR --task T --quantization Q --output OUT` (see --help).
+    exporter.export("ckpt_dir", "out_dir", task="text-classification", recipe=QuantizationRecipe(mode="qdq"))
+    exporter.export("ckpt_dir", "out_dir", task="text-classification", quantization="qdq",
+                    calibration_data="calibration_data/", calibration_method="percentile")   # DESIGN.md's shorthand
+
+Command line: `python -m exporter --model DIR --task T --quantization Q --output OUT` (see --help; exit status
+0 done, 1 validation failed, 2 bad arguments or inputs).
 
 Imports are lazy: `import exporter` (and `python -m exporter --help`) loads neither torch nor onnx; the
 first use of `exporter.export` does.

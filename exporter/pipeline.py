@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
 import platform
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from exporter import qdq
 from exporter.directory import check_output_dir, copy_checkpoint_files, staged_directory
 from exporter.errors import ExportError
 from exporter.ibert_functions import add_ibert_functions
+from exporter.options import MIN_OPSET, check_opset, resolve_task
 from exporter.sample_inputs import (
     Shape,
     Text,
@@ -43,35 +43,33 @@ from exporter.sample_inputs import (
     validation_shapes,
 )
 from exporter.signature import Signature, signature_of
-from exporter.torch_export import MAX_OPSET, MIN_OPSET, WRAPPED, torchscript_export
+from exporter.torch_export import WRAPPED, torchscript_export
 from exporter.validation import TOLERANCES, compare, ort_runner
 from models.architectures import Architecture, max_positions
 from models.loading import task_from_config
+from models.quantization import Calibrated, QuantizationRecipe, RecipeError
+from models.quantization.recipe import DEFAULT_KEEP_FLOAT, DEFAULT_PERCENTILE, GENERATED_DATA_LABEL
 from trt_runtime.contract.export_dir import CALIBRATION_JSON, EXPORT_JSON, ONNX_METADATA_KEY, ExportInfo
 from trt_runtime.contract.files import sha256_file, write_json_atomic
 
 Log = Callable[[str], None]
-#: export.json's calibration "data" when no file was given / when the checkpoint has no tokenizer
-SHIPPED_DATA = "calibration_data/calibration.txt (shipped)"
-GENERATED_DATA = "generated token ids (the checkpoint has no tokenizer)"
-#: qdq quantizer sites kept in float unless told otherwise (models.quantization.SENSITIVE_SITES): with
-#: every site quantized, all-MiniLM-L6-v2's outlier features (FFN outputs up to ~200 where most values
-#: are below 1) share one int8 scale per residual add, and sentence embeddings fall to ~0.83 cosine of
-#: float for every calibrator; with these two kept float they reach 0.99 (docs/qdq.md).
-DEFAULT_KEEP_FLOAT = ("residual-adds", "ffn-output-input")
-#: the percentile that measured best on real text with DEFAULT_KEEP_FLOAT (docs/qdq.md)
-DEFAULT_PERCENTILE = 99.999
-
-
-@dataclass(frozen=True)
-class CalibrationSettings:
-    data: Path | None  # None: the shipped calibration_data/
-    method: str
-    percentile: float | None
-    keep_float: tuple[str, ...]  # qdq: quantizer sites/patterns left in float
-    num_samples: int
-    batch_size: int
-    max_length: int
+#: export()'s keyword arguments before the recipe -> the recipe field each one sets. The first three are
+#: DESIGN.md's documented call and stay as shorthand; the others still work, with a DeprecationWarning
+#: (one way to say the rest: recipe=QuantizationRecipe(...))
+RECIPE_KEYWORDS = {
+    "calibration_data": "calibration_data",
+    "calibration_method": "calibration_method",
+    "percentile": "percentile",
+    "keep_float": "keep_float",
+    "num_calibration_samples": "num_samples",
+    "calibration_batch_size": "batch_size",
+    "calibration_max_length": "max_length",
+    "force_dequant": "force_dequant",
+    "wide_activations": "wide_activations",
+}
+SHORTHAND_KEYWORDS = ("calibration_data", "calibration_method")
+#: deprecated names, kept importable for one release: the recipe owns these defaults now
+__all__ = ["DEFAULT_KEEP_FLOAT", "DEFAULT_PERCENTILE", "export"]
 
 
 def _stderr(message: str) -> None:
@@ -82,54 +80,51 @@ def export(
     model_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     task: str | None = None,
-    quantization: str = "none",
-    calibration_data: str | os.PathLike | None = None,
-    calibration_method: str | None = None,
-    percentile: float | None = DEFAULT_PERCENTILE,
-    keep_float: tuple[str, ...] | list[str] = DEFAULT_KEEP_FLOAT,
+    recipe: QuantizationRecipe | str | None = None,
     opset: int = MIN_OPSET,
-    num_calibration_samples: int = 512,
-    calibration_batch_size: int = 16,
-    calibration_max_length: int = 128,
-    force_dequant: str | None = None,
-    wide_activations: tuple[str, ...] | list[str] | None = None,
     validate: bool = True,
     log: Log | None = _stderr,
+    *,
+    quantization: str | None = None,
+    **recipe_keywords: Any,
 ) -> Path:
-    """Export the checkpoint in `model_dir` as `task` with `quantization` into `out_dir`; returns `out_dir`.
+    """Export the checkpoint in `model_dir` as `task`, quantized as `recipe` says, into `out_dir`; returns `out_dir`.
 
-    calibration_method: qdq: max | percentile (default) | mse | entropy, or "percentile-99.9" to give the
-        percentile in the name; integer: minmax (default) | ema (I-BERT's training rule). percentile: for
-        "percentile".
-    keep_float: qdq only: quantizer sites left in float, as names of models.quantization.SENSITIVE_SITES
-        ("residual-adds", "ffn-output-input", "softmax-output"), fnmatch patterns or "re:" regexes;
-        () quantizes every site (QDQBERT's full placement, best for TensorRT speed, worst for accuracy).
-    force_dequant: integer mode only (I-BERT's none | gelu | softmax | layernorm | nonlinear).
-    wide_activations: integer mode only: activation sites requantized to 16 instead of 8 bits,
-        "ffn-output-input" and "hidden-states" (models.ibert.WIDE_ACTIVATION_SITES); () is I-BERT's 8 bits
-        everywhere; None: the checkpoint's default (both; () for an I-BERT checkpoint with quant_mode=true).
+    task: one of trt_runtime.contract.export_dir.TASKS, a synonym of optimum's or transformers' ("sequence-
+        classification", "sentiment-analysis", "masked-lm", ...: trt_runtime.contract.tasks), or None / "auto":
+        from config.json's architectures, else feature-extraction.
+    recipe: a models.quantization.QuantizationRecipe (mode, calibration method and data, kept-float sites,
+        integer options; every default is its), or a mode name ("none", "qdq", "integer") for that mode's
+        default recipe; None: float.
+    quantization, calibration_data, calibration_method: DESIGN.md's shorthand for a recipe of that mode with
+        those fields (`exporter.export(ckpt, out, quantization="qdq", calibration_method="percentile")`).
+        The other keyword arguments of 0.1 (percentile, keep_float, num_calibration_samples,
+        calibration_batch_size, calibration_max_length, force_dequant, wide_activations) still build the
+        recipe, with a DeprecationWarning; none of them can be combined with `recipe=`.
+    opset: ONNX opset, exporter.options.MIN_OPSET to MAX_OPSET.
     validate: compare ONNX Runtime with PyTorch at two batch sizes x two sequence lengths (raises
         ExportValidationError over tolerance; see exporter.validation).
     log: where step lines go (None: silent).
     """
     say = log or (lambda message: None)
+    recipe = _recipe_of(recipe, quantization, recipe_keywords)
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     config, arch = _load_config(model_dir)
-    task = task or task_from_config(config)
-    _check_choices(arch, task, quantization, force_dequant, opset)
-    wide_activations = _check_wide_activations(quantization, wide_activations)
-    calibration = None
-    if quantization != "none":
-        calibration = _calibration_settings(
-            quantization, calibration_data, calibration_method, percentile, num_calibration_samples,
-            calibration_batch_size, calibration_max_length, tuple(keep_float) if quantization == "qdq" else (),
-        )
+    task = resolve_task(task) or task_from_config(config)
+    _check_choices(arch, task, recipe.mode, opset)
+    try:
+        recipe.check_calibration_data()
+    except RecipeError as e:
+        raise ExportError(str(e)) from None
+    quantization = recipe.mode
     check_output_dir(out_dir, model_dir)
-    step = _Steps(say, 4 + (calibration is not None) + validate)
+    calibrating = quantization != "none"
+    step = _Steps(say, 4 + calibrating + validate)
 
     step(f"loading {model_dir} as {arch.model_type} {task}, quantization={quantization}")
     model = models.load(
-        model_dir, task=task, quantization=quantization, force_dequant=force_dequant, wide_activations=wide_activations
+        model_dir, task=task, quantization=quantization, force_dequant=recipe.force_dequant,
+        wide_activations=recipe.wide_activations,
     )
     if quantization == "integer":
         wide = model.config.wide_activations
@@ -140,9 +135,10 @@ def export(
 
     with staged_directory(out_dir) as staging, tempfile.TemporaryDirectory(prefix="onnx-raw-", dir=staging) as scratch:
         calibration_record = None
-        if calibration is not None:
-            step(f"calibrating ({_describe_method(calibration)})")
-            calibration_record = _calibrate(model, signature, limit, tokenizer, calibration, staging, say)
+        if calibrating:
+            recipe = recipe.fitted(limit)
+            step(f"calibrating ({recipe.describe()})")
+            calibration_record = _calibrate(model, signature, tokenizer, recipe, staging, say).record()
 
         step(f"exporting to ONNX (opset {opset}, TorchScript exporter)")
         example = generated_feeds(signature, trace_shape(signature, limit), config.vocab_size, _pad_id(config))
@@ -166,7 +162,7 @@ def export(
         if validate:
             tolerance = TOLERANCES[quantization]
             step(f"validating in ONNX Runtime against PyTorch ({tolerance.describe()})")
-            _validate(onnx_path, model, model_dir, signature, limit, tokenizer, calibration, say)
+            _validate(onnx_path, model, model_dir, signature, limit, tokenizer, recipe, say)
         say(f"wrote {out_dir}")
     return out_dir
 
@@ -210,11 +206,11 @@ def _validate(
     signature: Signature,
     limit: int,
     tokenizer: Any | None,
-    calibration: CalibrationSettings | None,
+    recipe: QuantizationRecipe,
     say: Log,
 ) -> None:
     """ONNX Runtime against `model` (raises ExportValidationError); quantized modes also log the runtime default."""
-    batches = _validation_batches(signature, limit, model.config, tokenizer, calibration)
+    batches = _validation_batches(signature, limit, model.config, tokenizer, recipe)
     quantized = model.quantization != "none"
     float_model = models.load(model_dir, task=model.task, quantization="none") if quantized else None
     compare(ort_runner(onnx_path), model, signature, batches, TOLERANCES[model.quantization], float_model, log=say)
@@ -245,7 +241,7 @@ def _load_config(model_dir: Path) -> tuple[Any, Architecture]:
         raise ExportError(f"--model: {e}") from None
 
 
-def _check_choices(arch: Architecture, task: str, quantization: str, force_dequant: str | None, opset: int) -> None:
+def _check_choices(arch: Architecture, task: str, quantization: str, opset: int) -> None:
     if task not in models.TASKS:
         raise ExportError(f"unknown task {task!r}; choose one of: {', '.join(models.TASKS)}")
     task_cls = models.TASKS[task]
@@ -254,102 +250,65 @@ def _check_choices(arch: Architecture, task: str, quantization: str, force_dequa
             f"task {task!r} is not available for model_type {arch.model_type!r} "
             f"(it exists for {', '.join(task_cls.model_types)}); choose another task"
         )
-    if quantization not in models.QUANTIZATION_MODES:
-        raise ExportError(
-            f"unknown quantization {quantization!r}; choose one of: {', '.join(models.QUANTIZATION_MODES)}"
-        )
     if quantization not in arch.quantization_modes:
         raise ExportError(
             f"quantization {quantization!r} is not available for {arch.model_type}; "
             f"choose one of: {', '.join(arch.quantization_modes)}"
         )
-    if force_dequant is not None:
-        if quantization != "integer":
-            raise ExportError("--force-dequant applies to --quantization integer only; drop it or use integer")
-        if force_dequant not in models.FORCE_DEQUANT_VALUES:
+    check_opset(opset)
+
+
+def _recipe_of(
+    recipe: QuantizationRecipe | str | None, quantization: str | None, keywords: dict[str, Any]
+) -> QuantizationRecipe:
+    """The recipe export() was given, or the one its 0.1 keyword arguments describe."""
+    unknown = sorted(set(keywords) - set(RECIPE_KEYWORDS))
+    if unknown:
+        raise TypeError(
+            f"export() got unexpected keyword argument(s) {', '.join(unknown)}; it takes task, recipe, opset, "
+            f"validate, log, quantization and (0.1's) {', '.join(RECIPE_KEYWORDS)}"
+        )
+    if isinstance(recipe, QuantizationRecipe):
+        if quantization is not None or keywords:
+            given = ", ".join(["quantization"] * (quantization is not None) + sorted(keywords))
             raise ExportError(
-                f"unknown force_dequant {force_dequant!r}; choose one of: {', '.join(models.FORCE_DEQUANT_VALUES)}"
+                f"pass the quantization settings either as recipe= or as keyword arguments, not both (got recipe= "
+                f"and {given}); put them in the recipe: recipe.replace(...)"
             )
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ExportError(f"opset {opset} is not supported; choose {MIN_OPSET} to {MAX_OPSET}")
-
-
-def _check_wide_activations(
-    quantization: str, wide_activations: tuple[str, ...] | list[str] | None
-) -> tuple[str, ...] | None:
-    if wide_activations is None:
-        return None
-    if quantization != "integer":
-        raise ExportError("--wide-activations applies to --quantization integer only; drop it or use integer")
-    from models.ibert import check_wide_activations
-
+        return recipe
+    if recipe is not None and not isinstance(recipe, str):
+        raise ExportError(f"recipe must be a QuantizationRecipe or a mode name, got {type(recipe).__name__}")
+    if recipe is not None and quantization is not None and recipe != quantization:
+        raise ExportError(f"recipe={recipe!r} and quantization={quantization!r} disagree; give one mode")
+    mode = recipe or quantization or "none"
+    deprecated = sorted(k for k in keywords if k not in SHORTHAND_KEYWORDS)
+    if deprecated:
+        warnings.warn(
+            f"exporter.export's keyword argument(s) {', '.join(deprecated)} are deprecated: pass "
+            "recipe=models.quantization.QuantizationRecipe(mode=..., ...) instead (docs/export.md)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
     try:
-        return check_wide_activations(wide_activations)
-    except ValueError as e:
+        return QuantizationRecipe(mode=mode, **_fields_0_1_meant(mode, keywords))
+    except RecipeError as e:
         raise ExportError(str(e)) from None
 
 
-def calibration_methods(quantization: str) -> tuple[str, ...]:
-    """The calibration methods of a quantized mode, the default first."""
-    if quantization == "integer":
-        from models.quantization.integer.calibration import DEFAULT_METHOD as INTEGER_DEFAULT
-        from models.quantization.integer.calibration import METHODS as INTEGER_METHODS
-
-        return tuple(sorted(INTEGER_METHODS, key=lambda m: m != INTEGER_DEFAULT))
-    from models.quantization.qdq.calibrate import METHODS
-
-    return tuple(sorted(METHODS, key=lambda m: m != "percentile"))
-
-
-def parse_calibration_method(quantization: str, method: str | None, percentile: float | None) -> tuple[str, float | None]:
-    """"percentile-99.9" -> ("percentile", 99.9); None -> the mode's default; checked against the mode's methods."""
-    methods = calibration_methods(quantization)
-    name, dash, number = (method or methods[0]).partition("-")
-    if name == "percentile" and dash:
-        try:
-            percentile = float(number)
-        except ValueError:
-            raise ExportError(f"calibration method {method!r}: expected percentile-<number>, e.g. percentile-99.99") from None
-    if name not in methods or (dash and name != "percentile"):
-        raise ExportError(
-            f"calibration method {method!r} is not one of {quantization}'s: {', '.join(methods)}"
-            + (" (or percentile-<number>)" if "percentile" in methods else "")
-        )
-    if name == "percentile" and (percentile is None or not (0.0 < percentile <= 100.0) or math.isnan(percentile)):
-        raise ExportError(f"percentile must be in (0, 100], got {percentile!r}")
-    return name, (percentile if name == "percentile" else None)
-
-
-def _calibration_settings(
-    quantization: str,
-    data: str | os.PathLike | None,
-    method: str | None,
-    percentile: float | None,
-    num_samples: int,
-    batch_size: int,
-    max_length: int,
-    keep_float: tuple[str, ...],
-) -> CalibrationSettings:
-    method, percentile = parse_calibration_method(quantization, method, percentile)
-    if data is not None and not Path(data).exists():
-        raise ExportError(
-            f"--calibration-data {data} does not exist; pass a .txt or .jsonl file or a directory of them "
-            "(or leave it out to use the shipped calibration_data/)"
-        )
-    if num_samples < 1 or batch_size < 1 or max_length < 2:
-        raise ExportError(
-            f"calibration needs num_samples >= 1, batch_size >= 1 and max_length >= 2 "
-            f"(got {num_samples}, {batch_size}, {max_length})"
-        )
-    return CalibrationSettings(
-        Path(data) if data is not None else None, method, percentile, keep_float, num_samples, batch_size, max_length
-    )
-
-
-def _describe_method(settings: CalibrationSettings) -> str:
-    if settings.percentile is not None:
-        return f"{settings.method} {settings.percentile:g}, {settings.num_samples} samples"
-    return f"{settings.method}, {settings.num_samples} samples"
+def _fields_0_1_meant(mode: str, keywords: dict[str, Any]) -> dict[str, Any]:
+    """Recipe fields from 0.1's keyword arguments, leaving out those 0.1 ignored: calibration settings of a
+    float export, qdq's percentile and keep_float in integer mode, a percentile for a method that has none
+    or that names its own ("percentile-99.9"). force_dequant and wide_activations outside integer mode were
+    errors then and are now."""
+    fields = {RECIPE_KEYWORDS[k]: v for k, v in keywords.items() if v is not None}
+    ignored: set[str] = set()
+    if mode == "none":
+        ignored = set(RECIPE_KEYWORDS.values()) - {"force_dequant", "wide_activations"}
+    elif mode == "integer":
+        ignored = {"percentile", "keep_float"}
+    elif fields.get("calibration_method") not in (None, "percentile"):
+        ignored = {"percentile"}
+    return {k: v for k, v in fields.items() if k not in ignored}
 
 
 # --- calibration -----------------------------------------------------------------------------------------
@@ -358,87 +317,47 @@ def _describe_method(settings: CalibrationSettings) -> str:
 def _calibrate(
     model: models.TaskModel,
     signature: Signature,
-    limit: int,
     tokenizer: Any | None,
-    settings: CalibrationSettings,
+    recipe: QuantizationRecipe,
     staging: Path,
     say: Log,
-) -> dict[str, Any]:
-    """Calibrate `model` in place, write calibration.json into `staging`; returns export.json's record."""
-    from models.quantization import calibrate, save_calibration
+) -> Calibrated:
+    """Calibrate `model` in place as `recipe` says and write calibration.json into `staging`."""
+    from models.data import DataError
+    from models.quantization import calibrate_model, recipe_batches, save_model_calibration
 
-    max_length = min(settings.max_length, limit)
+    data = None
     if tokenizer is None:
-        if settings.data is not None:
+        if recipe.calibration_data is not None:
             raise ExportError(
                 f"--calibration-data needs the checkpoint's tokenizer, but {model.source_dir} has no tokenizer "
                 "files (tokenizer.json, vocab.txt, ...); add them to the checkpoint"
             )
         say("  note: the checkpoint has no tokenizer: calibrating on generated token ids, which suits tests, "
             "not accuracy; add tokenizer files to calibrate on text")
-        label = GENERATED_DATA
-        batches = _generated_batches(signature, model.config, settings, max_length)
+        data = GENERATED_DATA_LABEL
+        batches = _generated_batches(signature, model.config, recipe)
     else:
-        from models.data import DataError, calibration_batches, load_texts
-
         try:
-            texts = load_texts(settings.data)
+            batches = recipe_batches(recipe, tokenizer)
         except DataError as e:
             raise ExportError(f"--calibration-data: {e}") from None
-        label = str(settings.data) if settings.data is not None else SHIPPED_DATA
-        batches = calibration_batches(
-            texts, tokenizer, batch_size=settings.batch_size, max_length=max_length, num_samples=settings.num_samples
-        )
-    if model.quantization == "integer":
-        _calibrate_integer(model, batches, settings, label, staging / CALIBRATION_JSON)
-    else:
-        if signature.has_choices:  # the multiple-choice head takes [batch, choices, sequence]: one choice each
-            batches = [{k: v[:, None, :] for k, v in batch.items()} for batch in batches]
-        kept = _keep_float(model, settings.keep_float)
-        if kept:
-            say(f"  {len(kept)} quantizers kept in float ({', '.join(settings.keep_float)})")
-        calibrate(model, batches, method=settings.method, percentile=settings.percentile or DEFAULT_PERCENTILE, data=label)
-        save_calibration(model, staging / CALIBRATION_JSON)
-    num_samples = sum(int(batch["input_ids"].shape[0]) for batch in batches)
-    record: dict[str, Any] = {"method": settings.method, "percentile": settings.percentile, "data": label}
-    if model.quantization == "qdq":
-        record["keep_float"] = list(settings.keep_float)
-    else:
-        record["wide_activations"] = list(model.config.wide_activations)
-    record.update(num_samples=num_samples, max_length=max_length)
-    return record
-
-
-def _keep_float(model: models.TaskModel, patterns: tuple[str, ...]) -> list[str]:
-    from models.quantization import keep_float
-
-    if not patterns:
-        return []
     try:
-        return keep_float(model, patterns)
-    except ValueError as e:
-        raise ExportError(f"--keep-float: {e}") from None
+        done = calibrate_model(model, batches, recipe, data=data)
+    except RecipeError as e:  # a --keep-float pattern that matches no quantizer of this model
+        raise ExportError(str(e)) from None
+    if done.kept_float:
+        say(f"  {len(done.kept_float)} quantizers kept in float ({', '.join(recipe.keep_float or ())})")
+    save_model_calibration(model, staging / CALIBRATION_JSON, done)
+    return done
 
 
-def _calibrate_integer(
-    model: models.TaskModel, batches: list[dict[str, torch.Tensor]], settings: CalibrationSettings, label: str, path: Path
-) -> None:
-    """I-BERT's activation ranges and LayerNorm shifts, saved as an integer calibration.json
-    (`models.load(..., quantization="integer", calibration=path)` takes them back)."""
-    from models.quantization import calibrate_integer, save_integer_calibration
-
-    calibrate_integer(model, batches, method=settings.method, data=label, progress=True)
-    save_integer_calibration(model, path)
-
-
-def _generated_batches(
-    signature: Signature, config: Any, settings: CalibrationSettings, max_length: int
-) -> list[dict[str, torch.Tensor]]:
-    """[batch, sequence] batches of generated ids (multiple choice too: the caller adds the choices axis)."""
-    count = -(-settings.num_samples // settings.batch_size)
+def _generated_batches(signature: Signature, config: Any, recipe: QuantizationRecipe) -> list[dict[str, torch.Tensor]]:
+    """[batch, sequence] batches of generated ids (multiple choice too: calibrate_model adds the choices axis)."""
+    num_samples, batch_size, max_length = int(recipe.num_samples or 1), int(recipe.batch_size or 1), int(recipe.max_length or 2)
     batches = []
-    for index in range(count):
-        rows = min(settings.batch_size, settings.num_samples - index * settings.batch_size)
+    for index in range(-(-num_samples // batch_size)):
+        rows = min(batch_size, num_samples - index * batch_size)
         feeds = generated_feeds(signature, Shape(rows, max_length), config.vocab_size, _pad_id(config), seed=100 + index)
         batches.append({name: torch.from_numpy(value) for name, value in feeds.items()})
     return batches
@@ -459,7 +378,10 @@ def _clean_up(raw: onnx.ModelProto, model: models.TaskModel, say: Log) -> onnx.M
             f"Q/DQ pairs ({summary.merged_pairs} duplicates merged)"
         )
         if model.quantization == "qdq":
-            qdq.check_counts(summary, *_enabled_quantizers(model))
+            from models.quantization import quantizer_counts
+
+            counts = quantizer_counts(model)
+            qdq.check_counts(summary, counts.weights, counts.activations)
         if summary.unfused and model.quantization == "qdq":  # integer: the ibert ops take dequantized inputs
             say(f"  note: TensorRT cannot fuse these DequantizeLinear into a consumer: {', '.join(summary.unfused)}")
     graph_ops.name_anonymous_tensors(graph)
@@ -469,16 +391,6 @@ def _clean_up(raw: onnx.ModelProto, model: models.TaskModel, say: Log) -> onnx.M
     onnx_model.producer_name = "qbert-deploy exporter"
     onnx_model.producer_version = _version("qbert-deploy")
     return onnx_model
-
-
-def _enabled_quantizers(model: models.TaskModel) -> tuple[int, int]:
-    """(weight, activation) quantizers that fake-quantize in `model` (qdq mode)."""
-    from models.quantization import named_quantizers
-    from models.quantization.qdq.quantized_model import weight_of
-
-    enabled = [name for name, q in named_quantizers(model).items() if q.is_quant_enabled]
-    weights = sum(weight_of(model, name) is not None for name in enabled)
-    return weights, len(enabled) - weights
 
 
 def _set_metadata(model: onnx.ModelProto, info: ExportInfo) -> None:
@@ -509,9 +421,9 @@ def _dims(value: onnx.ValueInfoProto) -> tuple[int | str, ...]:
 
 
 def _validation_batches(
-    signature: Signature, limit: int, config: Any, tokenizer: Any | None, calibration: CalibrationSettings | None
+    signature: Signature, limit: int, config: Any, tokenizer: Any | None, recipe: QuantizationRecipe
 ) -> list[tuple[Shape, dict[str, np.ndarray]]]:
-    texts = _validation_texts(calibration) if tokenizer is not None else None
+    texts = _validation_texts(recipe) if tokenizer is not None else None
     batches = []
     for index, shape in enumerate(validation_shapes(signature, limit)):
         if texts:
@@ -522,12 +434,12 @@ def _validation_batches(
     return batches
 
 
-def _validation_texts(calibration: CalibrationSettings | None) -> list[Text] | None:
+def _validation_texts(recipe: QuantizationRecipe) -> list[Text] | None:
     """Calibration text (the shipped corpus for float exports); None (generated ids) when there is none."""
     from models.data import DataError, load_texts
 
     try:
-        return list(load_texts(calibration.data if calibration else None))
+        return list(load_texts(recipe.calibration_data))
     except DataError:
         return None
 

@@ -22,8 +22,6 @@ from trt_runtime.contract import ibert
 
 #: the wrapper's attribute that holds the task model; stripped from ONNX names afterwards
 WRAPPED = "model"
-MIN_OPSET = 17  # LayerNormalization; per-channel Q/DQ needs 13
-MAX_OPSET = 20  # the newest opset torch's TorchScript exporter writes
 
 
 def torchscript_export(

@@ -13,12 +13,13 @@ from typing import Literal
 
 from transformers import BertConfig, IBertConfig, PretrainedConfig, RobertaConfig, SqueezeBertConfig
 
+# the modes and I-BERT's force_dequant values are the recipe's (torch-free, for the command lines)
+from models.quantization.recipe import FORCE_DEQUANT_VALUES as FORCE_DEQUANT_VALUES
+from models.quantization.recipe import QUANTIZATION_MODES as QUANTIZATION_MODES
+
 Family = Literal["bert", "squeezebert"]
 HeadStyle = Literal["bert", "roberta"]
 PositionStyle = Literal["absolute", "roberta"]
-
-QUANTIZATION_MODES = ("none", "qdq", "integer")
-FORCE_DEQUANT_VALUES = ("none", "gelu", "softmax", "layernorm", "nonlinear")
 
 
 @dataclass(frozen=True)

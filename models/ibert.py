@@ -31,6 +31,7 @@ from models.quantization.integer.modules import (
     Scale,
     attention_scores_scale,
 )
+from models.quantization.recipe import DEFAULT_WIDE_ACTIVATIONS  # the recipe owns the default sites
 
 # I-BERT's bit widths (IBertEmbeddings / IBertSelfAttention / IBertSelfOutput / IBertLayer)
 EMBEDDING_BIT = 8
@@ -55,9 +56,6 @@ WIDE_ACTIVATION_SITES: dict[str, tuple[str, ...]] = {
     "ffn-output-input": ("encoder.layer.{i}.intermediate.output_activation", "encoder.layer.{i}.pre_output_act"),
     "hidden-states": ("embeddings.output_activation", "encoder.layer.{i}.output.output_activation"),
 }
-#: the default for checkpoints calibrated here (all-MiniLM-L6-v2: sentence cosine to float 0.967 -> 0.983);
-#: I-BERT checkpoints saved with quant_mode=true keep I-BERT's 8 bits (their ranges were trained with them)
-DEFAULT_WIDE_ACTIVATIONS: tuple[str, ...] = ("ffn-output-input", "hidden-states")
 
 
 def check_wide_activations(sites: Iterable[str]) -> tuple[str, ...]:

@@ -310,7 +310,7 @@ def load(
 
         force_dequant, wide_activations = integer_settings(calibration, force_dequant, wide_activations)
     if wide_activations is not None:
-        from models.ibert import check_wide_activations
+        from models.quantization.recipe import check_wide_activations
 
         wide_activations = check_wide_activations(wide_activations)
         if quantization != "integer" and wide_activations:

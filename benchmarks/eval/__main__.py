@@ -278,6 +278,7 @@ def run_task(
                 "keep_float": list(variant.keep_float)
                 if variant.keep_float is not None
                 else "exporter default",
+                "recipe": variant.quantization_recipe(recipe).to_dict(),  # every setting, defaults resolved
                 "export_dir": str(exports[variant.name]),
                 **scored,
             }

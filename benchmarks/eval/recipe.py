@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-#: qdq post-training calibrators of the table: (name, exporter calibration_method, percentile)
+from models.quantization.recipe import QuantizationRecipe
+
+#: qdq post-training calibrators of the table: (name, calibration_method, percentile)
 CALIBRATORS: tuple[tuple[str, str, float | None], ...] = (
     ("max", "max", None),
     ("percentile-99.9", "percentile", 99.9),
@@ -23,8 +25,8 @@ CALIBRATORS: tuple[tuple[str, str, float | None], ...] = (
     ("mse", "mse", None),
     ("entropy", "entropy", None),
 )
-#: the exporter's integer calibration method used for I-BERT mode (its default: running min/max)
-INTEGER_METHOD = "minmax"
+#: the integer calibration method of I-BERT mode: the recipe's default (running min/max)
+INTEGER_METHOD = QuantizationRecipe.default("integer").calibration_method
 
 
 @dataclass(frozen=True)
@@ -113,25 +115,28 @@ class Variant:
     title: str  # what the table says
     quantization: str  # exporter: none | qdq | integer
     checkpoint: str  # "float" | "qat" | "integer-qat": which fine-tuned checkpoint
-    method: str | None = None  # exporter calibration_method
+    method: str | None = None  # QuantizationRecipe.calibration_method
     percentile: float | None = None
-    keep_float: tuple[str, ...] | None = None  # qdq: None = the exporter's default sites
+    keep_float: tuple[str, ...] | None = None  # qdq: None = the recipe's default sites
     group: str = ""  # float | ptq | qat | integer
 
-    def export_kwargs(self, recipe: Recipe) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"task": "text-classification", "quantization": self.quantization}
-        if self.quantization != "none":
-            kwargs.update(
-                calibration_method=self.method,
-                num_calibration_samples=recipe.calibration_samples,
-                calibration_batch_size=recipe.calibration_batch_size,
-                calibration_max_length=recipe.calibration_max_length,
-            )
-        if self.percentile is not None:
-            kwargs["percentile"] = self.percentile
-        if self.keep_float is not None:
-            kwargs["keep_float"] = self.keep_float
-        return kwargs
+    def quantization_recipe(self, recipe: Recipe) -> QuantizationRecipe:
+        """How this row is quantized: the project's recipe with this row's calibrator and the eval's sizes."""
+        if self.quantization == "none":
+            return QuantizationRecipe.default("none")
+        return calibration_recipe(recipe, self.quantization).replace(
+            calibration_method=self.method, percentile=self.percentile, keep_float=self.keep_float
+        )
+
+
+def calibration_recipe(recipe: Recipe, mode: str) -> QuantizationRecipe:
+    """The project's default recipe of a quantized `mode` with the eval's calibration sizes."""
+    return QuantizationRecipe(
+        mode=mode,
+        num_samples=recipe.calibration_samples,
+        batch_size=recipe.calibration_batch_size,
+        max_length=recipe.calibration_max_length,
+    )
 
 
 def float_variant() -> Variant:

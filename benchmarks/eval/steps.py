@@ -32,13 +32,14 @@ from benchmarks.eval.recipe import (
     CALIBRATION_FIELDS,
     CALIBRATORS,
     FLOAT_FIELDS,
-    INTEGER_METHOD,
     INTEGER_QAT_FIELDS,
     QAT_FIELDS,
     Recipe,
     Variant,
-    calibrator,
+    calibration_recipe,
     digest,
+    integer_variants,
+    ptq_variants,
 )
 from benchmarks.eval.tasks import Examples, Task, examples, inference_batches, training_batches
 from trt_runtime.contract.files import sha256_file, write_bytes_atomic, write_json_atomic
@@ -132,16 +133,9 @@ def _reusable_stage(directory: Path, key: str) -> dict[str, Any] | None:
 
 def calibration_set(ws: Workspace) -> list[dict[str, torch.Tensor]]:
     """The batches the exporter calibrates on: the shipped calibration split, same sizes."""
-    from models.data import calibration_batches, load_texts
+    from models.quantization import recipe_batches
 
-    r = ws.recipe
-    return calibration_batches(
-        load_texts(),
-        ws.tokenizer,
-        batch_size=r.calibration_batch_size,
-        max_length=r.calibration_max_length,
-        num_samples=r.calibration_samples,
-    )
+    return recipe_batches(calibration_recipe(ws.recipe, "qdq"), ws.tokenizer)
 
 
 def torch_logits(
@@ -231,12 +225,11 @@ def float_checkpoint(ws: Workspace) -> tuple[Path, str]:
 def qat_checkpoint(ws: Workspace, float_dir: Path, float_key: str, best: str) -> tuple[Path, str]:
     """The float checkpoint in qdq mode, calibrated as the exporter does with `best`, then QAT."""
     import models
-    from exporter.pipeline import DEFAULT_KEEP_FLOAT
-    from models.quantization import calibrate, keep_float
+    from models.quantization import calibrate_model
 
     r = ws.recipe
-    method, percentile = calibrator(best)
-    key = r.key(*QAT_FIELDS, *CALIBRATION_FIELDS, extra={"float": float_key, "calibrator": best})
+    recipe = ptq_variants([best])[0].quantization_recipe(r)
+    key = r.key(*QAT_FIELDS, *CALIBRATION_FIELDS, extra={"float": float_key, "recipe": recipe.to_dict()})
     directory = ws.root / f"qat-{best}-{key}"
     if record := _reusable_stage(directory, key):
         ws.say(f"  reusing the QAT checkpoint {directory}")
@@ -244,8 +237,7 @@ def qat_checkpoint(ws: Workspace, float_dir: Path, float_key: str, best: str) ->
         return directory, key
     started = time.monotonic()
     model = models.load(float_dir, task="text-classification", quantization="qdq")
-    keep_float(model, list(DEFAULT_KEEP_FLOAT))
-    calibrate(model, calibration_set(ws), method=method, percentile=percentile or 99.99, progress=ws.progress)
+    calibrate_model(model, calibration_set(ws), recipe, progress=ws.progress)
     train = examples(ws.task, "train", limit=r.qat_samples, seed=r.seed)
     ws.say(
         f"  QAT ({best} start): {len(train)} train sentences, {r.qat_epochs} epoch(s), lr {r.qat_learning_rate:g}"
@@ -261,12 +253,11 @@ def integer_qat_checkpoint(ws: Workspace, float_dir: Path, float_key: str) -> tu
     """The float checkpoint in I-BERT integer mode, calibrated as the exporter does, then fine-tuned in
     integer mode (straight-through gradients; activation ranges follow I-BERT's training-mode EMA)."""
     import models
-    from models.quantization.integer.calibration import calibrate_integer
+    from models.quantization import calibrate_model
 
     r = ws.recipe
-    key = r.key(
-        *INTEGER_QAT_FIELDS, *CALIBRATION_FIELDS, extra={"float": float_key, "method": INTEGER_METHOD}
-    )
+    recipe = integer_variants()[0].quantization_recipe(r)
+    key = r.key(*INTEGER_QAT_FIELDS, *CALIBRATION_FIELDS, extra={"float": float_key, "recipe": recipe.to_dict()})
     directory = ws.root / f"integer-qat-{key}"
     if record := _reusable_stage(directory, key):
         ws.say(f"  reusing the integer QAT checkpoint {directory}")
@@ -274,7 +265,7 @@ def integer_qat_checkpoint(ws: Workspace, float_dir: Path, float_key: str) -> tu
         return directory, key
     started = time.monotonic()
     model = models.load(float_dir, task="text-classification", quantization="integer")
-    calibrate_integer(model, calibration_set(ws), method=INTEGER_METHOD, progress=ws.progress)
+    calibrate_model(model, calibration_set(ws), recipe, progress=ws.progress)
     train = examples(ws.task, "train", limit=r.integer_qat_samples, seed=r.seed)
     ws.say(
         f"  integer-mode QAT: {len(train)} train sentences, {r.integer_qat_epochs} epoch(s), "
@@ -370,11 +361,12 @@ def dev_analysis(
       float), once with the exporter's default sites and once with every site of that layer.
     """
     import models
-    from exporter.pipeline import DEFAULT_KEEP_FLOAT
     from models.quantization import collect_stats, compute_amax, finish_calibration, named_quantizers
     from models.quantization.qdq.quantized_model import select_quantizers
+    from models.quantization.recipe import DEFAULT_PERCENTILE
 
     r = ws.recipe
+    default_float_sites = calibration_recipe(r, "qdq").keep_float or ()
     key = r.key(
         *CALIBRATION_FIELDS,
         "dev_samples",
@@ -385,7 +377,7 @@ def dev_analysis(
         extra={
             "float": float_key,
             "sensitivity": sensitivity,
-            "keep_float": list(DEFAULT_KEEP_FLOAT),
+            "keep_float": list(default_float_sites),
             "calibrators": list(calibrators),
         },
     )
@@ -427,7 +419,7 @@ def dev_analysis(
 
     model = models.load(float_dir, task="text-classification", quantization="qdq")
     quantizers = named_quantizers(model)
-    default_sites = set(quantizers) - set(select_quantizers(model, list(DEFAULT_KEEP_FLOAT)))
+    default_sites = set(quantizers) - set(select_quantizers(model, list(default_float_sites)))
     batches = calibration_set(ws)
     chosen = [c for c in CALIBRATORS if c[0] in calibrators]
     if not chosen:
@@ -448,7 +440,7 @@ def dev_analysis(
             collect_stats(model, batches, "histogram", progress=ws.progress)
             for name, method, percentile in chosen:
                 if method != "max":
-                    compute_amax(model, method, percentile or 99.99, progress=False)
+                    compute_amax(model, method, percentile or DEFAULT_PERCENTILE, progress=False)
                     amax[name] = {q_name: q.amax.detach().clone() for q_name, q in quantizers.items()}
     finally:
         finish_calibration(model)
@@ -514,8 +506,8 @@ def export_variant(
     import exporter
     from trt_runtime.contract.export_dir import ExportDirError, read_export_info
 
-    kwargs = variant.export_kwargs(ws.recipe)
-    key = digest({"checkpoint": checkpoint_key, "export": kwargs, "validate": validate})
+    recipe = variant.quantization_recipe(ws.recipe)
+    key = digest({"checkpoint": checkpoint_key, "recipe": recipe.to_dict(), "validate": validate})
     out = ws.root / "exports" / variant.name
     sidecar = ws.root / "exports" / f"{variant.name}.eval.json"
     record = read_json(sidecar)
@@ -529,9 +521,10 @@ def export_variant(
             ws.record(f"export {variant.name}", record.get("seconds"), reused=True)
             return out, True
     started = time.monotonic()
-    ws.say(f"  exporting {variant.name}: {', '.join(f'{k}={v}' for k, v in kwargs.items() if k != 'task')}")
+    ws.say(f"  exporting {variant.name}: {recipe.mode}, {recipe.describe()}")
     exporter.export(
-        checkpoint, out, validate=validate, log=lambda message: ws.say(f"    {message}"), **kwargs
+        checkpoint, out, task="text-classification", recipe=recipe, validate=validate,
+        log=lambda message: ws.say(f"    {message}"),
     )
     info = read_export_info(out)
     seconds = _since(started)

@@ -1,10 +1,19 @@
-"""`python -m models.quantization.calibrate`: calibrate a checkpoint and write its calibration.json.
+"""`python -m models.quantization.calibrate`: calibrate a checkpoint (qdq or integer) and write its calibration.json.
 
-    python -m models.quantization.calibrate --model DIR --output FILE \
-        [--data P] [--method max|percentile|mse|entropy] [--percentile 99.99] [--num-samples N] [--batch-size B]
+    python -m models.quantization.calibrate --model DIR --output FILE [--task T] [--quantization qdq|integer]
+        [--calibration-data P] [--calibration-method M] [--percentile P] [--keep-float SITE ... | --quantize-all]
+        [--force-dequant F] [--wide-activations SITE ...]
+        [--num-calibration-samples N] [--calibration-batch-size B] [--calibration-max-length T]
 
-The calibration itself is `models.quantization.qdq.calibrate` (qdq) and `models.quantization.integer.calibration`
-(integer).
+The flags and their defaults are `QuantizationRecipe`'s (models.quantization.recipe), the same as
+`python -m exporter`'s, so a file made here and an export calibrate alike. The names of 0.1 still work:
+--data, --method, --num-samples, --batch-size, --max-length. `models.load(DIR, quantization=MODE,
+calibration=FILE)` applies the file. Exit status: 0 done, 2 bad arguments or inputs (the reason on stderr).
+
+Arguments are parsed and checked before torch is imported, so --help and argument errors answer at once.
+`models.quantization.calibrate` is also the qdq calibration function (pytorch-quantization's name, which the
+package re-exports); importing this module (a console script does) makes the module the package's attribute,
+as Python does for every submodule, so the module is callable and forwards to that function.
 """
 
 from __future__ import annotations
@@ -12,69 +21,80 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import types
 from collections.abc import Sequence
+from typing import Any
 
-from models.quantization.calibration_file import save_calibration
-from models.quantization.qdq.calibrate import METHODS, calibrate
-from models.quantization.qdq.quantized_model import keep_float, named_quantizers
+from models.quantization.recipe import QUANTIZED_MODES, QuantizationRecipe
+
+#: 0.1's flag -> the recipe field it sets (hidden from --help, kept for scripts)
+LEGACY_FLAGS = {
+    "--data": "calibration_data",
+    "--method": "calibration_method",
+    "--num-samples": "num_samples",
+    "--batch-size": "batch_size",
+    "--max-length": "max_length",
+}
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m models.quantization.calibrate",
-        description="Calibrate a checkpoint in qdq mode and write its calibration.json.",
+        description="Calibrate a Hugging Face checkpoint in qdq (QDQBERT fake quantization: amax per quantizer) or "
+        "integer (I-BERT: activation ranges and LayerNorm shifts) mode and write its calibration.json, which "
+        "models.load(DIR, quantization=MODE, calibration=FILE) applies.",
     )
-    parser.add_argument("--model", required=True, help="Hugging Face checkpoint directory")
-    parser.add_argument("--output", required=True, help="calibration file to write (JSON)")
+    parser.add_argument("--model", required=True, help="Hugging Face checkpoint directory (with its tokenizer)")
+    parser.add_argument("--output", required=True, help="calibration file to write (JSON, replaced atomically)")
     parser.add_argument("--task", default=None, help="task head to load (default: from config.json)")
-    parser.add_argument(
-        "--data", default=None,
-        help=".txt / .jsonl file or directory of them (default: the shipped calibration_data/calibration.txt)",
-    )
-    parser.add_argument("--method", choices=METHODS, default="percentile")
-    parser.add_argument("--percentile", type=float, default=99.99)
-    parser.add_argument("--num-samples", type=int, default=512, help="texts to calibrate on (default 512)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=128, help="tokens per text after truncation")
-    parser.add_argument(
-        "--keep-float", action="append", default=[], metavar="PATTERN",
-        help="leave quantizers matching this fnmatch pattern (or 're:' regex, or ffn-output-input, "
-        "softmax-output, residual-adds) in float; repeatable",
-    )
-    return parser.parse_args(argv)
+    QuantizationRecipe.add_arguments(parser, modes=QUANTIZED_MODES, default_mode="qdq")
+    for flag, dest in LEGACY_FLAGS.items():
+        kind = int if dest in ("num_samples", "batch_size", "max_length") else str
+        parser.add_argument(flag, dest=dest, type=kind, help=argparse.SUPPRESS)
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; exit status 0 done, 2 bad input (checkpoint, data, options: the reason on stderr)."""
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
+    recipe = QuantizationRecipe.from_command_line(args)
+    if recipe is None:
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        return _calibrate_command(args)
+        return _calibrate_command(args, recipe)
     except ValueError as e:  # CheckpointError, DataError, CalibrationError, a bad --keep-float: no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 
 
-def _calibrate_command(args: argparse.Namespace) -> int:
+def _calibrate_command(args: argparse.Namespace, recipe: QuantizationRecipe) -> int:
     import models
     from models.architectures import max_positions
-    from models.data import SHIPPED_DATA_NAME, calibration_batches, load_texts
+    from models.quantization.calibration import calibrate_model, recipe_batches, save_model_calibration
 
-    model = models.load(args.model, task=args.task, quantization="qdq")
-    if args.keep_float:
-        keep_float(model, args.keep_float)
-    texts = load_texts(args.data)
-    # never past the position embeddings (a small model's limit may be under the default 128)
-    max_length = min(args.max_length, max_positions(model.config, model.arch))
-    batches = calibration_batches(
-        texts, args.model, batch_size=args.batch_size, max_length=max_length, num_samples=args.num_samples
+    model = models.load(
+        args.model, task=args.task, quantization=recipe.mode, force_dequant=recipe.force_dequant,
+        wide_activations=recipe.wide_activations,
     )
-    calibrate(model, batches, args.method, args.percentile, data=str(args.data) if args.data else SHIPPED_DATA_NAME)
-    path = save_calibration(model, args.output)
-    count = sum(q.is_enabled for q in named_quantizers(model).values())
-    print(f"wrote {path}: {count} quantizers, {args.method} on {min(len(texts), args.num_samples)} texts")
+    recipe = recipe.fitted(max_positions(model.config, model.arch))
+    done = calibrate_model(model, recipe_batches(recipe, args.model), recipe)
+    path = save_model_calibration(model, args.output, done)
+    kept = f", {len(done.kept_float)} kept in float" if done.kept_float else ""
+    print(f"wrote {path}: {recipe.mode}, {done.recipe.describe()} of {done.data}{kept}")
     return 0
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as the qdq `calibrate(model, batches, ...)` whose name it shares (module docstring)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from models.quantization.qdq.calibrate import calibrate
+
+        return calibrate(*args, **kwargs)
 
 
 if __name__ == "__main__":
     sys.exit(main())
+else:
+    sys.modules[__name__].__class__ = _CallableModule

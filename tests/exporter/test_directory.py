@@ -155,6 +155,7 @@ def test_refuses_to_replace_what_is_not_an_export(tmp_path, bert_clf):
         ({"model": "missing"}, "is not a directory; pass a Hugging Face checkpoint directory"),
     ],
 )
+@pytest.mark.filterwarnings("ignore:exporter.export's keyword:DeprecationWarning")  # 0.1's keywords, on purpose
 def test_bad_arguments_are_clear_errors(tmp_path, kwargs, message):
     kind = kwargs.pop("model", "bert")
     directory = tmp_path / "missing" if kind == "missing" else save_tiny(tmp_path / kind, kind, "feature-extraction")[0]

@@ -21,6 +21,7 @@ from polygraphy.json import load_json
 import exporter
 import models
 from exporter.validation import TOLERANCES
+from models.quantization import QuantizationRecipe
 from tests.fixtures.tiny_models import VOCAB, save_tiny
 from trt_runtime.contract.export_dir import read_export_info
 
@@ -43,10 +44,10 @@ def _polygraphy(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(("model_type", "task", "quantization"), CASES)
 def test_polygraphy_runs_and_inspects(tmp_path, model_type, task, quantization):
     directory, _ = save_tiny(tmp_path / "ckpt", model_type, task)
-    out = exporter.export(
-        directory, tmp_path / "out", task=task, quantization=quantization, log=None, validate=False,
-        **({} if quantization == "none" else {"num_calibration_samples": 8, "calibration_batch_size": 8}),
+    recipe = QuantizationRecipe(mode=quantization) if quantization == "none" else QuantizationRecipe(
+        mode=quantization, num_samples=8, batch_size=8
     )
+    out = exporter.export(directory, tmp_path / "out", task=task, recipe=recipe, log=None, validate=False)
     info = read_export_info(out)
     onnx_path = str(out / "model.onnx")
 

@@ -22,6 +22,7 @@ import exporter
 import models
 from exporter.qdq import QdqLayoutError, layout_for_tensorrt
 from exporter.validation import TOLERANCES
+from models.quantization import QuantizationRecipe
 from tests.fixtures.tiny_models import CASES, hf_outputs, padded_batch, save_tiny
 from tests.fixtures.tiny_tokenizers import save_tiny_tokenizer
 from trt_runtime.contract.export_dir import read_export_info
@@ -36,15 +37,14 @@ QDQ_CASES = [
 ]
 # keep_float=(): these tests check QDQBERT's full placement (every site quantized); the exporter's
 # default keeps residual adds and the FFN output input float (test_default_keeps_sensitive_sites_float)
-QUICK_CALIBRATION = {"num_calibration_samples": 8, "calibration_batch_size": 8, "keep_float": ()}
+QUICK_CALIBRATION = QuantizationRecipe(mode="qdq", num_samples=8, batch_size=8, keep_float=())
 
 
 def export_qdq(tmp_path, model_type, task, **kwargs):
     """Export without the built-in validation: these tests check the file themselves, independently."""
     directory, reference = save_tiny(tmp_path / "ckpt", model_type, task)
     out = exporter.export(
-        directory, tmp_path / "out", task=task, quantization="qdq", log=None, validate=False,
-        **{**QUICK_CALIBRATION, **kwargs},
+        directory, tmp_path / "out", task=task, recipe=QUICK_CALIBRATION, log=None, validate=False, **kwargs
     )
     return directory, reference, out
 
@@ -229,10 +229,8 @@ def test_layout_rejects_what_tensorrt_cannot_take():
 
 def test_default_keeps_sensitive_sites_float(tmp_path):
     directory, _ = save_tiny(tmp_path / "ckpt", "bert", "text-classification")
-    out = exporter.export(
-        directory, tmp_path / "out", task="text-classification", quantization="qdq", log=None,
-        num_calibration_samples=8, calibration_batch_size=8,
-    )
+    default = QuantizationRecipe(mode="qdq", num_samples=8, batch_size=8)  # the default sites
+    out = exporter.export(directory, tmp_path / "out", task="text-classification", recipe=default, log=None)
     info = read_export_info(out)
     assert info.calibration["keep_float"] == ["residual-adds", "ffn-output-input"]
     calibration = json.loads((out / "calibration.json").read_text())

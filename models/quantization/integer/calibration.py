@@ -26,8 +26,9 @@ dispatches on the mode):
 
     {
       "format_version": 1, "mode": "integer",
-      "method": "ibert-minmax", "data": "calibration_data/calibration.txt", "num_samples": 512, "num_batches": 32,
-      "model": {"model_type": "bert", "hidden_size": 384, ..., "weights_sha256": "..."},
+      "method": "ibert-minmax", "data": "calibration_data/calibration.txt (shipped)", "num_samples": 512,
+      "num_batches": 32, "model": {"model_type": "bert", "hidden_size": 384, ..., "weights_sha256": "..."},
+      "recipe": {"mode": "integer", "method": "minmax", ...},     # QuantizationRecipe.to_dict(), where known
       "force_dequant": "none", "wide_activations": ["ffn-output-input", "hidden-states"],
       "activations": {"bert.embeddings.embeddings_act1": {"bits": 16, "x_min": -9.71, "x_max": 11.2}, ...},
       "layernorm_shifts": {"bert.embeddings.LayerNorm": 2, ...}
@@ -41,7 +42,6 @@ CalibrationError that says what to do; one made from other weights of the same s
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -55,14 +55,15 @@ from tqdm.auto import tqdm
 
 from models.quantization.calibration_file import (
     CALIBRATION_INFO_ATTR,
-    FORMAT_VERSION,
-    CalibrationError,
     calibration_mode,
     check_identity,
+    file_header,
     model_identity,
     read_calibration,
     register_mode,
+    write_calibration,
 )
+from models.quantization.errors import CalibrationError
 from models.quantization.integer.modules import (
     IntLayerNorm,
     QuantAct,
@@ -73,13 +74,13 @@ from models.quantization.integer.modules import (
     symmetric_scale,
     uncalibrated,
 )
-from trt_runtime.contract.files import write_text_atomic
+from models.quantization.recipe import CALIBRATION_METHODS
 
 logger = logging.getLogger(__name__)
 
-METHODS = {"ema": 0.95, "minmax": -1.0}  # method -> QuantAct.act_range_momentum
-#: measured better for post-training calibration (all-MiniLM-L6-v2, docs/integer.md)
-DEFAULT_METHOD = "minmax"
+METHODS = {"ema": 0.95, "minmax": -1.0}  # method (the recipe's CALIBRATION_METHODS) -> QuantAct.act_range_momentum
+#: the recipe's default: measured better for post-training calibration (all-MiniLM-L6-v2, docs/integer.md)
+DEFAULT_METHOD = CALIBRATION_METHODS["integer"][0]
 INTEGER_CALIBRATE_HINT = (
     "calibrate it for integer mode: python -m exporter --model DIR --quantization integer --output OUT writes "
     "OUT/calibration.json, or calibrate_integer(model, batches) then save_integer_calibration(model, path)"
@@ -200,8 +201,9 @@ def _integer_settings_of(model: nn.Module) -> tuple[str, list[str]]:
     return str(getattr(config, "force_dequant", "none")), list(getattr(config, "wide_activations", ()))
 
 
-def integer_calibration_dict(model: nn.Module) -> dict[str, Any]:
-    """calibration.json's content for a calibrated integer-mode model (see the module docstring)."""
+def integer_calibration_dict(model: nn.Module, recipe: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """calibration.json's content for a calibrated integer-mode model (see the module docstring; `recipe`:
+    QuantizationRecipe.to_dict())."""
     modules = list(integer_modules(model))
     if not modules:
         raise CalibrationError("the model has no I-BERT integer modules: load it with quantization='integer'")
@@ -212,14 +214,8 @@ def integer_calibration_dict(model: nn.Module) -> dict[str, Any]:
             f"(calibrate_integer) before saving its calibration"
         )
     force_dequant, wide_activations = _integer_settings_of(model)
-    info = dict(getattr(model, CALIBRATION_INFO_ATTR, None) or {})
-    for key in ("format_version", "mode"):
-        info.pop(key, None)
     return {
-        "format_version": FORMAT_VERSION,
-        "mode": "integer",
-        **{"method": info.pop("method", "unknown"), **info},
-        "model": model_identity(model, integer_weights_sha256(model)),
+        **file_header(model, "integer", model_identity(model, integer_weights_sha256(model)), recipe),
         "force_dequant": force_dequant,
         "wide_activations": wide_activations,
         "activations": {
@@ -233,11 +229,11 @@ def integer_calibration_dict(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def save_integer_calibration(model: nn.Module, path: str | os.PathLike) -> Path:
+def save_integer_calibration(
+    model: nn.Module, path: str | os.PathLike, *, recipe: Mapping[str, Any] | None = None
+) -> Path:
     """Write a calibrated integer-mode model's calibration.json (atomically); returns the path."""
-    path = Path(path)
-    write_text_atomic(path, json.dumps(integer_calibration_dict(model), indent=1) + "\n")
-    return path
+    return write_calibration(path, integer_calibration_dict(model, recipe))
 
 
 def _read_integer_calibration(path: str | os.PathLike) -> dict[str, Any]:

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from models.architectures import FORCE_DEQUANT_VALUES
+from models.quantization.errors import NotCalibratedError
 from models.quantization.integer import ops as integer_ops  # noqa: F401  (registers the ibert:: torch ops)
 from trt_runtime.contract import ibert as ref
 
@@ -47,10 +48,6 @@ _UNSET_RANGE = 1.1e-5
 _F32 = np.float32
 
 Scale = np.ndarray  # float32, shape (1,) per tensor or (channels,) per channel
-
-
-class NotCalibratedError(RuntimeError):
-    """An integer-mode module has no activation range yet."""
 
 
 NOT_CALIBRATED_HINT = (

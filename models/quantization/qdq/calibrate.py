@@ -1,11 +1,12 @@
 """Post-training calibration of a qdq model (the command line is `python -m models.quantization.calibrate`).
 
     model = models.load(ckpt, quantization="qdq")
-    calibrate(model, batches, method="percentile", percentile=99.99)   # amax for every quantizer
+    calibrate(model, batches, method="percentile", percentile=99.999)  # amax for every quantizer
     save_calibration(model, "calibration.json")
 
-    python -m models.quantization.calibrate --model DIR --output FILE \
-        [--data P] [--method max|percentile|mse|entropy] [--percentile 99.99] [--num-samples N] [--batch-size B]
+    python -m models.quantization.calibrate --model DIR --output FILE [--calibration-method M] [...]
+
+The defaults (method percentile, percentile 99.999) are the recipe's (models.quantization.recipe).
 
 Weights are calibrated per output channel with max (TensorRT's weight scheme). Activations run the
 batches in float (quantization off) while each enabled quantizer's calibrator collects: the running
@@ -32,18 +33,20 @@ from tqdm.auto import tqdm
 from models.quantization.calibration_file import CALIBRATION_INFO_ATTR
 from models.quantization.qdq.quantized_model import named_quantizers, weight_of
 from models.quantization.qdq.tensor_quantizer import TensorQuantizer
+from models.quantization.recipe import CALIBRATION_METHODS, DEFAULT_PERCENTILE
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("max", "percentile", "mse", "entropy")
+METHODS = CALIBRATION_METHODS["qdq"]
+DEFAULT_METHOD = METHODS[0]
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def calibrate(
     model: nn.Module,
     batches: Iterable[Mapping[str, torch.Tensor]],
-    method: str = "max",
-    percentile: float = 99.99,
+    method: str = DEFAULT_METHOD,
+    percentile: float = DEFAULT_PERCENTILE,
     *,
     data: str | None = None,
     progress: bool = True,
@@ -118,7 +121,9 @@ def collect_stats(
     return num_samples
 
 
-def compute_amax(model: nn.Module, method: str = "max", percentile: float = 99.99, *, progress: bool = True) -> None:
+def compute_amax(
+    model: nn.Module, method: str = DEFAULT_METHOD, percentile: float = DEFAULT_PERCENTILE, *, progress: bool = True
+) -> None:
     """amax of every enabled quantizer from the statistics collect_stats gathered; quantization on.
 
     Weights always take their per-channel max. For activations, "max" needs max calibrators and the

@@ -12,24 +12,18 @@ import fnmatch
 import logging
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from models.quantization.errors import NotCalibratedError
 from models.quantization.qdq.tensor_quantizer import NOT_CALIBRATED_HINT, TensorQuantizer
+from models.quantization.recipe import SENSITIVE_SITES  # QDQBERT's sensitive sites belong to the recipe
 
 logger = logging.getLogger(__name__)
 
 AMAX_SUFFIX = "._amax"
-
-# QDQBERT's accuracy-sensitive quantizer sites, for `keep_float` (fnmatch patterns, or "re:" + regex).
-#: input of the FFN output projection: the GELU output, with a long one-sided tail
-FFN_OUTPUT_INPUT = r"re:.*\.layers?\.\d+\.output\.(dense|conv1d)\._input_quantizer"
-#: the softmax output (attention probabilities) entering the second attention matmul
-SOFTMAX_OUTPUT = "*.matmul_a_input_quantizer"
-#: both inputs of every residual add
-RESIDUAL_ADDS = "*.add_*_input_quantizer"
-SENSITIVE_SITES = {"ffn-output-input": FFN_OUTPUT_INPUT, "softmax-output": SOFTMAX_OUTPUT, "residual-adds": RESIDUAL_ADDS}
 
 
 def named_quantizers(model: nn.Module) -> dict[str, TensorQuantizer]:
@@ -50,6 +44,21 @@ def weight_of(model: nn.Module, quantizer_name: str) -> torch.Tensor | None:
     parent = model.get_submodule(parent_name) if parent_name else model
     weight = getattr(parent, "weight", None)
     return weight if isinstance(weight, torch.Tensor) else None
+
+
+@dataclass(frozen=True)
+class QuantizerCounts:
+    """How many quantizers of a qdq model fake-quantize, by kind (what its ONNX graph must hold)."""
+
+    weights: int  # per-channel weight quantizers: int8 initializers + DequantizeLinear in the graph
+    activations: int  # activation quantizers: QuantizeLinear/DequantizeLinear pairs
+
+
+def quantizer_counts(model: nn.Module) -> QuantizerCounts:
+    """The weight and activation quantizers of `model` that are in quant mode (kept-float ones excluded)."""
+    enabled = [name for name, q in named_quantizers(model).items() if q.is_quant_enabled]
+    weights = sum(weight_of(model, name) is not None for name in enabled)
+    return QuantizerCounts(weights, len(enabled) - weights)
 
 
 def expected_amax_shape(model: nn.Module, name: str, quantizer: TensorQuantizer) -> tuple[int, ...] | None:
@@ -124,7 +133,7 @@ def check_calibrated(model: nn.Module) -> None:
     missing = uncalibrated_quantizers(model)
     if missing:
         shown = ", ".join(missing[:5]) + (f", ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
-        raise RuntimeError(f"{len(missing)} quantizer(s) are not calibrated ({shown}): {NOT_CALIBRATED_HINT}")
+        raise NotCalibratedError(f"{len(missing)} quantizer(s) are not calibrated ({shown}): {NOT_CALIBRATED_HINT}")
 
 
 def _matcher(pattern: str):

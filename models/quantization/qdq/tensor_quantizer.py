@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from models.quantization.errors import NotCalibratedError
 from models.quantization.qdq.calibrators import HISTOGRAM_METHODS, HistogramCalibrator, MaxCalibrator
 from models.quantization.qdq.descriptor import QUANT_DESC_8BIT_PER_TENSOR, QuantDescriptor
 
@@ -35,10 +36,6 @@ NOT_CALIBRATED_HINT = (
     "run models.quantization.calibrate(model, batches) or load a calibration.json "
     "(models.load(..., calibration=PATH) or models.quantization.load_calibration(model, PATH))"
 )
-
-
-class NotCalibratedError(RuntimeError):
-    """A quantizer in quant mode has no amax."""
 
 
 Calibrator = MaxCalibrator | HistogramCalibrator
