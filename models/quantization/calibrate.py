@@ -96,5 +96,5 @@ class _CallableModule(types.ModuleType):
 
 if __name__ == "__main__":
     sys.exit(main())
-else:
+elif getattr(sys.modules.get(__name__), "__dict__", None) is globals():  # imported (not run by runpy)
     sys.modules[__name__].__class__ = _CallableModule

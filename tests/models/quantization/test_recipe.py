@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import runpy
 import subprocess
 import sys
 
@@ -253,10 +252,7 @@ def test_command_line_errors():
 def test_both_commands_parse_the_same_recipe():
     """The exporter's and the calibrate command's flags are one set (plus the calibrate command's 0.1 names)."""
     from exporter.__main__ import build_parser as exporter_parser
-
-    # run, not imported: importing the command's module would rebind models.quantization.calibrate (the
-    # qdq function) to the module for every later test of this process
-    calibrate_parser = runpy.run_module("models.quantization.calibrate")["build_parser"]
+    from models.quantization.calibrate import build_parser as calibrate_parser
 
     flags = ["--quantization", "qdq", "--calibration-method", "mse", "--keep-float", "residual-adds",
              "--num-calibration-samples", "32", "--calibration-batch-size", "8", "--calibration-max-length", "64"]
