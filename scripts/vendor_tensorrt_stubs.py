@@ -23,6 +23,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 TYPINGS = REPO / "typings"
+sys.path.insert(0, str(REPO))
+from trt_runtime.contract.files import write_text_atomic  # noqa: E402  (the project's one atomic writer)
 FILES = ("tensorrt/__init__.pyi", "tensorrt_bindings/__init__.pyi", "tensorrt_bindings/tensorrt.pyi")
 
 # (pattern, replacement): each must match at least once, so a changed upstream stub is noticed
@@ -51,14 +53,11 @@ def main() -> int:
                     return 1
         header = f"# Copied from tensorrt-stubs {version} (MIT licence) by scripts/vendor_tensorrt_stubs.py; do not edit.\n"
         out = TYPINGS / name
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(header + text, encoding="utf-8")
-        tmp.replace(out)
+        write_text_atomic(out, header + text, root=TYPINGS)
         print(f"wrote {out.relative_to(REPO)}")
     licence = site / f"tensorrt_stubs-{version}.dist-info" / "licenses" / "LICENSE"
     if licence.exists():
-        (TYPINGS / "LICENSE.tensorrt-stubs").write_text(licence.read_text(encoding="utf-8"), encoding="utf-8")
+        write_text_atomic(TYPINGS / "LICENSE.tensorrt-stubs", licence.read_text(encoding="utf-8"))
     return 0
 
 
