@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 TYPINGS = REPO / "typings"
 sys.path.insert(0, str(REPO))
 from trt_runtime.contract.files import write_text_atomic  # noqa: E402  (the project's one atomic writer)
+
 FILES = ("tensorrt/__init__.pyi", "tensorrt_bindings/__init__.pyi", "tensorrt_bindings/tensorrt.pyi")
 
 # (pattern, replacement): each must match at least once, so a changed upstream stub is noticed
