@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, FunctionProto, GraphProto, ModelProto, NodeProto, TensorProto, numpy_helper
 
+from trt_runtime.backends.tensorrt.integer_form import tensorrt_form
 from trt_runtime.backends.tensorrt.plugins.specs import PLUGIN_NAMESPACE, PLUGIN_VERSION, PLUGINS
 from trt_runtime.contract import ibert
 
@@ -279,6 +280,7 @@ def prepare_for_tensorrt(
     model: ModelProto, use_plugins: bool = True, base_dir: str | os.PathLike | None = None
 ) -> PreparedOnnx:
     """The model the builder parses: with plugins when the graph has ibert nodes and use_plugins is set."""
+    model = tensorrt_form(model, use_plugins)  # an integer export's TensorRT form (the same model otherwise)
     if use_plugins and ibert_op_types(model):
         return strip_plugin_functions(model, base_dir)
     return keep_function_bodies(model)
