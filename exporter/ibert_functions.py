@@ -16,6 +16,9 @@ Integer building blocks, written once below and exact on every runtime:
   that integer Div (which truncates) only ever divides non-negative numbers;
 - round_half_even(n / d) for n >= 0: 2 * floor((2n + d) / 4d) + ((2n + d) mod 4d > 2d), one Div;
 - 2**k for 0 <= k <= 62: Gather from a constant table (no shifts);
+- the GEMM and requantization bodies, which only ONNX Runtime and onnx.reference run, divide by powers of
+  two with uint64 shifts instead: floor(n / 2**k) = ((uint64(n) + 2**63) >> k) - 2**(63 - k), an ONNX
+  cast wrapping modulo 2**64 (the Cast spec: "discard higher bits and reinterpret");
 - bit_length(n): the number of table entries n reaches (a ReduceSum of comparisons);
 """
 
@@ -30,7 +33,7 @@ from onnx import TensorProto, helper
 
 from trt_runtime.contract import ibert as ref
 
-FLOAT, INT64, INT32, INT8, UINT8 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32, TensorProto.INT8, TensorProto.UINT8
+INT64, INT32, INT8, UINT8, UINT64 = TensorProto.INT64, TensorProto.INT32, TensorProto.INT8, TensorProto.UINT8, TensorProto.UINT64
 _ATTRIBUTE_TYPES = {
     "float": onnx.AttributeProto.FLOAT,
     "floats": onnx.AttributeProto.FLOATS,
@@ -96,6 +99,19 @@ class _Body:
         up = self.cast(self.op("Greater", remainder, self.op("Mul", d, self.const(2))), INT64)
         return self.op("Add", self.op("Mul", quotient, self.const(2)), up)
 
+    # -- uint64 shifts (the GEMM and requantization bodies only: ONNX Runtime and onnx.reference) -----
+
+    def u64(self, value: int) -> str:
+        return self.const(value, np.uint64)
+
+    def floor_shift(self, n: str, k: str) -> tuple[str, str]:
+        """(floor(n / 2**k) + 2**(63-k), n mod 2**k), both uint64, for int64 n and 1 <= k <= 62 per element, by
+        an unsigned shift: uint64(n) + 2**63 maps int64 onto uint64 keeping the order (ONNX casts integers
+        modulo 2**64), and 2**63 is a multiple of 2**k."""
+        unsigned = self.op("Add", self.cast(n, UINT64), self.u64(2**63))
+        quotient = self.op("BitShift", unsigned, k, direction="RIGHT")
+        return quotient, self.op("Sub", unsigned, self.op("BitShift", quotient, k, direction="LEFT"))
+
     def reduce(self, op_type: str, x: str) -> str:
         """Reduce over the last axis, keepdims; axes a Constant [-1] (an attribute before opset 18 for ReduceMax)."""
         if op_type == "ReduceSum" or self.opset >= 18:
@@ -146,16 +162,21 @@ def _int_softmax(body: _Body) -> str:
     output_bits = body.attribute("output_bits", "int")
     # x - max(x) over the last axis, clamped at 30 x0 (exp < 2**-30)
     x = body.cast("X", INT64)
-    x = body.op("Max", body.op("Sub", x, body.reduce("ReduceMax", x)), body.op("Mul", body.const(ref.EXP_MAX_Q), x0_int))
-    # i-exp: x = -q ln2 + r, z = exp(r) as a polynomial (x <= 0 and x0 < 0: Div truncates = floors)
-    q = body.op("Div", x, x0_int)
-    r = body.op("Sub", x, body.op("Mul", x0_int, q))
+    floor = body.op("Mul", body.const(ref.EXP_MAX_Q), x0_int)
+    x = body.op("Max", body.op("Sub", x, body.reduce("ReduceMax", x)), floor)
+    # i-exp: x = -q ln2 + r, z = exp(r) as a polynomial; x in [30 x0, 0] is an int32 (softmax_constants checks
+    # 30 |x0| < 2**31), x <= 0 and x0 < 0: Div truncates = floors
+    x32, x0_32 = body.cast(x, INT32), body.cast(x0_int, INT32)
+    q = body.op("Div", x32, x0_32)
+    r = body.cast(body.op("Sub", x32, body.op("Mul", x0_32, q)), INT64)
     zero = body.const(0)
     z = body.op("Max", body.op("Add", body.op("Mul", body.op("Add", r, b_int), r), c_int), zero)
-    # 16-bit requantization: round_half_even(z * 2**(30 - q) / (M * 2**E)), the powers of two on either side
-    k = body.op("Sub", body.op("Sub", body.const(ref.EXP_SHIFT_BITS), q), exponent)
-    numerator = body.op("Mul", z, body.pow2(body.op("Max", k, zero)))
-    denominator = body.op("Mul", mantissa, body.pow2(body.op("Max", body.op("Neg", k), zero)))
+    # 16-bit requantization: round_half_even(z * 2**(30 - q) / (M * 2**E)), the power of two on either side
+    k = body.op("Sub", body.op("Sub", body.const(ref.EXP_SHIFT_BITS), body.cast(q, INT64)), exponent)
+    power = body.pow2(body.op("Abs", k))
+    up = body.op("Less", zero, k)
+    numerator = body.op("Where", up, body.op("Mul", z, power), z)
+    denominator = body.op("Where", up, mantissa, body.op("Mul", mantissa, power))
     exp16 = body.op("Min", body.round_div_half_even(numerator, denominator), body.const(2 ** (ref.EXP_BITS - 1) - 1))
     total = body.op("Max", body.reduce("ReduceSum", exp16), body.const(1))
     factor = body.op("Div", body.const(2**ref.SOFTMAX_SUM_BITS), total)
@@ -187,65 +208,73 @@ def _int_layernorm(body: _Body) -> str:
 # GEMMs and requantization (ONNX Runtime and onnx.reference only: the TensorRT form rewrites them)
 
 
-def _matmul_of(body: _Body, a: str, b8: str) -> str:
-    """A @ B for int32 |A| <= 128 and int8 B: A = A+ - A- with A+-, in [0, 128], two u8 x s8 MatMulIntegers
-    (exact on every x86 CPU: ONNX Runtime's AVX2 kernel adds pairs of u8 x s8 products in a saturating
-    int16, and 2 x 128 x 127 and 2 x 128 x -128 fit)."""
-    zero = body.const(0, np.int32)
-    positive = body.cast(body.op("Max", a, zero), UINT8)
-    negative = body.cast(body.op("Max", body.op("Neg", a), zero), UINT8)
-    return body.op("Sub", body.op("MatMulInteger", positive, b8), body.op("MatMulInteger", negative, b8))
+def _uint8_b(body: _Body) -> str:
+    """B + 128 as uint8 (B int8, or int32 in [-128, 127]): the zero point 128 gives B back."""
+    return body.cast(body.op("Add", body.cast("B", INT32), body.const(128, np.int32)), UINT8)
 
 
 def _int_matmul(body: _Body) -> str:
-    return _matmul_of(body, body.cast("A", INT32), body.cast("B", INT8))
+    """A @ B for |A| <= 128 as one u8 x u8 MatMulInteger with zero points 128: (A + 128 - 128)(B + 128 - 128).
+
+    Exact on every x86 CPU: ONNX Runtime's u8 x u8 kernels widen both operands to int16 and add pairs in
+    int32 (MLAS's U8U8 dispatch: vpmaddwd on AVX2 / AVX512, vpdpbuud with AVX-VNNI-INT8), unlike its u8 x s8
+    kernels on AVX2, which add pairs of products in a saturating int16 (vpmaddubsw)."""
+    zero_point = body.const(128, np.uint8)
+    a = body.cast(body.op("Add", body.cast("A", INT32), body.const(128, np.int32)), UINT8)
+    return body.op("MatMulInteger", a, _uint8_b(body), zero_point, zero_point)
 
 
 def _int_matmul_wide(body: _Body) -> str:
-    """A = 256 d1 + d0 with d0 = A - 256 floor((A + 128) / 256) in [-128, 127] and d1 in [-128, 128]."""
-    a = body.cast("A", INT32)
-    b8 = body.cast("B", INT8)
-    high = body.op("Sub", body.op("Div", body.op("Add", a, body.const(128 + 2**16, np.int32)), body.const(256, np.int32)),
-                   body.const(256, np.int32))
-    low = body.op("Sub", a, body.op("Mul", high, body.const(256, np.int32)))
-    high_product = body.cast(_matmul_of(body, high, b8), INT64)
-    return body.op("Add", body.op("Mul", high_product, body.const(256)), body.cast(_matmul_of(body, low, b8), INT64))
+    """A @ B for A in [-2**15, 2**15 - 1]: A + 2**15 = 256 hi + lo (hi, lo in [0, 255]), so A = 256 (hi - 128) + lo:
+    two u8 x u8 MatMulIntegers, hi's with zero point 128, added exactly in int64."""
+    shifted = body.op("Add", body.cast("A", INT32), body.const(2**15, np.int32))  # non-negative: Div floors
+    high = body.op("Div", shifted, body.const(256, np.int32))
+    low = body.op("Sub", shifted, body.op("Mul", high, body.const(256, np.int32)))
+    b = _uint8_b(body)
+    zero_point = body.const(128, np.uint8)
+    high_product = body.op("MatMulInteger", body.cast(high, UINT8), b, zero_point, zero_point)
+    low_product = body.op("MatMulInteger", body.cast(low, UINT8), b, body.const(0, np.uint8), zero_point)
+    return body.op("Add", body.op("Mul", body.cast(high_product, INT64), body.const(256)), body.cast(low_product, INT64))
 
 
 def _rescale_small(body: _Body, x: str, multiplier: str, shift: str) -> str:
-    """round_half_even(x * m / 2**e) for |x| < 3 * 2**30 (one int64 product): 2 floor(n / 2**(e+1)) +
-    (n mod 2**(e+1) > 2**e) with n = |x| |m| + 2**(e-1), the sign of x m put back (m < 0: a LayerNorm
-    channel with a negative weight)."""
-    x = body.op("Mul", x, body.op("Sign", multiplier))
-    n = body.op("Add", body.op("Mul", body.op("Abs", x), body.op("Abs", multiplier)), body.pow2(body.op("Sub", shift, body.const(1))))
-    divisor = body.pow2(body.op("Add", shift, body.const(1)))
-    quotient = body.op("Div", n, divisor)
-    remainder = body.op("Sub", n, body.op("Mul", quotient, divisor))
-    up = body.cast(body.op("Greater", remainder, body.pow2(shift)), INT64)
-    return body.op("Mul", body.op("Sign", x), body.op("Add", body.op("Mul", quotient, body.const(2)), up))
+    """round_half_even(x * m / 2**e) for |x| < 3 * 2**30 (one int64 product n = x m + 2**(e-1), |n| < 2**63):
+    2 floor(n / 2**(e+1)) + (n mod 2**(e+1) > 2**e), for either sign of x and m (a LayerNorm channel with a
+    negative weight has m < 0), the floor by an unsigned shift."""
+    n = body.op("Add", body.op("Mul", x, multiplier), body.pow2(body.op("Sub", shift, body.const(1))))
+    k = body.cast(body.op("Add", shift, body.const(1)), UINT64)
+    quotient, remainder = body.floor_shift(n, k)  # remainder in [0, 2**(e+1))
+    up = body.cast(body.op("Greater", remainder, body.cast(body.pow2(shift), UINT64)), UINT64)
+    doubled = body.op("Add", body.op("BitShift", quotient, body.u64(1), direction="LEFT"), up)
+    # quotient carries the offset 2**63 / 2**(e+1): twice it is 2**(63 - e)
+    return body.op("Sub", body.cast(doubled, INT64), body.pow2(body.op("Sub", body.const(63), shift)))
 
 
 def _rescale_wide(body: _Body, x: str, multiplier: str, shift: str) -> str:
-    """round_half_even(x * m / 2**e) for |x| < 2**62 and e >= 30: |x| m = H 2**31 + L in two 31-bit limbs."""
-    limb = body.const(2**31)
-    x = body.op("Mul", x, body.op("Sign", multiplier))
-    multiplier = body.op("Abs", multiplier)
-    a = body.op("Abs", x)
-    a_high = body.op("Div", a, limb)
-    a_low = body.op("Sub", a, body.op("Mul", a_high, limb))
-    product = body.op("Mul", a_low, multiplier)  # < 2**62
-    p_high = body.op("Div", product, limb)
-    high = body.op("Add", body.op("Mul", a_high, multiplier), p_high)
-    low = body.op("Add", body.op("Sub", product, body.op("Mul", p_high, limb)), body.pow2(body.op("Sub", shift, body.const(1))))
-    carry = body.op("Div", low, limb)
+    """round_half_even(x * m / 2**e) for |x| < 2**62 and e >= 30, in uint64 on |x| and |m|: |x| |m| = H 2**31 + L
+    in two 31-bit limbs, then 2 floor(n / 2**(e+1)) + (n mod 2**(e+1) > 2**e) with n = H 2**31 + L + 2**(e-1)."""
+    sign = body.op("Mul", body.op("Sign", x), body.op("Sign", multiplier))
+    m = body.cast(body.op("Abs", multiplier), UINT64)
+    a = body.cast(body.op("Abs", x), UINT64)
+    limb = body.u64(31)
+
+    def split(value: str) -> tuple[str, str]:  # (value >> 31, value mod 2**31)
+        high = body.op("BitShift", value, limb, direction="RIGHT")
+        return high, body.op("Sub", value, body.op("BitShift", high, limb, direction="LEFT"))
+
+    a_high, a_low = split(a)
+    p_high, p_low = split(body.op("Mul", a_low, m))  # al m < 2**62
+    high = body.op("Add", body.op("Mul", a_high, m), p_high)
+    carry, low = split(body.op("Add", p_low, body.cast(body.pow2(body.op("Sub", shift, body.const(1))), UINT64)))
     high = body.op("Add", high, carry)
-    low = body.op("Sub", low, body.op("Mul", carry, limb))
-    # n = high 2**31 + low; floor(n / 2**(e+1)) = floor(high / 2**(e-30))
-    high_divisor = body.pow2(body.op("Sub", shift, body.const(30)))
-    quotient = body.op("Div", high, high_divisor)
-    remainder = body.op("Add", body.op("Mul", body.op("Sub", high, body.op("Mul", quotient, high_divisor)), limb), low)
-    up = body.cast(body.op("Greater", remainder, body.pow2(shift)), INT64)
-    return body.op("Mul", body.op("Sign", x), body.op("Add", body.op("Mul", quotient, body.const(2)), up))
+    # floor(n / 2**(e+1)) = high >> (e - 30); the remainder (high mod 2**(e-30)) 2**31 + low < 2**(e+1)
+    k = body.cast(body.op("Sub", shift, body.const(30)), UINT64)
+    quotient = body.op("BitShift", high, k, direction="RIGHT")
+    rest = body.op("Sub", high, body.op("BitShift", quotient, k, direction="LEFT"))
+    remainder = body.op("Add", body.op("BitShift", rest, limb, direction="LEFT"), low)
+    up = body.cast(body.op("Greater", remainder, body.cast(body.pow2(shift), UINT64)), UINT64)
+    magnitude = body.op("Add", body.op("BitShift", quotient, body.u64(1), direction="LEFT"), up)
+    return body.op("Mul", body.cast(magnitude, INT64), sign)
 
 
 def _requantize_with(rescale: Callable[[_Body, str, str, str], str]) -> Callable[[_Body], str]:
@@ -258,7 +287,7 @@ def _requantize_with(rescale: Callable[[_Body, str, str, str], str]) -> Callable
         )
         half = body.pow2(body.op("Sub", output_bits, body.const(1)))
         low, high = body.op("Neg", half), body.op("Sub", half, body.const(1))
-        return body.cast(body.op("Min", body.op("Max", body.op("Add", x, identity), low), high), INT32)
+        return body.cast(body.op("Clip", body.op("Add", x, identity), low, high), INT32)
 
     return build
 

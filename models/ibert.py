@@ -84,11 +84,15 @@ def check_wide_activations(sites: Iterable[str]) -> tuple[str, ...]:
     return tuple(site for site in WIDE_ACTIVATION_SITES if site in chosen)
 
 
+def i_bert_grids(config: PretrainedConfig, arch: Architecture) -> bool:
+    """Whether the checkpoint's grids are I-BERT's (every encoder layer on the embeddings' scale): I-BERT
+    checkpoints saved with quant_mode=true, whose ranges were trained that way."""
+    return arch.model_type == "ibert" and bool(getattr(config, "quant_mode", False))
+
+
 def default_wide_activations(config: PretrainedConfig, arch: Architecture) -> tuple[str, ...]:
     """() for an I-BERT checkpoint saved with quant_mode=true (Hugging Face's numerics), else the default."""
-    if arch.model_type == "ibert" and getattr(config, "quant_mode", False):
-        return ()
-    return DEFAULT_WIDE_ACTIVATIONS
+    return () if i_bert_grids(config, arch) else DEFAULT_WIDE_ACTIVATIONS
 
 
 def wide_activation_names(sites: Iterable[str], num_layers: int) -> set[str]:
@@ -275,18 +279,21 @@ class IBertIntegerLayer(nn.Module):
 
 
 class IBertIntegerEncoder(nn.Module):
-    def __init__(self, config: PretrainedConfig):
+    """`embeddings_grid`: give every layer the embeddings' scale (I-BERT's checkpoints), else its input's own."""
+
+    def __init__(self, config: PretrainedConfig, embeddings_grid: bool = True):
         super().__init__()
+        self.embeddings_grid = embeddings_grid
         self.layer = nn.ModuleList(IBertIntegerLayer(config) for _ in range(config.num_hidden_layers))
 
     def forward(self, hidden_states: IntegerTensor, attention_mask: Tensor) -> IntegerTensor:
         # (sic) I-BERT (fairseq and Hugging Face alike) gives every layer the embeddings' scale, not the
         # previous layer's: the quantization grids of its checkpoints are defined that way. Layers after
-        # the first therefore snap their GEMM accumulators and residual onto that grid (FixedPointMul's
-        # rounding), a no-op in the first layer.
+        # the first then snap their GEMM accumulators and residual onto that grid (FixedPointMul's
+        # rounding). Checkpoints calibrated here have grids of their own: each layer takes its input's.
         grid = hidden_states.scale
         for layer in self.layer:
-            hidden_states = layer(hidden_states, grid, attention_mask)
+            hidden_states = layer(hidden_states, grid if self.embeddings_grid else hidden_states.scale, attention_mask)
         return hidden_states
 
 
@@ -309,7 +316,7 @@ class IBertIntegerBackbone(nn.Module):
         self.max_length = max_positions(config, arch)
         self.causal = bool(getattr(config, "is_decoder", False))
         self.embeddings = IBertIntegerEmbeddings(config, arch.position_style)
-        self.encoder = IBertIntegerEncoder(config)
+        self.encoder = IBertIntegerEncoder(config, embeddings_grid=i_bert_grids(config, arch))
         self.pooler = BertPooler(config) if add_pooling_layer else None
         widened = wide_activation_names(config.wide_activations, config.num_hidden_layers)
         for name, module in self.named_modules():

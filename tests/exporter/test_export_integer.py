@@ -117,12 +117,12 @@ def test_int_layernorm_body_is_the_reference(bits, shift, opset):
 @pytest.mark.parametrize("wide", [False, True])
 @pytest.mark.parametrize("constant_b", [True, False])
 def test_int_matmul_bodies_are_exact(wide, constant_b, opset):
-    """u8 x s8 MatMulInteger on A+ and A- in [0, 128]: exact on every x86 CPU (see INT_MATMUL_A_BOUND)."""
+    """u8 x u8 MatMulIntegers with zero points, A at its extremes: exact on every x86 CPU (see _int_matmul)."""
     rng = np.random.default_rng(opset + wide)
     op = "IntMatMulWide" if wide else "IntMatMul"
     bound = ref.INT_MATMUL_WIDE_A_BOUND if wide else ref.INT_MATMUL_A_BOUND
-    a = rng.integers(-bound, bound + 1, (2, 3, 7, 256)).astype(np.int32)
-    a[0, 0, 0], a[0, 0, 1] = bound, -bound  # the extremes, against extreme weights
+    a = rng.integers(-bound, bound, (2, 3, 7, 256)).astype(np.int32)
+    a[0, 0, 0], a[0, 0, 1] = bound - 1, -bound  # the extremes, against extreme weights
     b = rng.integers(-128, 128, (256, 9)).astype(np.int8)
     b[:, 0], b[:, 1] = 127, -128
     feeds = {"A": a, "B": b if constant_b else b.astype(np.int32)}
@@ -255,9 +255,23 @@ def test_integer_graph_carries_its_functions_and_module_names(tmp_path):
     producers = {o: n for n in model.graph.node for o in n.output}
     assert producers["ibert.encoder.layer.0.attention.self.query_activation"].op_type == "Requantize"
     assert producers["ibert.encoder.layer.0.intermediate.output_activation"].op_type == "RequantizeWide"
-    # (sic) I-BERT: layer 1 snaps its Q accumulator onto the embeddings' grid before the bias
+    query = producers["ibert.encoder.layer.1.attention.self.query"]  # a checkpoint calibrated here: its own grids
+    assert query.op_type == "Add" and producers[query.input[0]].op_type == "IntMatMulWide"  # 16-bit hidden states
+
+
+def test_i_bert_checkpoints_keep_their_embeddings_grid(tmp_path):
+    """(sic) I-BERT gives every layer the embeddings' scale: layer 1 of a quant_mode checkpoint snaps its Q
+    accumulator onto that grid before the bias, as FixedPointMul rounds there."""
+    from tests.models.quantization.integer.test_model import hf_calibrated
+
+    hf_calibrated(tmp_path / "ckpt", "feature-extraction")
+    out = exporter.export(tmp_path / "ckpt", tmp_path / "out", quantization="integer", num_calibration_samples=8,
+                          calibration_batch_size=8, log=None)  # validation included
+    model = onnx.load(str(out / "model.onnx"))
+    producers = {o: n for n in model.graph.node for o in n.output}
     query = producers["ibert.encoder.layer.1.attention.self.query"]
     assert query.op_type == "Add" and producers[query.input[0]].op_type == "Requantize"
+    assert producers[producers[query.input[0]].input[0]].op_type == "IntMatMul"
 
 
 def test_validation_names_the_first_module_whose_integers_differ(tmp_path):
@@ -392,3 +406,25 @@ def test_qdq_tolerance_accepts_flip_cascades_but_not_extra_error():
     # and one that lost its quantization (the float model itself) is as wrong
     assert "error to float is 0 x" in tolerance.violation(floats, torch_out, floats)
     assert "integer" not in TOLERANCES  # integer exports are validated exactly
+
+
+@pytest.mark.slow
+def test_minilm_on_real_sentences_is_bit_for_bit_everywhere(minilm_dir, sentences, tmp_path):
+    """all-MiniLM-L6-v2 on real text: PyTorch integer == ONNX Runtime (optimizations off and on) ==
+    onnx.reference, every sentence, bit for bit (the last hidden state is dequantized integers)."""
+    from transformers import AutoTokenizer
+
+    out = exporter.export(minilm_dir, tmp_path / "out", task="feature-extraction", quantization="integer",
+                          num_calibration_samples=64, validate=False, log=None)
+    integer = rebuilt_integer_module(minilm_dir, "feature-extraction", out)
+    batch = AutoTokenizer.from_pretrained(minilm_dir)(sentences, padding=True, return_tensors="np")
+    feeds = {k: v.astype(np.int64) for k, v in batch.items()}
+    with torch.no_grad():
+        expected = integer(**{k: torch.from_numpy(v) for k, v in feeds.items()})["last_hidden_state"].numpy()
+    for level, value in LEVELS.items():
+        options = ort.SessionOptions()
+        options.graph_optimization_level = value
+        session = ort.InferenceSession(str(out / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        np.testing.assert_array_equal(session.run(["last_hidden_state"], feeds)[0], expected, err_msg=level)
+    reference = ReferenceEvaluator(str(out / "model.onnx")).run(["last_hidden_state"], feeds)[0]
+    np.testing.assert_array_equal(reference, expected, err_msg="onnx.reference")

@@ -97,12 +97,11 @@ REQUANT_MAX_SHIFT = 61
 #: larger ones (IntGELU outputs, huge accumulators) go through `RequantizeWide` (two 31-bit limbs)
 REQUANTIZE_INPUT_BOUND = 3 * 2**30
 REQUANTIZE_WIDE_INPUT_BOUND = 2**62
-#: the operand A of the ONNX `IntMatMul` op: |A| <= 128, split into A+ and A- in [0, 128] (uint8) so that
-#: ONNX Runtime's u8 x s8 kernels are exact on every x86 CPU (AVX2 adds pairs of u8 x s8 products in a
-#: saturating int16: 2 * 128 * 127 = 32512 and 2 * 128 * -128 = -32768 both fit); B is int8
+#: the operands of the ONNX `IntMatMul` op: A in [-128, 127] (A + 128 is a uint8 with zero point 128) and B
+#: int8; `IntMatMulWide`: A in [-2**15, 2**15 - 1] (two uint8 digits of A + 2**15). The bounds: |A| <= bound,
+#: A < bound
 INT_MATMUL_A_BOUND = 128
-#: `IntMatMulWide`: A = 256 * d1 + d0 with d0 in [-128, 127] and d1 in [-128, 128], two `IntMatMul`s
-INT_MATMUL_WIDE_A_BOUND = 2**15 + 127
+INT_MATMUL_WIDE_A_BOUND = 2**15
 #: the exactness limit of an int32 accumulator
 INT32_BOUND = 2**31 - 1
 
@@ -284,7 +283,7 @@ def exp_constants(input_scale: float) -> ExpConstants:
     x0_int = np.floor(inv_s * _F32(EXP_X0))  # floor(self.x0 / scaling_factor)
     b_int = np.floor(inv_s * _F32(EXP_B))  # floor(self.coef[1] / scaling_factor)
     c_int = np.floor((_F32(1) / (s * s)) * _F32(EXP_C))  # floor(self.coef[2] / scaling_factor**2)
-    if not np.isfinite(c_int) or c_int >= 2.0**_INT64_SAFE_BITS:
+    if not np.isfinite(c_int) or c_int >= 2.0**_INT64_SAFE_BITS or EXP_MAX_Q * abs(float(x0_int)) >= 2**31:
         raise ValueError(f"IntSoftmax input_scale {float(s):.3g} is too small for int64 arithmetic; recalibrate")
     return ExpConstants(int(x0_int), int(b_int), int(c_int))
 
@@ -548,9 +547,10 @@ def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def check_matmul_operands(op_type: str, a: np.ndarray, b: np.ndarray) -> None:
     """The operand ranges an ONNX integer GEMM node guarantees exact results for (see INT_MATMUL_A_BOUND)."""
-    a_bound = INT_MATMUL_A_BOUND if op_type == "IntMatMul" else INT_MATMUL_WIDE_A_BOUND
-    if a.size and (np.abs(np.asarray(a, np.int64)).max() > a_bound):
-        raise ValueError(f"{op_type}: A has values beyond +-{a_bound}")
+    bound = INT_MATMUL_A_BOUND if op_type == "IntMatMul" else INT_MATMUL_WIDE_A_BOUND
+    low, high = -bound, bound - 1
+    if a.size and (np.asarray(a, np.int64).min() < low or np.asarray(a, np.int64).max() > high):
+        raise ValueError(f"{op_type}: A has values outside [{low}, {high}]")
     if b.size and (np.asarray(b, np.int64).min() < -128 or np.asarray(b, np.int64).max() > 127):
         raise ValueError(f"{op_type}: B must be int8 values")
 

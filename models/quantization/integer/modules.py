@@ -85,6 +85,14 @@ class IntegerTensor:
     #: what a range observer sees when it is not the dequantized integers: the value before a `snap`
     #: (Hugging Face observes its float pre-activation, rounded onto the embeddings' grid only after)
     observed: Callable[[], Tensor] | None = None
+    #: a static bound on the largest value when it is below `bound`: a requantized tensor's values are in
+    #: [-2**(bits-1), 2**(bits-1) - 1] (IntMatMul takes A in [-128, 127])
+    top: int | None = None
+
+    @property
+    def largest(self) -> int:
+        """A static bound on max(values)."""
+        return self.bound if self.top is None else min(self.bound, self.top)
 
     def observed_value(self) -> Tensor:
         return self.observed() if self.observed is not None else self.dequantize()
@@ -228,7 +236,7 @@ def requantize(
         attrs["identity_multiplier"],
         attrs["identity_shift"],
     )
-    exact = IntegerTensor(values, np.asarray(output_scale, _F32).reshape(-1), 2 ** (bits - 1))
+    exact = IntegerTensor(values, np.asarray(output_scale, _F32).reshape(-1), 2 ** (bits - 1), top=2 ** (bits - 1) - 1)
     surrogate = None
     if x.shadow is not None or (identity is not None and identity.shadow is not None):
         surrogate = x.dequantize() if identity is None else x.dequantize() + identity.dequantize()
@@ -248,16 +256,17 @@ def snap(x: IntegerTensor, scale: Scale, layer: str = "") -> IntegerTensor:
 
 
 def int_matmul(a: IntegerTensor, b: Tensor, b_scale: Scale, b_bound: np.ndarray | int, layer: str = "") -> IntegerTensor:
-    """A @ B exactly: `ibert::int_matmul` (|A| <= 128, int32) or `int_matmul_wide` (16-bit A, int64).
+    """A @ B exactly: `ibert::int_matmul` (A in [-128, 127], int32) or `int_matmul_wide` (A in [-2**15, 2**15 - 1],
+    int64), chosen by a's static bounds.
 
     b: integers in [-128, 127] ([K, N], or batched); b_bound: max_n sum_k |B[k, n]| (a constant B), or
     sum_k max |B| for an activation; the accumulator bound is |A| x b_bound."""
     bound = int(a.bound) * int(np.max(b_bound))
-    if a.bound <= ref.INT_MATMUL_A_BOUND:
+    if a.bound <= ref.INT_MATMUL_A_BOUND and a.largest < ref.INT_MATMUL_A_BOUND:
         if bound > ref.INT32_BOUND:
             raise _overflow(layer, "the int32 accumulator", bound, ref.INT32_BOUND)
         op = torch.ops.ibert.int_matmul
-    elif a.bound <= ref.INT_MATMUL_WIDE_A_BOUND:
+    elif a.bound <= ref.INT_MATMUL_WIDE_A_BOUND and a.largest < ref.INT_MATMUL_WIDE_A_BOUND:
         op = torch.ops.ibert.int_matmul_wide
     else:
         raise _overflow(layer, "a GEMM input", a.bound, ref.INT_MATMUL_WIDE_A_BOUND)

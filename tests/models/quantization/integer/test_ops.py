@@ -102,8 +102,8 @@ def test_int_layernorm_constant_rows():
 @pytest.mark.parametrize("wide", [False, True])
 def test_int_matmul_is_exact(wide):
     bound = ref.INT_MATMUL_WIDE_A_BOUND if wide else ref.INT_MATMUL_A_BOUND
-    a = RNG.integers(-bound, bound + 1, (2, 3, 9, 1536))
-    a[0, 0, 0] = bound  # the extremes
+    a = RNG.integers(-bound, bound, (2, 3, 9, 1536))
+    a[0, 0, 0], a[0, 0, 1] = bound - 1, -bound  # the extremes
     b = RNG.integers(-128, 128, (1536, 11)).astype(np.int8)
     b[:, 0] = 127
     op = torch.ops.ibert.int_matmul_wide if wide else torch.ops.ibert.int_matmul
