@@ -54,7 +54,7 @@ def remove_identity_casts(graph: gs.Graph) -> int:
     """
     removed = 0
     for node in graph.nodes:
-        if node.op != "Cast" or not node.inputs or node.outputs[0] in graph.outputs:
+        if node.op != "Cast" or not node.inputs or not node.outputs or node.outputs[0] in graph.outputs:
             continue
         source, target = node.inputs[0], node.outputs[0]
         to = onnx.helper.tensor_dtype_to_np_dtype(node.attrs["to"])

@@ -17,6 +17,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from exporter import qdq
 from exporter.directory import check_output_dir, copy_checkpoint_files, staged_directory
 from exporter.errors import ExportError
 from exporter.ibert_functions import add_ibert_functions
+from exporter.integer_graph import name_integer_values
 from exporter.options import MIN_OPSET, check_opset, resolve_task
 from exporter.sample_inputs import (
     Shape,
@@ -44,7 +46,7 @@ from exporter.sample_inputs import (
 )
 from exporter.signature import Signature, signature_of
 from exporter.torch_export import WRAPPED, torchscript_export
-from exporter.validation import TOLERANCES, compare, ort_runner
+from exporter.validation import TOLERANCES, compare, compare_integer, integer_validation_shapes, ort_runner
 from models.architectures import Architecture, max_positions
 from models.loading import task_from_config
 from models.quantization import Calibrated, QuantizationRecipe, RecipeError
@@ -144,7 +146,7 @@ def export(
         example = generated_feeds(signature, trace_shape(signature, limit), config.vocab_size, _pad_id(config))
         raw = torchscript_export(model, signature, example, Path(scratch) / "raw.onnx", opset)
 
-        step("cleaning up the graph" + (" and laying out Q/DQ for TensorRT" if quantization != "none" else ""))
+        step("cleaning up the graph" + (" and laying out Q/DQ for TensorRT" if quantization == "qdq" else ""))
         onnx_model = _clean_up(raw, model, say)
         del raw
 
@@ -160,8 +162,8 @@ def export(
         copy_checkpoint_files(model_dir, staging)
 
         if validate:
-            tolerance = TOLERANCES[quantization]
-            step(f"validating in ONNX Runtime against PyTorch ({tolerance.describe()})")
+            rule = "bit for bit" if quantization == "integer" else TOLERANCES[quantization].describe()
+            step(f"validating in ONNX Runtime against PyTorch ({rule})")
             _validate(onnx_path, model, model_dir, signature, limit, tokenizer, recipe, say)
         say(f"wrote {out_dir}")
     return out_dir
@@ -210,6 +212,12 @@ def _validate(
     say: Log,
 ) -> None:
     """ONNX Runtime against `model` (raises ExportValidationError); quantized modes also log the runtime default."""
+    if model.quantization == "integer":
+        batches = _validation_batches(signature, limit, model.config, tokenizer, recipe, integer_validation_shapes)
+        float_sites = model.config.force_dequant != "none"
+        float_model = models.load(model_dir, task=model.task, quantization="none") if float_sites else None
+        compare_integer(onnx_path, model, signature, batches, float_model, log=say)
+        return
     batches = _validation_batches(signature, limit, model.config, tokenizer, recipe)
     quantized = model.quantization != "none"
     float_model = models.load(model_dir, task=model.task, quantization="none") if quantized else None
@@ -370,24 +378,30 @@ def _clean_up(raw: onnx.ModelProto, model: models.TaskModel, say: Log) -> onnx.M
     graph = gs.import_onnx(graph_ops.with_types(raw))
     graph_ops.strip_wrapper_prefix(graph, WRAPPED)
     graph_ops.fold_and_prune(graph)
-    if model.quantization != "none":
+    if model.quantization == "qdq":
         summary = qdq.layout_for_tensorrt(graph)
         say(
             f"  Q/DQ: {summary.weights} weights stored as int8 + DequantizeLinear "
             f"({summary.transposes_folded} MatMul transposes folded in), {summary.activation_pairs} activation "
             f"Q/DQ pairs ({summary.merged_pairs} duplicates merged)"
         )
-        if model.quantization == "qdq":
-            from models.quantization import quantizer_counts
+        from models.quantization import quantizer_counts
 
-            counts = quantizer_counts(model)
-            qdq.check_counts(summary, counts.weights, counts.activations)
-        if summary.unfused and model.quantization == "qdq":  # integer: the ibert ops take dequantized inputs
+        counts = quantizer_counts(model)
+        qdq.check_counts(summary, counts.weights, counts.activations)
+        if summary.unfused:
             say(f"  note: TensorRT cannot fuse these DequantizeLinear into a consumer: {', '.join(summary.unfused)}")
     graph_ops.name_anonymous_tensors(graph)
     graph_ops.name_nodes(graph)
     onnx_model = gs.export_onnx(graph)
-    add_ibert_functions(onnx_model)
+    used = add_ibert_functions(onnx_model)
+    if model.quantization == "integer":
+        from models.quantization.integer.modules import integer_module_names
+
+        named = name_integer_values(onnx_model, integer_module_names(model))
+        op_counts = {op: sum(n.op_type == op for n in onnx_model.graph.node) for op in used}
+        say(f"  integer graph: {', '.join(f'{n} {op}' for op, n in op_counts.items())}; {len(named)} integer values "
+            "named after their modules")
     onnx_model.producer_name = "qbert-deploy exporter"
     onnx_model.producer_version = _version("qbert-deploy")
     return onnx_model
@@ -421,12 +435,16 @@ def _dims(value: onnx.ValueInfoProto) -> tuple[int | str, ...]:
 
 
 def _validation_batches(
-    signature: Signature, limit: int, config: Any, tokenizer: Any | None, recipe: QuantizationRecipe
+    signature: Signature, limit: int, config: Any, tokenizer: Any | None, recipe: QuantizationRecipe,
+    shapes: Callable[[Signature, int], list[Shape]] = validation_shapes,
 ) -> list[tuple[Shape, dict[str, np.ndarray]]]:
     texts = _validation_texts(recipe) if tokenizer is not None else None
     batches = []
-    for index, shape in enumerate(validation_shapes(signature, limit)):
-        if texts:
+    for index, shape in enumerate(shapes(signature, limit)):
+        if texts and shape.sequence == 1:  # text needs [CLS] [SEP]: its first token alone is the 1-token input
+            longer = tokenized_feeds(tokenizer, texts[index:] + texts[:index], signature, replace(shape, sequence=2))
+            feeds = {name: np.ascontiguousarray(value[..., :1]) for name, value in longer.items()}
+        elif texts:
             feeds = tokenized_feeds(tokenizer, texts[index:] + texts[:index], signature, shape)
         else:
             feeds = generated_feeds(signature, shape, config.vocab_size, _pad_id(config), seed=index + 1)

@@ -10,7 +10,7 @@ file. What the runtime's default optimizations give is logged for information.
 Tolerances (per output, per batch):
 - float: every element within 1e-4 x scale, scale = max(1, max |reference|), so one rule fits hidden
   states (~1) and vocabulary logits (~10); reordered float32 sums differ by ~1e-6.
-- qdq / integer: relative L2 error ||onnx - torch_quantized|| / ||torch_quantized|| <= max(1e-3,
+- qdq: relative L2 error ||onnx - torch_quantized|| / ||torch_quantized|| <= max(1e-3,
   0.75 x the module's own quantization error ||torch_float - torch_quantized|| / ||torch_quantized||).
   Why: a fake-quantized network is discontinuous. ONNX Runtime and PyTorch add in different orders; a
   1e-6 difference that lands on a rounding boundary moves one integer by one step, and over several
@@ -18,22 +18,27 @@ Tolerances (per output, per batch):
   agrees to 1e-6 until a flip, and whole sequences then differ by 20-50% of the quantization error).
   An export bug (wrong scale, axis, zero point or weights) moves outputs by the quantization error or
   more. A Q/DQ pair too many or too few is caught exactly, by counting them against the module's
-  enabled quantizers (exporter.qdq), not by this tolerance.
-- qdq and integer, in addition: an output beyond that still passes when ONNX Runtime is as close to float as the
-  module is: ||onnx - torch_float|| / ||torch_quantized - torch_float|| within [1 / 1.25, 1.25] (closer to
-  float is as suspect as further: a graph that lost its quantization). I-BERT's integer
-  all-MiniLM-L6-v2 decorrelates further than qdq: one flipped 8-bit step changes a whole row of the next
-  GEMM, and by the last layer two float summation orders (PyTorch and ONNX Runtime, or PyTorch eager and
-  PyTorch with the traced arithmetic) differ by 0.6-1.1 x the quantization error while both stay exactly
-  as far from float (0.212 and 0.212 with 16-bit wide activations). qdq all-MiniLM-L6-v2 does the same on
-  short inputs (one 7-token sentence: 0.13 between the two, 0.147 and 0.15 from float). An export bug adds its own error: to
-  pass this it must stay below ~0.75 x the quantization error, the same bound as above.
+  enabled quantizers (exporter.qdq), not by this tolerance. An output beyond that still passes when
+  ONNX Runtime is as close to float as the module is: ||onnx - torch_float|| / ||torch_quantized -
+  torch_float|| within [1 / 1.25, 1.25] (closer to float is as suspect as further: a graph that lost its
+  quantization). qdq all-MiniLM-L6-v2 does that on short inputs (one 7-token sentence: 0.13 between
+  the two, 0.147 and 0.15 from float).
+- integer (`compare_integer`): exact. I-BERT's integer mode is one integer arithmetic in PyTorch and in
+  the graph (models.quantization.integer), so every integer value of the graph, named after the module
+  that produces it (exporter.integer_graph), must equal that module's output bit for bit, in ONNX
+  Runtime without optimizations (the file's semantics) and with the runtime's default ones (what
+  trt_runtime runs); a difference names the first module whose integers differ. The float task heads
+  (pooler, classifiers, LM head) then compute from equal inputs and get the float tolerance. With
+  force_dequant, the float sites (a float GELU, softmax or LayerNorm, whose float32 results differ
+  between PyTorch's and ONNX Runtime's kernels by an ulp) end the exact part: the integers up to the
+  first float site are compared exactly, the outputs with the qdq rule.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,8 +111,11 @@ class Tolerance:
 TOLERANCES = {
     "none": Tolerance(atol=1e-4),
     "qdq": Tolerance(atol=1e-3, noise_ratio=0.75, float_error_ratio=1.25),
-    "integer": Tolerance(atol=1e-3, noise_ratio=0.75, float_error_ratio=1.25),
 }
+#: integer mode: the float heads' tolerance on the outputs (their inputs are exact), the qdq rule after a
+#: force_dequant float site
+INTEGER_HEADS_TOLERANCE = TOLERANCES["none"]
+FLOAT_SITES_TOLERANCE = TOLERANCES["qdq"]
 
 
 @dataclass(frozen=True)
@@ -187,4 +195,167 @@ def compare(
             "This is a bug in the export (or an operator ONNX Runtime computes differently); "
             "please report it with the command line that produced it."
         )
+    return diffs
+
+
+# --------------------------------------------------------------------------------------------------
+# integer mode: exact
+
+#: integer exports are validated at sequence lengths 1 to the maximum (batch 1 and 3): the integers must
+#: agree whatever the length, the padding and the batch
+INTEGER_VALIDATION_SEQUENCES = (1, 7, 29)
+
+
+def integer_validation_shapes(signature: Signature, max_sequence_length: int) -> list[Shape]:
+    """Batches 1 and 3 x sequences 1, 7, 29 and the maximum (capped at it)."""
+    from exporter.sample_inputs import VALIDATION_BATCHES, VALIDATION_CHOICES
+
+    sequences = sorted({min(s, max_sequence_length) for s in (*INTEGER_VALIDATION_SEQUENCES, max_sequence_length)})
+    choices = VALIDATION_CHOICES if signature.has_choices else None
+    return [Shape(b, s, choices) for b in VALIDATION_BATCHES for s in sequences]
+
+
+@dataclass
+class IntegerCapture:
+    """The integer outputs of a model's integer modules in one forward pass, in execution order, by the
+    names the ONNX values get (module name; `_k` for its (k+1)-th call). after_float_site: the names whose
+    values derive from a force_dequant float site."""
+
+    values: dict[str, np.ndarray]
+    after_float_site: set[str]
+
+
+@contextmanager
+def captured_integers(model: torch.nn.Module) -> Iterator[IntegerCapture]:
+    """Record the integer modules' outputs (models.quantization.integer.modules.IntegerTensor) while active."""
+    from models.quantization.integer.modules import INTEGER_MODULE_TYPES, IntegerTensor, QuantAct
+
+    capture = IntegerCapture({}, set())
+    calls: dict[str, int] = {}
+    float_seen = [False]
+
+    def hook(name: str):
+        def record(module: torch.nn.Module, inputs: tuple, output: object) -> None:
+            if isinstance(module, QuantAct) and inputs and not isinstance(inputs[0], IntegerTensor):
+                float_seen[0] = True  # a float site's output, quantized
+            if not isinstance(output, IntegerTensor):
+                return
+            count = calls.get(name, 0)
+            calls[name] = count + 1
+            key = name if count == 0 else f"{name}_{count}"
+            capture.values[key] = output.values.detach().cpu().numpy()
+            if float_seen[0]:
+                capture.after_float_site.add(key)
+
+        return record
+
+    handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules() if isinstance(m, INTEGER_MODULE_TYPES)]
+    try:
+        yield capture
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _graph_values(path: str | os.PathLike) -> set[str]:
+    import onnx
+
+    return {v for node in onnx.load(str(path), load_external_data=False).graph.node for v in node.output}
+
+
+def _with_outputs(path: str | os.PathLike, names: Sequence[str]) -> bytes:
+    import onnx
+
+    model = onnx.load(str(path))
+    outputs = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in outputs:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    return model.SerializeToString()
+
+
+def _session(model: bytes, runtime_default: bool):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if not runtime_default:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def _integer_difference(name: str, got: np.ndarray, expected: np.ndarray) -> str | None:
+    if got.shape != expected.shape:
+        return f"{name}: shape {got.shape} != PyTorch's {expected.shape}"
+    different = got.astype(np.int64) != expected.astype(np.int64)
+    if not different.any():
+        return None
+    where = tuple(int(i) for i in np.argwhere(different)[0])
+    return (
+        f"{name}: {int(different.sum())} of {different.size} integers differ (max |diff| "
+        f"{int(np.abs(got.astype(np.int64) - expected.astype(np.int64)).max())}; first at {where}: ONNX "
+        f"{int(got[where])}, PyTorch {int(expected[where])})"
+    )
+
+
+def compare_integer(
+    onnx_path: str | os.PathLike,
+    model: torch.nn.Module,
+    signature: Signature,
+    batches: Sequence[tuple[Shape, Mapping[str, np.ndarray]]],
+    float_model: torch.nn.Module | None = None,
+    log: Callable[[str], None] = print,
+) -> list[OutputDiff]:
+    """Exact validation of an integer export (see the module docstring); raises ExportValidationError.
+
+    float_model: the float checkpoint, for the qdq rule after force_dequant float sites.
+    """
+    diffs: list[OutputDiff] = []
+    sessions: dict[bool, object] = {}
+    names: list[str] = []
+    for shape, feeds in batches:
+        with captured_integers(model) as capture:
+            expected = torch_outputs(model, signature, feeds)
+        if not sessions:  # the ONNX values named after the captured modules (exporter.integer_graph)
+            present = _graph_values(onnx_path)
+            names = [n for n in capture.values if n in present]
+            if not names:
+                raise ExportValidationError(
+                    "the integer graph has none of the module outputs PyTorch produced (names like "
+                    f"{next(iter(capture.values), '?')}): a bug in the export's value names"
+                )
+            sessions[False] = _session(_with_outputs(onnx_path, names), runtime_default=False)
+            sessions[True] = _session(_with_outputs(onnx_path, names[-1:]), runtime_default=True)
+        exact = [n for n in names if n not in capture.after_float_site]
+        problems = []
+        counts = []
+        for runtime_default, session in sessions.items():
+            available = [o.name for o in session.get_outputs()]  # type: ignore[attr-defined]
+            checked = [n for n in exact if n in available]
+            results = dict(zip(available, session.run(available, dict(feeds))))  # type: ignore[attr-defined]
+            first = next((d for n in checked if (d := _integer_difference(n, results[n], capture.values[n]))), None)
+            counts.append(len(checked))
+            level = "the runtime's default optimizations" if runtime_default else "no graph optimizations"
+            if first:
+                problems.append(f"{shape}, with {level}: the first module whose integers differ is {first}")
+                continue
+            floats = torch_outputs(float_model, signature, feeds) if capture.after_float_site and float_model else {}
+            for output in signature.output_names:
+                got, reference = np.asarray(results[output]), expected[output]
+                tolerance = FLOAT_SITES_TOLERANCE if floats else INTEGER_HEADS_TOLERANCE
+                problem = tolerance.violation(got, reference, floats.get(output))
+                worst = float(np.abs(got.astype(np.float64) - reference).max()) if got.shape == reference.shape else float("inf")
+                diffs.append(OutputDiff(shape, output, worst, _relative_l2(got, reference), problem))
+                if problem:
+                    problems.append(f"{shape}, with {level}: output {output}: {problem}")
+            if runtime_default:
+                log(f"  {shape}: {counts[0]} integer tensors bit for bit equal without optimizations, the last with "
+                    "the runtime's; "
+                    + ", ".join(f"{o} max |diff| {d.max_abs_diff:.3g}" for o, d in zip(signature.output_names, diffs[-len(signature.output_names):])))
+        if problems:
+            raise ExportValidationError(
+                "the ONNX model does not compute the PyTorch integer model's integers:\n  " + "\n  ".join(problems)
+                + "\nThis is a bug in the export (or an operator ONNX Runtime computes differently); please "
+                "report it with the command line that produced it."
+            )
     return diffs

@@ -6,14 +6,17 @@ The module tree and names are Hugging Face's `IBertModel` (`embeddings.embedding
 activation ranges and LayerNorm shifts, and float I-BERT, RoBERTa and BERT checkpoints load their
 weights (then need calibration: models.quantization.integer.calibration). Nothing in it depends on
 RoBERTa: BERT positions (absolute) and token types work the same way. Every module passes its output
-with its scale (`(tensor, scale)`, as Hugging Face does); the pooler stays float, as in I-BERT.
+as an `IntegerTensor` (integers, their grid and a static bound); the pooler and the task heads take
+the dequantized last hidden state and stay float, as in I-BERT.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import replace
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from transformers import PretrainedConfig
@@ -22,6 +25,7 @@ from models.architectures import Architecture, max_positions
 from models.bert import BertPooler
 from models.layers import check_sequence_length, extended_attention_mask, roberta_position_ids
 from models.quantization.integer.modules import (
+    IntegerTensor,
     IntGELU,
     IntLayerNorm,
     IntSoftmax,
@@ -29,7 +33,12 @@ from models.quantization.integer.modules import (
     QuantEmbedding,
     QuantLinear,
     Scale,
+    anchored,
     attention_scores_scale,
+    dropout,
+    int_matmul,
+    on_grid,
+    snap,
 )
 from models.quantization.recipe import DEFAULT_WIDE_ACTIVATIONS  # the recipe owns the default sites
 
@@ -49,9 +58,10 @@ WIDE_ACTIVATION_BIT = 16
 #: (module names in the backbone; {i}: every layer):
 #: - "ffn-output-input": the input of the FFN output projection (the i-GELU output, long one-sided tail);
 #: - "hidden-states": the encoder's hidden states, input of every layer's Q/K/V projections and residual.
-#: Integer-only still (16-bit x 8-bit GEMMs); an ONNX export has no int16 Q/DQ for them, so the GEMMs they
-#: feed run in float in TensorRT (docs/integer.md). Sites before the i-GELU or the attention scores cannot
-#: widen: the i-GELU and i-exp constants (~1 / scale^2) would overflow int64.
+#: Integer-only still: a 16-bit x 8-bit GEMM is two exact 8-bit GEMMs of the activation's high and low bytes
+#: (`IntMatMulWide`); TensorRT has no 16-bit GEMM, so in the engine the GEMMs they feed run in float
+#: (docs/integer.md). Sites before the i-GELU or the attention scores cannot widen: the i-GELU and i-exp
+#: constants (~1 / scale^2) would overflow int64.
 WIDE_ACTIVATION_SITES: dict[str, tuple[str, ...]] = {
     "ffn-output-input": ("encoder.layer.{i}.intermediate.output_activation", "encoder.layer.{i}.pre_output_act"),
     "hidden-states": ("embeddings.output_activation", "encoder.layer.{i}.output.output_activation"),
@@ -72,11 +82,15 @@ def check_wide_activations(sites: Iterable[str]) -> tuple[str, ...]:
     return tuple(site for site in WIDE_ACTIVATION_SITES if site in chosen)
 
 
+def i_bert_grids(config: PretrainedConfig, arch: Architecture) -> bool:
+    """Whether the checkpoint's grids are I-BERT's (every encoder layer on the embeddings' scale): I-BERT
+    checkpoints saved with quant_mode=true, whose ranges were trained that way."""
+    return arch.model_type == "ibert" and bool(getattr(config, "quant_mode", False))
+
+
 def default_wide_activations(config: PretrainedConfig, arch: Architecture) -> tuple[str, ...]:
     """() for an I-BERT checkpoint saved with quant_mode=true (Hugging Face's numerics), else the default."""
-    if arch.model_type == "ibert" and getattr(config, "quant_mode", False):
-        return ()
-    return DEFAULT_WIDE_ACTIVATIONS
+    return () if i_bert_grids(config, arch) else DEFAULT_WIDE_ACTIVATIONS
 
 
 def wide_activation_names(sites: Iterable[str], num_layers: int) -> set[str]:
@@ -99,6 +113,10 @@ def _layer_norm(config: PretrainedConfig) -> IntLayerNorm:
     )
 
 
+def _dropout(module: nn.Dropout, x: IntegerTensor | Tensor) -> IntegerTensor | Tensor:
+    return dropout(module, x) if isinstance(x, IntegerTensor) else module(x)
+
+
 class IBertIntegerEmbeddings(nn.Module):
     def __init__(self, config: PretrainedConfig, position_style: str):
         super().__init__()
@@ -117,28 +135,24 @@ class IBertIntegerEmbeddings(nn.Module):
         self.output_activation = QuantAct(ACT_BIT)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> tuple[Tensor, Scale | None]:
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> IntegerTensor:
         if self.position_style == "roberta":
             position_ids = roberta_position_ids(input_ids, self.padding_idx)
         else:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :].expand_as(input_ids)
-        words, words_scale = self.word_embeddings(input_ids)
-        types, types_scale = self.token_type_embeddings(token_type_ids)
-        embeddings, scale = self.embeddings_act1(words, words_scale, identity=types, identity_scaling_factor=types_scale)
-        positions, positions_scale = self.position_embeddings(position_ids)
+        words = self.word_embeddings(input_ids)
+        types = self.token_type_embeddings(token_type_ids)
+        embeddings = self.embeddings_act1(words, identity=types)
+        positions = self.position_embeddings(position_ids)
         # (sic) Hugging Face requantizes both sums with embeddings_act1
-        embeddings, scale = self.embeddings_act1(
-            embeddings, scale, identity=positions, identity_scaling_factor=positions_scale
-        )
-        embeddings, scale = self.LayerNorm(embeddings, scale)
-        embeddings = self.dropout(embeddings)
-        return self.output_activation(embeddings, scale)
+        embeddings = self.embeddings_act1(embeddings, identity=positions)
+        normalized = _dropout(self.dropout, self.LayerNorm(embeddings))
+        return self.output_activation(normalized)
 
 
 class IBertIntegerSelfAttention(nn.Module):
-    def __init__(self, config: PretrainedConfig, input_on_own_grid: bool = True):
+    def __init__(self, config: PretrainedConfig):
         super().__init__()
-        self.snap_inputs = not input_on_own_grid
         if config.hidden_size % config.num_attention_heads:
             raise ValueError(
                 f"config.json: hidden_size {config.hidden_size} is not a multiple of "
@@ -160,60 +174,73 @@ class IBertIntegerSelfAttention(nn.Module):
         batch, seq, _ = x.shape
         return x.view(batch, seq, -1, self.attention_head_size).transpose(1, 2)
 
-    def forward(self, hidden_states: Tensor, scale: Scale, attention_mask: Tensor) -> tuple[Tensor, Scale | None]:
-        snap = self.snap_inputs
-        query, query_scale = self.query_activation(*self.query(hidden_states, scale), snap_inputs=snap)
-        key, key_scale = self.key_activation(*self.key(hidden_states, scale), snap_inputs=snap)
-        value, value_scale = self.value_activation(*self.value(hidden_states, scale), snap_inputs=snap)
-        query, key, value = self._heads(query), self._heads(key), self._heads(value)
+    def _merge_heads(self, x: Tensor) -> Tensor:
+        batch, _, seq, _ = x.shape
+        return x.permute(0, 2, 1, 3).reshape(batch, seq, -1)
 
-        scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(self.attention_head_size)
-        assert query_scale is not None and key_scale is not None and value_scale is not None
-        scores_scale = attention_scores_scale(query_scale, key_scale, self.attention_head_size)
-        probs, probs_scale = self.softmax(scores + attention_mask, scores_scale)
-        probs = self.dropout(probs)
+    def forward(self, hidden_states: IntegerTensor, grid: Scale, attention_mask: Tensor) -> IntegerTensor:
+        query = self.query_activation(self.query(hidden_states, grid))
+        key = self.key_activation(self.key(hidden_states, grid))
+        value = self.value_activation(self.value(hidden_states, grid))
+        head_size = self.attention_head_size
+        if not self.softmax.quant_mode:
+            # force_dequant softmax: the attention core in float on the dequantized Q, K, V, as Hugging Face
+            q_f, k_f, v_f = (self._heads(x.dequantize()) for x in (query, key, value))
+            scores_f = torch.matmul(q_f, k_f.transpose(-1, -2)) / math.sqrt(head_size)
+            probs_f = self.dropout(nn.functional.softmax(scores_f + attention_mask, dim=-1))
+            return self.output_activation(self._merge_heads(torch.matmul(probs_f, v_f)))
+        # scores = Q K^T, on the grid query_scale * key_scale / sqrt(d) (Hugging Face divides the float scores)
+        q, k, v = (_map(x, self._heads) for x in (query, key, value))
+        k_t = _map(k, lambda t: t.transpose(-1, -2))
+        scores = int_matmul(q, k_t.values, key.scale, head_size * key.bound, layer=self.softmax.name)
+        scores = replace(scores, scale=attention_scores_scale(query.scale, key.scale, head_size))
+        if q.shadow is not None or k.shadow is not None:
+            scores = anchored(scores, torch.matmul(q.dequantize(), k_t.dequantize()) / math.sqrt(head_size))
+        probs = self.softmax(scores, attention_mask)
+        if self.dropout.training and self.dropout.p > 0:  # dropped probabilities are floats: Hugging Face's float GEMM
+            context_float = torch.matmul(self.dropout(probs.dequantize()), v.dequantize())
+            scale = (probs.scale * value.scale).astype(np.float32)
+            return self.output_activation(on_grid(self._merge_heads(context_float), scale, 2**ACT_BIT * value.bound))
+        # the probabilities of a row sum to at most 2**8: |context| <= 2**8 x |value| (the bound int_matmul gives)
+        context = int_matmul(probs, v.values, value.scale, value.bound, layer=self.output_activation.name)
+        if probs.shadow is not None or v.shadow is not None:
+            context = anchored(context, torch.matmul(probs.dequantize(), v.dequantize()))
+        return self.output_activation(_map(context, self._merge_heads))
 
-        context = torch.matmul(probs, value)
-        context_scale = None if probs_scale is None else probs_scale * value_scale
-        batch, _, seq, _ = context.shape
-        context = context.permute(0, 2, 1, 3).reshape(batch, seq, -1)
-        return self.output_activation(context, context_scale)
+
+def _map(x: IntegerTensor, fn) -> IntegerTensor:
+    """A reshaping / transposition applied to the integers and to the shadow."""
+    return replace(x, values=fn(x.values), shadow=None if x.shadow is None else fn(x.shadow))
 
 
 class IBertIntegerResidualOutput(nn.Module):
     """dense -> dropout -> (+ residual, requantized to 22 bits) -> LayerNorm -> 8 bits (SelfOutput and Output)."""
 
-    def __init__(self, config: PretrainedConfig, in_features: int, residual_on_own_grid: bool = True):
+    def __init__(self, config: PretrainedConfig, in_features: int):
         super().__init__()
-        self.snap_inputs = not residual_on_own_grid
         self.dense = _linear(in_features, config.hidden_size)
         self.ln_input_act = QuantAct(LN_INPUT_BIT)
         self.LayerNorm = _layer_norm(config)
         self.output_activation = QuantAct(ACT_BIT)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(
-        self, hidden_states: Tensor, scale: Scale, residual: Tensor, residual_scale: Scale
-    ) -> tuple[Tensor, Scale | None]:
-        hidden_states, scale_out = self.dense(hidden_states, scale)
-        hidden_states = self.dropout(hidden_states)
-        hidden_states, scale_out = self.ln_input_act(
-            hidden_states, scale_out, residual, residual_scale, snap_inputs=self.snap_inputs
-        )
-        hidden_states, scale_out = self.LayerNorm(hidden_states, scale_out)
-        return self.output_activation(hidden_states, scale_out)
+    def forward(self, hidden_states: IntegerTensor, residual: IntegerTensor) -> IntegerTensor:
+        projected = _dropout(self.dropout, self.dense(hidden_states))
+        summed = self.ln_input_act(projected, identity=residual)
+        return self.output_activation(self.LayerNorm(summed))
 
 
 class IBertIntegerAttention(nn.Module):
-    def __init__(self, config: PretrainedConfig, input_on_own_grid: bool = True):
+    def __init__(self, config: PretrainedConfig):
         super().__init__()
-        self.self = IBertIntegerSelfAttention(config, input_on_own_grid)
-        self.output = IBertIntegerResidualOutput(config, config.hidden_size, residual_on_own_grid=input_on_own_grid)
+        self.self = IBertIntegerSelfAttention(config)
+        self.output = IBertIntegerResidualOutput(config, config.hidden_size)
 
-    def forward(self, hidden_states: Tensor, scale: Scale, attention_mask: Tensor) -> tuple[Tensor, Scale | None]:
-        context, context_scale = self.self(hidden_states, scale, attention_mask)
-        assert context_scale is not None
-        return self.output(context, context_scale, hidden_states, scale)
+    def forward(self, hidden_states: IntegerTensor, grid: Scale, attention_mask: Tensor) -> IntegerTensor:
+        context = self.self(hidden_states, grid, attention_mask)
+        # the residual too is taken on I-BERT's grid (FixedPointMul's round(identity / identity_scaling_factor))
+        residual = snap(hidden_states, grid, layer=self.output.ln_input_act.name)
+        return self.output(context, residual)
 
 
 class IBertIntegerIntermediate(nn.Module):
@@ -228,52 +255,53 @@ class IBertIntegerIntermediate(nn.Module):
         self.intermediate_act_fn = IntGELU(force_dequant=config.force_dequant)
         self.output_activation = QuantAct(ACT_BIT)
 
-    def forward(self, hidden_states: Tensor, scale: Scale) -> tuple[Tensor, Scale | None]:
-        hidden_states, scale_out = self.dense(hidden_states, scale)
-        hidden_states, scale_out = self.intermediate_act_fn(hidden_states, scale_out)
-        return self.output_activation(hidden_states, scale_out)
+    def forward(self, hidden_states: IntegerTensor) -> IntegerTensor:
+        return self.output_activation(self.intermediate_act_fn(self.dense(hidden_states)))
 
 
 class IBertIntegerLayer(nn.Module):
-    """One encoder layer. `first`: its input is on the grid of the scale it is given (see IBertIntegerEncoder)."""
+    """One encoder layer; `grid` is the scale I-BERT passes with its input (see IBertIntegerEncoder)."""
 
-    def __init__(self, config: PretrainedConfig, first: bool = True):
+    def __init__(self, config: PretrainedConfig):
         super().__init__()
-        self.attention = IBertIntegerAttention(config, input_on_own_grid=first)
+        self.attention = IBertIntegerAttention(config)
         self.intermediate = IBertIntegerIntermediate(config)
         self.output = IBertIntegerResidualOutput(config, config.intermediate_size)
         self.pre_intermediate_act = QuantAct(ACT_BIT)
         self.pre_output_act = QuantAct(ACT_BIT)
 
-    def forward(self, hidden_states: Tensor, scale: Scale, attention_mask: Tensor) -> tuple[Tensor, Scale]:
-        attention_output, attention_scale = self.attention(hidden_states, scale, attention_mask)
-        attention_output, attention_scale = self.pre_intermediate_act(attention_output, attention_scale)
-        intermediate, intermediate_scale = self.pre_output_act(*self.intermediate(attention_output, attention_scale))
-        assert attention_scale is not None and intermediate_scale is not None
-        output, output_scale = self.output(intermediate, intermediate_scale, attention_output, attention_scale)
-        assert output_scale is not None
-        return output, output_scale
+    def forward(self, hidden_states: IntegerTensor, grid: Scale, attention_mask: Tensor) -> IntegerTensor:
+        attention_output = self.pre_intermediate_act(self.attention(hidden_states, grid, attention_mask))
+        intermediate = self.pre_output_act(self.intermediate(attention_output))
+        return self.output(intermediate, attention_output)
 
 
 class IBertIntegerEncoder(nn.Module):
-    def __init__(self, config: PretrainedConfig):
-        super().__init__()
-        self.layer = nn.ModuleList(IBertIntegerLayer(config, first=i == 0) for i in range(config.num_hidden_layers))
+    """`embeddings_grid`: give every layer the embeddings' scale (I-BERT's checkpoints), else its input's own."""
 
-    def forward(self, hidden_states: Tensor, scale: Scale, attention_mask: Tensor) -> Tensor:
+    def __init__(self, config: PretrainedConfig, embeddings_grid: bool = True):
+        super().__init__()
+        self.embeddings_grid = embeddings_grid
+        self.layer = nn.ModuleList(IBertIntegerLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, hidden_states: IntegerTensor, attention_mask: Tensor) -> IntegerTensor:
         # (sic) I-BERT (fairseq and Hugging Face alike) gives every layer the embeddings' scale, not the
         # previous layer's: the quantization grids of its checkpoints are defined that way. Layers after
-        # the first therefore round their input to that grid where FixedPointMul does (snap_inputs).
+        # the first then snap their GEMM accumulators and residual onto that grid (FixedPointMul's
+        # rounding). Checkpoints calibrated here have grids of their own: each layer takes its input's.
+        grid = hidden_states.scale
         for layer in self.layer:
-            hidden_states, _ = layer(hidden_states, scale, attention_mask)
+            hidden_states = layer(hidden_states, grid if self.embeddings_grid else hidden_states.scale, attention_mask)
         return hidden_states
 
 
 class IBertIntegerBackbone(nn.Module):
     """Integer-only `IBertModel` for ibert, roberta and bert: returns (sequence_output, pooled_output or None).
 
-    config.force_dequant: I-BERT's (default none). config.wide_activations: the WIDE_ACTIVATION_SITES requantized
-    to 16 bits (default: default_wide_activations).
+    sequence_output is the dequantized last hidden state (float32); `integer_output` holds the last
+    IntegerTensor of a forward pass for callers that want the integers. config.force_dequant: I-BERT's
+    (default none). config.wide_activations: the WIDE_ACTIVATION_SITES requantized to 16 bits (default:
+    default_wide_activations).
     """
 
     def __init__(self, config: PretrainedConfig, arch: Architecture, add_pooling_layer: bool = True):
@@ -286,24 +314,23 @@ class IBertIntegerBackbone(nn.Module):
         self.max_length = max_positions(config, arch)
         self.causal = bool(getattr(config, "is_decoder", False))
         self.embeddings = IBertIntegerEmbeddings(config, arch.position_style)
-        self.encoder = IBertIntegerEncoder(config)
+        self.encoder = IBertIntegerEncoder(config, embeddings_grid=i_bert_grids(config, arch))
         self.pooler = BertPooler(config) if add_pooling_layer else None
         widened = wide_activation_names(config.wide_activations, config.num_hidden_layers)
         for name, module in self.named_modules():
-            if isinstance(module, QuantAct):
+            if isinstance(module, QuantAct | QuantLinear | IntLayerNorm | IntSoftmax | IntGELU):
                 module.name = name
-                if name in widened:
-                    module.activation_bit = WIDE_ACTIVATION_BIT
-                    widened.remove(name)
+            if isinstance(module, QuantAct) and name in widened:
+                module.activation_bit = WIDE_ACTIVATION_BIT
+                widened.remove(name)
         assert not widened, f"WIDE_ACTIVATION_SITES names modules the backbone does not have: {sorted(widened)}"
 
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor
     ) -> tuple[Tensor, Tensor | None]:
         check_sequence_length(input_ids, self.max_length, self.arch.model_type)
-        hidden_states, scale = self.embeddings(input_ids, token_type_ids)
-        assert scale is not None
-        mask = extended_attention_mask(attention_mask, hidden_states.dtype, causal=self.causal)
-        sequence_output = self.encoder(hidden_states, scale, mask)
+        hidden_states = self.embeddings(input_ids, token_type_ids)
+        mask = extended_attention_mask(attention_mask, torch.float32, causal=self.causal)
+        sequence_output = self.encoder(hidden_states, mask).dequantize()
         pooled = self.pooler(sequence_output) if self.pooler is not None else None
         return sequence_output, pooled

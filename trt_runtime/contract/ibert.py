@@ -62,6 +62,7 @@ OP_TYPES = ("IntGELU", "IntSoftmax", "IntLayerNorm")
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
 _INT64_SAFE_BITS = 62  # products and shifts in the data path stay below 2**62
+_EXP_SAFE_BITS = 60  # IntSoftmax's 16-bit exp requantization: numerator and denominator
 
 # IntGELU (I-BERT paper, Algorithm 2): erf(x) ~ sign(x) * [a (min(|x|, -b) + b)^2 + 1], x scaled by 1/k.
 GELU_K = 1.4142
@@ -88,7 +89,24 @@ LAYERNORM_VAR_BITS = 32  # I-BERT picks `shift` so the variance sum stays below 
 #: (an unrolled implementation may use this many; `isqrt` itself stops when Newton stops decreasing).
 ISQRT_ITERATIONS = 6
 
+#: requantization (FixedPointMul): 31-bit dyadic multipliers, shifts 1 to 61 (ratios in [2**-30, 2**30); smaller
+#: ratios keep shift 61 with a shorter multiplier)
+REQUANT_MULTIPLIER_BITS = 31
+REQUANT_MAX_SHIFT = 61
+#: inputs of the ONNX `Requantize` op stay below this (|x| * 2**31 + 2**60 < 2**63: one int64 product);
+#: larger ones (IntGELU outputs, huge accumulators) go through `RequantizeWide` (two 31-bit limbs)
+REQUANTIZE_INPUT_BOUND = 3 * 2**30
+REQUANTIZE_WIDE_INPUT_BOUND = 2**62
+#: the operands of the ONNX `IntMatMul` op: A in [-128, 127] (A + 128 is a uint8 with zero point 128) and B
+#: int8; `IntMatMulWide`: A in [-2**15, 2**15 - 1] (two uint8 digits of A + 2**15). The bounds: |A| <= bound,
+#: A < bound
+INT_MATMUL_A_BOUND = 128
+INT_MATMUL_WIDE_A_BOUND = 2**15
+#: the exactness limit of an int32 accumulator
+INT32_BOUND = 2**31 - 1
+
 _F32 = np.float32
+ScaleLike = float | Sequence[float] | np.ndarray
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,7 +283,7 @@ def exp_constants(input_scale: float) -> ExpConstants:
     x0_int = np.floor(inv_s * _F32(EXP_X0))  # floor(self.x0 / scaling_factor)
     b_int = np.floor(inv_s * _F32(EXP_B))  # floor(self.coef[1] / scaling_factor)
     c_int = np.floor((_F32(1) / (s * s)) * _F32(EXP_C))  # floor(self.coef[2] / scaling_factor**2)
-    if not np.isfinite(c_int) or c_int >= 2.0**_INT64_SAFE_BITS:
+    if not np.isfinite(c_int) or c_int >= 2.0**_INT64_SAFE_BITS or EXP_MAX_Q * abs(float(x0_int)) >= 2**31:
         raise ValueError(f"IntSoftmax input_scale {float(s):.3g} is too small for int64 arithmetic; recalibrate")
     return ExpConstants(int(x0_int), int(b_int), int(c_int))
 
@@ -277,10 +295,11 @@ def softmax_constants(input_scale: float, exp_scale: float) -> SoftmaxConstants:
     mantissa, exponent = np.frexp(exp_s)  # exp_s = mantissa * 2**exponent, mantissa in [0.5, 1)
     exp_mantissa = int(np.ldexp(np.float64(mantissa), 24))  # exact: float32 has a 24-bit significand
     exp_exponent = int(exponent) - 24
-    # numerator z << (30 - E) at q = 0 and denominator M << E at q = 30 must stay in int64
+    # numerator z << (30 - E) at q = 0 and denominator M << E at q = 30 stay below 2**60, so that the
+    # ONNX bodies' one-Div rounding (2n + d over 4d) stays in int64
     numerator_bits = int(bit_length(np.asarray(exp.c_int, dtype=np.int64))) + max(0, EXP_SHIFT_BITS - exp_exponent)
     denominator_bits = 24 + max(0, exp_exponent)
-    if numerator_bits > _INT64_SAFE_BITS or denominator_bits > _INT64_SAFE_BITS:
+    if numerator_bits > _EXP_SAFE_BITS or denominator_bits > _EXP_SAFE_BITS:
         raise ValueError(
             f"IntSoftmax exp_scale {float(exp_s):.3g} does not fit input_scale {float(input_scale):.3g} (exp "
             f"integers up to ~{exp.c_int * 2.0**EXP_SHIFT_BITS:.3g} cannot be requantized to {EXP_BITS} bits in "
@@ -381,8 +400,11 @@ def int_layernorm(
     """I-BERT's integer LayerNorm: returns (y_int, output_scale per channel); axis must be the channel axis.
 
         mean = round_half_to_even(sum(x) / C); y = x - mean
-        var = sum(floor(y / 2**shift)^2); std = isqrt(var) * 2**shift            # max(std, 1)
+        var = sum(floor(y / 2**shift)^2); std = max(isqrt(var), 1) * 2**shift
         y_int = floor(y * floor(2**31 / std) / 2) + bias_int
+
+    std >= 2**shift keeps |y| < 2 std, so |floor(y * factor / 2)| <= 2**31 (`layernorm_output_bound`); a row
+    whose deviations all shift to 0 (a constant row) has std 2**shift (Hugging Face: 0, then inf * 0).
     """
     if shift < 0:
         raise ValueError(f"IntLayerNorm shift must be >= 0, got {shift}")
@@ -395,10 +417,168 @@ def int_layernorm(
     y = x - mean
     y_shifted = y >> shift
     var = (y_shifted * y_shifted).sum(axis=-1, keepdims=True)
-    std = np.maximum(isqrt(var) << shift, 1)  # a constant row has std 0 (Hugging Face: inf * 0)
+    std = np.maximum(isqrt(var), 1) << shift
     factor = np.int64(2**LAYERNORM_FACTOR_BITS) // std
     y_int = ((y * factor) >> 1) + consts.bias_int
     return np.moveaxis(y_int, -1, axis), consts.output_scale
+
+
+# --------------------------------------------------------------------------------------------------
+# requantization: I-BERT's FixedPointMul with dyadic multipliers, exactly
+
+
+def dyadic_multiplier(ratio: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """Hugging Face's `batch_frexp`: ratio ~ multiplier / 2**shift with a 31-bit multiplier (int64 arrays).
+
+    frexp gives ratio = fraction * 2**exponent, fraction in [0.5, 1); multiplier = fraction * 2**31 rounded
+    half up (Decimal ROUND_HALF_UP; exact in float64, whose 53 bits hold fraction * 2**31 + 0.5), so
+    2**30 <= |multiplier| <= 2**31; shift = 31 - exponent. A negative ratio (a LayerNorm output's channel
+    whose weight is negative) gives a negative multiplier, rounded half away from zero as Decimal does.
+    Ratios below 2**-30 (shift > 61) keep shift 61 with |multiplier| = round(|ratio| * 2**61), fewer bits;
+    ratios of 2**30 or more are refused. A ratio of 0 gives (0, 31): "no such input".
+    """
+    ratio = np.asarray(ratio, np.float64)
+    if np.any(~np.isfinite(ratio)):
+        raise ValueError(f"requantization ratio must be finite, got {ratio.ravel()[:4].tolist()}")
+    fraction, exponent = np.frexp(ratio)
+    multiplier = np.sign(fraction) * np.floor(np.abs(fraction) * 2.0**REQUANT_MULTIPLIER_BITS + 0.5)
+    shift = (REQUANT_MULTIPLIER_BITS - exponent).astype(np.int64)
+    # below 2**-30 (a LayerNorm channel whose weight is ~0) the shift stays at 61 and the multiplier
+    # has fewer bits, down to 0: |ratio| * 2**61 rounded half up (exact in float64: it is below 2**30)
+    tiny = shift > REQUANT_MAX_SHIFT
+    multiplier = np.where(tiny, np.sign(ratio) * np.floor(np.abs(ratio) * 2.0**REQUANT_MAX_SHIFT + 0.5), multiplier)
+    shift = np.where(tiny, REQUANT_MAX_SHIFT, shift)
+    multiplier = multiplier.astype(np.int64)
+    shift = np.where((multiplier == 0) & ~tiny, REQUANT_MULTIPLIER_BITS, shift)
+    if np.any(shift < 1):
+        raise ValueError(
+            f"requantization ratio {ratio.ravel()[np.argmax((shift < 1).ravel())]:.3g} is 2**30 or more: the input "
+            f"and output scales are inconsistent; recalibrate"
+        )
+    return multiplier, shift
+
+
+def requantize_multipliers(input_scale: ScaleLike, output_scale: ScaleLike) -> tuple[np.ndarray, np.ndarray]:
+    """(multiplier, shift) per channel for input_scale / output_scale, the ratio in float64 of the float32
+    scales, as FixedPointMul computes it (`new_scale = _A / _B` in double)."""
+    ratio = np.asarray(input_scale, _F32).astype(np.float64) / np.asarray(output_scale, _F32).astype(np.float64)
+    return dyadic_multiplier(np.atleast_1d(ratio))
+
+
+def rescale(z: np.ndarray, multiplier: np.ndarray | int, shift: np.ndarray | int) -> np.ndarray:
+    """round_half_to_even(z * multiplier / 2**shift), exactly (Python integers), as int64.
+
+    The spec of every requantization: z * multiplier needs up to 93 bits, so this reference computes it
+    with Python's unbounded integers; the torch ops, the ONNX bodies and the kernels compute the same
+    in int64 (two 31-bit limbs where the product may exceed 63 bits) and are tested against it.
+    multiplier (|m| <= 2**31, either sign) and shift broadcast over the last axis (per channel) or are scalars.
+    """
+    z = np.asarray(z, np.int64)
+    m = np.broadcast_to(np.asarray(multiplier, np.int64), z.shape).astype(object)
+    e = np.broadcast_to(np.asarray(shift, np.int64), z.shape).astype(object)
+    out = np.asarray(np.frompyfunc(_rescale_one, 3, 1)(z.astype(object), m, e), dtype=object).reshape(z.shape)
+    if out.size and max(abs(int(v)) for v in out.flat) >= 2**_INT64_SAFE_BITS:
+        raise IntegerOverflowError("rescale: the result leaves int64 (the ratio or the input is too large)")
+    return out.astype(np.int64)
+
+
+def _rescale_one(z: int, m: int, e: int) -> int:
+    quotient, remainder = divmod(int(z) * int(m), 1 << int(e))  # floor division: remainder >= 0
+    twice = 2 * remainder
+    return quotient + (twice > (1 << int(e)) or (twice == (1 << int(e)) and quotient % 2 == 1))
+
+
+def signed_range(bits: int) -> tuple[int, int]:
+    """FixedPointMul's clamp for `bits`-bit outputs: [-2**(bits-1), 2**(bits-1) - 1]."""
+    if not 2 <= bits <= 32:
+        raise ValueError(f"requantization output_bits must be in 2..32, got {bits}")
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def requantize(
+    x_int: np.ndarray,
+    input_scale: ScaleLike,
+    output_scale: ScaleLike,
+    output_bits: int,
+    identity: np.ndarray | None = None,
+    identity_scale: float | None = None,
+) -> np.ndarray:
+    """I-BERT's FixedPointMul (QuantAct with a pre-activation scale), exactly: int64 in [-2**(b-1), 2**(b-1) - 1].
+
+        y = rescale(x, *dyadic(input_scale / output_scale)) [+ rescale(identity, *dyadic(identity_scale / output_scale))]
+        y = clip(y, -2**(b-1), 2**(b-1) - 1)
+
+    input_scale: 1 value or one per channel of the last axis (a per-channel GEMM or LayerNorm output, whose
+    scale is negative where the LayerNorm weight is);
+    output_scale: 1 value, or per channel for a grid change that keeps channels (output_bits 32, the
+    "snap" of I-BERT's layers > 0 onto the embeddings' grid). Each input is rounded on its own, then
+    added, as Hugging Face does; 32 bits is the int32 range (the snap, which never saturates in range).
+    """
+    low, high = signed_range(output_bits)
+    y = rescale(x_int, *requantize_multipliers(input_scale, output_scale))
+    if identity is not None:
+        if identity_scale is None:
+            raise ValueError("requantize: an identity input needs identity_scale")
+        y = y + rescale(identity, *requantize_multipliers(identity_scale, output_scale))
+    return np.clip(y, low, high)
+
+
+def quantize(x: np.ndarray, scale: ScaleLike, bits: int) -> np.ndarray:
+    """A float activation onto a `bits`-bit grid, as Hugging Face's SymmetricQuantFunction: int64
+    clip(round_half_to_even(float32(x) * float32(1 / scale)), -(2**(b-1) - 1), 2**(b-1) - 2).
+
+    The float -> integer boundary of force_dequant sites (a float GELU, softmax or LayerNorm output) and
+    of weights; the reciprocal is float32, then one float32 product (torch's `1.0 / scale * x`)."""
+    inverse = _F32(1) / np.asarray(scale, _F32)
+    n = 2 ** (bits - 1) - 1
+    with np.errstate(over="ignore", invalid="ignore"):
+        rounded = np.round(np.asarray(x, _F32) * inverse)
+    return np.clip(np.nan_to_num(rounded, nan=0.0), -n, n - 1).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# integer GEMMs (exact; 32-bit accumulators) and static bounds
+
+
+def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """A @ B exactly, int64 (the accumulator bound of every GEMM is checked where it is built)."""
+    return np.matmul(np.asarray(a, np.int64), np.asarray(b, np.int64))
+
+
+def check_matmul_operands(op_type: str, a: np.ndarray, b: np.ndarray) -> None:
+    """The operand ranges an ONNX integer GEMM node guarantees exact results for (see INT_MATMUL_A_BOUND)."""
+    bound = INT_MATMUL_A_BOUND if op_type == "IntMatMul" else INT_MATMUL_WIDE_A_BOUND
+    low, high = -bound, bound - 1
+    if a.size and (np.asarray(a, np.int64).min() < low or np.asarray(a, np.int64).max() > high):
+        raise ValueError(f"{op_type}: A has values outside [{low}, {high}]")
+    if b.size and (np.asarray(b, np.int64).min() < -128 or np.asarray(b, np.int64).max() > 127):
+        raise ValueError(f"{op_type}: B must be int8 values")
+
+
+def matmul_bound(a_bound: int, b: np.ndarray) -> np.ndarray:
+    """max |A @ B| per output channel for |A| <= a_bound and constant B [K, N]: a_bound * sum_k |B[k, n]|."""
+    return int(a_bound) * np.abs(np.asarray(b, np.int64)).sum(axis=-2)
+
+
+def gelu_output_bound(input_bound: int, input_scale: ScaleLike) -> int:
+    """max |IntGELU(x)| for |x| <= input_bound: |x| * (|shift_int| + (|c_int| + b_int**2) / 2**14 + 1)."""
+    c = gelu_constants(input_scale)
+    factor = np.abs(c.shift_int) + (np.abs(c.c_int) + c.b_int.astype(object) ** 2) // 2**GELU_SHIFT_BITS + 1
+    return int(input_bound) * int(max(int(f) for f in np.atleast_1d(factor)))
+
+
+def layernorm_output_bound(weight: np.ndarray, bias: np.ndarray) -> int:
+    """max |IntLayerNorm(x)|: the normalized part is within [-2**31, 2**31 - 1], plus the largest |bias_int|."""
+    return 2**31 + int(np.abs(layernorm_constants(weight, bias).bias_int).max())
+
+
+def layernorm_variance_bound(input_bound: int, channels: int, shift: int) -> int:
+    """max of IntLayerNorm's sum(floor(y / 2**shift)**2) for |x| <= input_bound (|y| <= 2 * input_bound)."""
+    return channels * ((2 * int(input_bound)) >> shift) ** 2
+
+
+class IntegerOverflowError(ValueError):
+    """The integer arithmetic would leave its integer type with the calibrated ranges (see the message)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -490,3 +670,172 @@ def ibert_op(
         shape[axis] = -1
         return dequantize_output(y_int, output_scale.reshape(shape))
     raise ValueError(f"unknown op {DOMAIN}::{op_type}; the {DOMAIN} domain has {', '.join(OP_TYPES)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# integer interface: the nodes of an exported graph, on integer arrays
+
+
+def requantize_attributes(
+    input_scale: ScaleLike, output_scale: ScaleLike, output_bits: int, identity_scale: float | None = None
+) -> dict[str, Any]:
+    """ONNX attributes of Requantize / RequantizeWide (the derived multipliers and shifts included).
+
+    identity_scale None: no identity input (the node's Identity is then a scalar 0 and identity_scale 0).
+    """
+    signed_range(output_bits)
+    inputs = np.atleast_1d(np.asarray(input_scale, _F32))
+    if inputs.ndim != 1 or inputs.size == 0 or not np.all(np.isfinite(inputs)) or np.any(inputs == 0):
+        raise ValueError(f"Requantize input_scale must be non-zero finite floats (1 or per channel), got {inputs[:8]}")
+    outputs = scale_array(output_scale, "Requantize output_scale")
+    if inputs.size > 1 and outputs.size > 1 and inputs.size != outputs.size:
+        raise ValueError(f"Requantize: {inputs.size} input scales and {outputs.size} output scales")
+    multiplier, shift = requantize_multipliers(inputs, outputs)
+    identity_multiplier, identity_shift = 0, REQUANT_MULTIPLIER_BITS
+    if identity_scale is not None:
+        if outputs.size != 1:
+            raise ValueError("Requantize: an identity input needs a per-tensor output_scale")
+        m, e = requantize_multipliers(float(scalar_scale(identity_scale, "Requantize identity_scale")), outputs)
+        identity_multiplier, identity_shift = int(m[0]), int(e[0])
+    return {
+        "input_scale": _floats(inputs),
+        "identity_scale": 0.0 if identity_scale is None else float(_F32(identity_scale)),
+        "output_scale": _floats(outputs),
+        "output_bits": int(output_bits),
+        "multiplier": [int(v) for v in multiplier],
+        "shift": [int(v) for v in shift],
+        "identity_multiplier": identity_multiplier,
+        "identity_shift": identity_shift,
+    }
+
+
+def matmul_attributes(a_scale: float, b_scale: ScaleLike) -> dict[str, Any]:
+    """ONNX attributes of IntMatMul / IntMatMulWide: the grids of A (per tensor) and B (per column or tensor).
+
+    They do not change the integer result; the float forms (TensorRT's Q/DQ) dequantize with them."""
+    return {
+        "a_scale": float(scalar_scale(a_scale, "IntMatMul a_scale")),
+        "b_scale": _floats(scale_array(b_scale, "IntMatMul b_scale")),
+    }
+
+
+#: the element type of each op's output in an exported graph (its inputs: any integer type in range)
+INTEGER_OUTPUT_TYPES: dict[str, type] = {
+    "IntGELU": np.int64,
+    "IntSoftmax": np.int32,
+    "IntLayerNorm": np.int64,
+    "IntMatMul": np.int32,
+    "IntMatMulWide": np.int64,
+    "Requantize": np.int32,
+    "RequantizeWide": np.int32,
+}
+#: every op of the domain; the first three have TensorRT plugins (and a float interface there)
+INTEGER_OP_TYPES = tuple(INTEGER_OUTPUT_TYPES)
+
+
+def integer_op(op_type: str, *inputs: np.ndarray | None, **attributes: Any) -> np.ndarray:
+    """Run one node of an exported integer graph on integer arrays with its ONNX attributes.
+
+    integer_op("IntGELU", X, **gelu_attributes(s), **integer_constant_attributes("IntGELU", ...))
+    integer_op("IntSoftmax", X, **softmax_attributes(...), **integer_constant_attributes("IntSoftmax", ...))
+    integer_op("IntLayerNorm", X, weight, bias, **layernorm_attributes(...), **integer_constant_attributes(...))
+    integer_op("IntMatMul", A, B, a_scale=.., b_scale=[..])            # and IntMatMulWide
+    integer_op("Requantize", X, Identity, **requantize_attributes(...))  # and RequantizeWide
+    Derived attributes are checked against their derivation. Returns INTEGER_OUTPUT_TYPES[op_type].
+    """
+    if op_type not in INTEGER_OUTPUT_TYPES:
+        raise ValueError(f"unknown op {DOMAIN}::{op_type}; the {DOMAIN} domain has {', '.join(INTEGER_OP_TYPES)}")
+    x = np.asarray(inputs[0], np.int64)
+    dtype = INTEGER_OUTPUT_TYPES[op_type]
+    if op_type == "IntGELU":
+        scale = scale_array(attributes["input_scale"], "IntGELU input_scale")
+        _check_derived(op_type, attributes, gelu_attributes(scale))
+        _check_constants(op_type, attributes, None, None)
+        _check_channels(scale.size, x.shape)
+        return int_gelu(x, scale)[0].astype(dtype)
+    if op_type == "IntSoftmax":
+        axis, output_bits = int(attributes.get("axis", -1)), int(attributes.get("output_bits", 8))
+        input_scale, exp_scale = attributes["input_scale"], attributes["exp_scale"]
+        _check_derived(op_type, attributes, softmax_attributes(input_scale, exp_scale, output_bits, axis))
+        _check_constants(op_type, attributes, None, None)
+        return int_softmax(x, input_scale, exp_scale, output_bits, axis)[0].astype(dtype)
+    if op_type == "IntLayerNorm":
+        weight, bias = inputs[1], inputs[2]
+        if weight is None or bias is None:
+            raise ValueError("IntLayerNorm takes three inputs: X, weight, bias")
+        axis, input_scale, shift = int(attributes.get("axis", -1)), attributes["input_scale"], int(attributes["shift"])
+        _check_derived(op_type, attributes, layernorm_attributes(input_scale, shift, weight, axis))
+        _check_constants(op_type, attributes, weight, bias)
+        return int_layernorm(x, weight, bias, shift, axis)[0].astype(dtype)
+    if op_type in ("IntMatMul", "IntMatMulWide"):
+        b = np.asarray(inputs[1], np.int64)
+        check_matmul_operands(op_type, x, b)
+        return int_matmul(x, b).astype(dtype)
+    expected = requantize_attributes(
+        attributes["input_scale"], attributes["output_scale"], int(attributes["output_bits"]),
+        attributes["identity_scale"] or None,
+    )
+    _check_derived_exact(op_type, attributes, expected)
+    bound = REQUANTIZE_INPUT_BOUND if op_type == "Requantize" else REQUANTIZE_WIDE_INPUT_BOUND
+    if x.size and np.abs(x).max() >= bound:
+        raise ValueError(f"{op_type}: |X| reaches {np.abs(x).max()}, beyond its bound {bound}")
+    identity = None if not attributes["identity_scale"] else inputs[1]
+    y = requantize(
+        x, attributes["input_scale"], attributes["output_scale"], int(attributes["output_bits"]),
+        None if identity is None else np.asarray(identity, np.int64), attributes["identity_scale"] or None,
+    )
+    return y.astype(dtype)
+
+
+def _check_derived_exact(op_type: str, given: dict[str, Any], expected: dict[str, Any]) -> None:
+    for name in ("multiplier", "shift", "identity_multiplier", "identity_shift"):
+        if name in given and list(np.atleast_1d(given[name])) != list(np.atleast_1d(expected[name])):
+            raise ValueError(
+                f"{op_type}: attribute {name}={given[name]!r} does not match the one derived from the scales "
+                f"({expected[name]!r}); build attributes with requantize_attributes()"
+            )
+
+
+#: the integer constants an exported node of each nonlinearity carries, derived from its scales (and
+#: IntLayerNorm's weight and bias) by this module's `*_constants`: the ONNX bodies then compute on
+#: integers only, whatever a runtime's float arithmetic does. The TensorRT plugins take the scales alone.
+INTEGER_CONSTANT_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "IntGELU": ("b_int", "c_int", "shift_int"),
+    "IntSoftmax": ("x0_int", "b_int", "c_int", "exp_mantissa", "exp_exponent"),
+    "IntLayerNorm": ("bias_int",),
+}
+
+
+def integer_constant_attributes(
+    op_type: str, attributes: dict[str, Any], weight: np.ndarray | None = None, bias: np.ndarray | None = None
+) -> dict[str, Any]:
+    """The integer constants (INTEGER_CONSTANT_ATTRIBUTES) of a nonlinearity node with these attributes."""
+    if op_type == "IntGELU":
+        g = gelu_constants(attributes["input_scale"])
+        return {"b_int": _ints(g.b_int), "c_int": _ints(g.c_int), "shift_int": _ints(g.shift_int)}
+    if op_type == "IntSoftmax":
+        s = softmax_constants(attributes["input_scale"], attributes["exp_scale"])
+        return {
+            "x0_int": s.x0_int, "b_int": s.b_int, "c_int": s.c_int, "exp_mantissa": s.exp_mantissa,
+            "exp_exponent": s.exp_exponent,
+        }
+    if op_type == "IntLayerNorm":
+        if weight is None or bias is None:
+            raise ValueError("IntLayerNorm's integer constants come from its weight and bias")
+        return {"bias_int": _ints(layernorm_constants(weight, bias).bias_int)}
+    raise ValueError(f"{op_type} has no integer constant attributes")
+
+
+def _ints(values: np.ndarray) -> list[int]:
+    return [int(v) for v in np.atleast_1d(values)]
+
+
+def _check_constants(op_type: str, given: dict[str, Any], weight: np.ndarray | None, bias: np.ndarray | None) -> None:
+    expected = integer_constant_attributes(op_type, given, weight, bias)
+    for name, value in expected.items():
+        if name not in given:
+            raise ValueError(f"{op_type}: the integer node lacks its constant attribute {name!r}; re-export the model")
+        if list(np.atleast_1d(given[name])) != list(np.atleast_1d(value)):
+            raise ValueError(
+                f"{op_type}: attribute {name} does not match the constant derived from the scales; re-export the model"
+            )

@@ -4,6 +4,7 @@ bit-for-bit agreement with Hugging Face's float32 emulation wherever that emulat
 from __future__ import annotations
 
 import math
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -213,3 +214,139 @@ def test_ibert_op_rejects_inconsistent_attributes():
         ref.gelu_attributes([0.0])
     with pytest.raises(ValueError, match="not calibrated"):
         ref.softmax_attributes(1e-3, 1e-8)  # an exp_scale no calibrated model has
+
+
+# -- requantization, GEMMs and the integer interface ------------------------------------------------
+# Independent references: Python's unbounded integers and fractions, and Hugging Face's own
+# `batch_frexp`, `FixedPointMul` and `SymmetricQuantFunction` where their float arithmetic is exact.
+
+
+def test_dyadic_multiplier_is_hugging_face_batch_frexp():
+    from transformers.models.ibert.quant_modules import batch_frexp
+
+    ratio = np.concatenate([10 ** RNG.uniform(-9, 4, 4000), -(10 ** RNG.uniform(-9, 2, 1000)), [0.5, 1.0, 0.75]])
+    expected_m, expected_e = batch_frexp(torch.from_numpy(ratio))
+    multiplier, shift = ref.dyadic_multiplier(ratio)
+    assert multiplier.tolist() == expected_m.to(torch.int64).tolist()
+    assert shift.tolist() == expected_e.to(torch.int64).tolist()
+
+
+def test_tiny_ratios_keep_shift_61_with_a_shorter_multiplier():
+    """A LayerNorm channel whose weight is ~0 (all-MiniLM-L6-v2 has three at -5e-33) has ratio ~1e-37."""
+    multiplier, shift = ref.dyadic_multiplier(np.array([-6e-37, 1e-10, 2.0**-31, 2.0**-30]))
+    assert shift.tolist() == [61, 61, 61, 60]
+    assert multiplier.tolist() == [0, round(1e-10 * 2**61), 2**30, 2**30]
+    with pytest.raises(ValueError, match="2\\*\\*30 or more"):
+        ref.dyadic_multiplier(np.array([2.0**31]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(-(2**62) + 1, 2**62 - 1), st.integers(-(2**31), 2**31), st.integers(1, 61))
+def test_rescale_is_round_half_even_of_the_exact_product(z, multiplier, shift):
+    exact = Fraction(z * multiplier, 2**shift)
+    if abs(exact) >= 2**61:
+        return  # the result must fit int64; the callers' bounds guarantee it
+    assert int(ref.rescale(np.array([z]), multiplier, shift)[0]) == round(exact)  # Python rounds half to even
+
+
+def test_rescale_ties_go_to_even():
+    z = np.array([1, 3, 5, -1, -3, -5, 7])
+    assert ref.rescale(z, 2**30, 31).tolist() == [0, 2, 2, 0, -2, -2, 4]  # z / 2
+
+
+def test_requantize_is_hugging_face_fixed_point_mul_where_that_is_exact():
+    """FixedPointMul rounds each input on its own grid, multiplies by the 31-bit mantissa in float64 and
+    rounds: exact while |z * m| < 2**53, as here (|z| < 2**21)."""
+    from transformers.models.ibert.quant_modules import FixedPointMul
+
+    x_scale = (RNG.uniform(1e-4, 1e-3, 24)).astype(np.float32)
+    identity_scale, output_scale = np.float32(0.003), np.float32(0.1)
+    x_int = RNG.integers(-(2**21), 2**21, (5, 24))
+    identity = RNG.integers(-(2**15), 2**15, (5, 24))
+    expected = FixedPointMul.apply(
+        torch.from_numpy((x_int * x_scale).astype(np.float32)), torch.from_numpy(x_scale), 16,
+        torch.tensor([output_scale]), torch.from_numpy((identity * identity_scale).astype(np.float32)),
+        torch.tensor([identity_scale]),
+    )
+    got = ref.requantize(x_int, x_scale, output_scale, 16, identity, identity_scale)
+    assert 0 < np.abs(got).max() < 2**15 - 1  # not saturated
+    assert np.array_equal(got, expected.numpy().reshape(got.shape).astype(np.int64))
+
+
+def test_quantize_is_hugging_face_symmetric_quant_function():
+    from transformers.models.ibert.quant_modules import SymmetricQuantFunction
+
+    x = RNG.normal(0, 3, (7, 40)).astype(np.float32)
+    scale = np.float32(0.037)
+    expected = SymmetricQuantFunction.apply(torch.from_numpy(x), 8, False, torch.tensor([scale]))
+    assert np.array_equal(ref.quantize(x, scale, 8), expected.numpy().astype(np.int64))
+
+
+def test_layernorm_std_is_at_least_two_to_the_shift():
+    """Rows whose deviations all shift to 0 without being 0 (var = 0): std is 2**shift, so the normalized part
+    stays within int32 (layernorm_output_bound); it would be y * 2**30 with std 1."""
+    weight, bias = np.ones(16, np.float32), np.zeros(16, np.float32)
+    x = 1000 + np.eye(16, dtype=np.int64)[:4] * np.array([[1], [3], [7], [5]])  # one deviation per row, below 2**3
+    y, _ = ref.int_layernorm(x, weight, bias, shift=3)
+    centered = x - np.round(x.mean(-1, keepdims=True))
+    assert np.all((centered >= 0) & (centered < 8)) and np.any(centered > 0)
+    np.testing.assert_array_equal(y, centered * (2**31 // 8) // 2)
+    assert np.abs(y).max() <= ref.layernorm_output_bound(weight, bias)
+
+
+def test_static_bounds_hold_on_extreme_inputs():
+    channels = 48
+    scale = (RNG.uniform(1e-4, 1e-3, channels)).astype(np.float32)
+    x = np.concatenate([np.full((1, channels), 2**20), np.full((1, channels), -(2**20)), RNG.integers(-(2**20), 2**20, (30, channels))])
+    y, _ = ref.int_gelu(x, scale)
+    assert np.abs(y).max() <= ref.gelu_output_bound(2**20, scale)
+    weights = RNG.integers(-127, 127, (64, 9))
+    extreme = np.sign(weights.T) * 2**15
+    assert np.abs(ref.int_matmul(extreme, weights)).max(axis=0).tolist() == ref.matmul_bound(2**15, weights).tolist()
+
+
+def integer_attributes(op_type: str, attributes: dict, weight=None, bias=None) -> dict:
+    return {**attributes, **ref.integer_constant_attributes(op_type, attributes, weight, bias)}
+
+
+def test_integer_op_is_the_float_interface_on_integers():
+    """The exported graph's nodes (integers in and out) and the plugins' float interface agree."""
+    scale = np.float32(2e-3)
+    x_int = RNG.integers(-3000, 3000, (4, 6, 20))
+    x = ref.dequantize_output(x_int, scale)
+    gelu = ref.gelu_attributes([scale])
+    got = ref.integer_op("IntGELU", x_int, **integer_attributes("IntGELU", gelu))
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(ref.dequantize_output(got, gelu["output_scale"]), ref.ibert_op("IntGELU", x, **gelu))
+    softmax = ref.softmax_attributes(float(scale), ref.natural_exp_scale(float(scale)))
+    got = ref.integer_op("IntSoftmax", x_int, **integer_attributes("IntSoftmax", softmax))
+    assert got.dtype == np.int32 and got.min() >= 0 and got.max() <= 256
+    np.testing.assert_array_equal(ref.dequantize_output(got, 2.0**-8), ref.ibert_op("IntSoftmax", x, **softmax))
+    weight, bias = RNG.uniform(0.5, 1.5, 20).astype(np.float32), RNG.normal(0, 0.2, 20).astype(np.float32)
+    layernorm = ref.layernorm_attributes(float(scale), 1, weight)
+    got = ref.integer_op("IntLayerNorm", x_int, weight, bias, **integer_attributes("IntLayerNorm", layernorm, weight, bias))
+    np.testing.assert_array_equal(
+        ref.dequantize_output(got, np.asarray(layernorm["output_scale"], np.float32)),
+        ref.ibert_op("IntLayerNorm", x, weight, bias, **layernorm),
+    )
+
+
+def test_integer_op_checks_attributes_and_operand_ranges():
+    gelu = ref.gelu_attributes([1e-3])
+    with pytest.raises(ValueError, match="lacks its constant attribute 'b_int'"):
+        ref.integer_op("IntGELU", np.zeros((2, 3), np.int64), **gelu)
+    wrong = integer_attributes("IntGELU", gelu) | {"c_int": [0]}
+    with pytest.raises(ValueError, match="attribute c_int does not match"):
+        ref.integer_op("IntGELU", np.zeros((2, 3), np.int64), **wrong)
+    a = ref.requantize_attributes(1e-3, 0.1, 8)
+    with pytest.raises(ValueError, match="multiplier.*requantize_attributes"):
+        ref.integer_op("Requantize", np.zeros(3, np.int64), np.int64(0), **{**a, "multiplier": [1]})
+    with pytest.raises(ValueError, match="beyond its bound"):
+        ref.integer_op("Requantize", np.array([2**32]), np.int64(0), **a)
+    matmul = ref.matmul_attributes(0.1, [0.01])
+    with pytest.raises(ValueError, match=re.escape("outside [-128, 127]")):
+        ref.integer_op("IntMatMul", np.array([[128]]), np.array([[1]], np.int8), **matmul)
+    assert ref.integer_op("IntMatMul", np.array([[-128]]), np.array([[-128]], np.int8), **matmul).tolist() == [[2**14]]
+    with pytest.raises(ValueError, match=re.escape("outside [-32768, 32767]")):
+        ref.integer_op("IntMatMulWide", np.array([[2**15]]), np.array([[1]], np.int8), **matmul)
+    assert ref.integer_op("IntMatMulWide", np.array([[-(2**15)]]), np.array([[-128]], np.int8), **matmul).tolist() == [[2**22]]

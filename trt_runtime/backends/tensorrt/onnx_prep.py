@@ -31,6 +31,7 @@ import onnx
 import onnx.external_data_helper
 from onnx import AttributeProto, FunctionProto, GraphProto, ModelProto, NodeProto, TensorProto, numpy_helper
 
+from trt_runtime.backends.tensorrt.integer_form import tensorrt_form
 from trt_runtime.backends.tensorrt.plugins.specs import PLUGIN_NAMESPACE, PLUGIN_VERSION, PLUGINS
 from trt_runtime.contract import ibert
 
@@ -388,6 +389,7 @@ def prepare_for_tensorrt(
 ) -> PreparedOnnx:
     """The model the builder parses: with plugins when the graph has ibert nodes and use_plugins is set
     (aot: see `strip_plugin_functions`)."""
+    model = tensorrt_form(model, use_plugins)  # an integer export's TensorRT form (the same model otherwise)
     if use_plugins and ibert_op_types(model):
         return strip_plugin_functions(model, base_dir, aot)
     return keep_function_bodies(model)

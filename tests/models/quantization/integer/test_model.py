@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -48,17 +49,43 @@ def hf_calibrated(tmp_path, task: str, force_dequant: str = "none", save: bool =
 
 
 PARITY_CASES = [(task, "none") for task in IBERT_TASKS] + [("feature-extraction", fd) for fd in FORCE_DEQUANT[1:]]
+#: the cases whose Hugging Face outputs are not bitwise ours, and why: Hugging Face computes i-GELU's
+#: product x * (erf + 1) (~2**30 here) in float32, which rounds; we compute it exactly. In this case
+#: that moves one 8-bit GELU output (layer 1's intermediate.output_activation) by one step, which then
+#: travels on through the second layer.
+NOT_BITWISE = {("token-classification", "none"): "encoder.layer.1.intermediate.output_activation"}
+
+
+def first_differing_activation(reference, ours, feeds) -> str | None:
+    """The first QuantAct whose integers differ between Hugging Face (x / scale of its float output) and us."""
+    from exporter.validation import captured_integers
+
+    theirs = {}
+
+    def hook(name):
+        def record(module, inputs, output):
+            theirs.setdefault(name, output)
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in reference.named_modules() if type(m).__name__ == "QuantAct"]
+    kwargs = {k: v for k, v in feeds.items() if k != "token_type_ids"}
+    with torch.no_grad(), captured_integers(ours) as capture:
+        reference(**kwargs)
+        ours(**feeds)
+    for handle in handles:
+        handle.remove()
+    for name, values in capture.values.items():
+        if name in theirs:
+            x, scale = theirs[name]
+            if not torch.equal(torch.round(x / scale).to(torch.int64), torch.from_numpy(values).to(torch.int64)):
+                return name
+    return None
 
 
 @pytest.mark.parametrize(("task", "force_dequant"), PARITY_CASES)
 def test_matches_hugging_face_ibert(tmp_path, task, force_dequant):
-    """Same weights, same ranges: the same outputs, bit for bit.
-
-    Hugging Face computes i-GELU's products (~2**26) in float32, which rounds; we compute them exactly.
-    Where that moves a GELU output across a rounding boundary of the next 8-bit requantization (about
-    one element in 10**4), one activation differs by one step and the difference travels on; the test
-    allows that much (it happens for one case of these 10 with these seeds).
-    """
+    """Same weights, same ranges: the same outputs, bit for bit, except where Hugging Face's float32 rounds
+    (NOT_BITWISE names the one case with these seeds and where it starts)."""
     reference = hf_calibrated(tmp_path, task, force_dequant)
     ours = models.load(tmp_path, task=task)  # quant_mode=true checkpoint: integer mode by default
     assert ours.quantization == "integer"
@@ -66,11 +93,17 @@ def test_matches_hugging_face_ibert(tmp_path, task, force_dequant):
     expected = hf_outputs(reference, task, feeds)
     with torch.no_grad():
         got = ours(**feeds)
+    known = NOT_BITWISE.get((task, force_dequant))
     for name, value in expected.items():
         equal = (got[name] == value).float().mean().item()
         difference = (got[name] - value).abs().max().item()
         print(f"{task} force_dequant={force_dequant} {name}: {equal:.2%} bitwise equal, max |diff| {difference:.3g}")
-        assert equal >= 0.97 and difference <= 0.05, f"{name}: {equal:.2%} equal, max |ours - transformers| {difference:.3g}"
+        if known is None:
+            assert torch.equal(got[name], value), f"{name}: {equal:.2%} equal, max |ours - transformers| {difference:.3g}"
+        else:
+            assert equal >= 0.97 and difference <= 0.05
+    if known is not None:
+        assert first_differing_activation(reference, ours, feeds).endswith(known)
 
 
 def test_checkpoint_restores_ranges_and_shifts(tmp_path):
@@ -109,10 +142,14 @@ def test_calibration_reproduces_hugging_face_training_mode_ranges(tmp_path):
         for field, value in values.items():
             target = expected[f"{name}.{field}"].item()
             # softmax.act observes exp integers (~2**40) and intermediate.output_activation the i-GELU output,
-            # both of which Hugging Face computes in float32 (rounded), we exactly; a GELU output that rounds
-            # the other way then moves later ranges by ~1e-6
+            # both of which Hugging Face computes in float32 (rounded), we exactly. After the first layer
+            # Hugging Face's GEMMs run in float32 on x / (the embeddings' scale), which is not an integer, and
+            # FixedPointMul rounds that float onto the grid: we compute the same integers exactly, so an
+            # activation can round the other way there, and one such step moved a later range by 2.2e-4.
             inexact = ".softmax." in name or "intermediate.output_activation" in name
-            assert value == pytest.approx(target, rel=1e-4 if inexact else 1e-5), f"{name}.{field}"
+            later_layer = ".encoder.layer.0." not in name and ".encoder." in name
+            tolerance = 1e-3 if later_layer else 1e-4 if inexact else 1e-5
+            assert value == pytest.approx(target, rel=tolerance), f"{name}.{field}"
 
 
 def test_uncalibrated_model_says_how_to_calibrate(tmp_path):
@@ -155,7 +192,8 @@ def test_bert_token_types_are_used(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_trace_uses_qdq_and_ibert_ops_and_agrees_with_eager(tmp_path):
+def test_trace_records_the_integer_ops_and_equals_eager(tmp_path):
+    """One arithmetic: the trace (what the exporter writes) is the eager model's integer ops, bit for bit."""
     hf_calibrated(tmp_path, "feature-extraction")
     ours = models.load(tmp_path, task="feature-extraction")
     feeds = padded_batch("ibert")
@@ -173,16 +211,25 @@ def test_trace_uses_qdq_and_ibert_ops_and_agrees_with_eager(tmp_path):
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(last_hidden_state, (feeds["input_ids"], feeds["attention_mask"]), check_trace=False)
     kinds = [node.kind() for node in traced.inlined_graph.nodes()]
-    assert kinds.count("aten::fake_quantize_per_channel_affine") >= 12  # every QuantLinear weight
-    assert kinds.count("aten::fake_quantize_per_tensor_affine") >= 20  # the 8-bit requantizations
-    assert {"ibert::int_gelu", "ibert::int_softmax", "ibert::int_layernorm"} <= set(kinds)
+    layers = ours.config.num_hidden_layers
+    assert kinds.count("ibert::int_matmul") == 7 * layers  # Q K V, QK^T, output, FFN in and out: 8-bit inputs
+    assert kinds.count("ibert::int_matmul_wide") == layers  # the probabilities (0..256) times V
+    assert kinds.count("ibert::requantize_wide") == layers  # the i-GELU output (~2**40)
+    assert {"ibert::int_gelu", "ibert::int_softmax", "ibert::int_layernorm", "ibert::requantize"} <= set(kinds)
+    assert not any("fake_quantize" in kind for kind in kinds)
     with torch.no_grad():
-        eager = last_hidden_state(feeds["input_ids"], feeds["attention_mask"])
-        exported = traced(feeds["input_ids"], feeds["attention_mask"])
-    # Q/DQ + float MatMul instead of the integer GEMM: float sums in another order, rare one-step flips
-    step = ours.ibert.encoder.layer[-1].output.output_activation.scale()[0]
-    assert (exported - eager).abs().max().item() <= 4 * step
-    assert (exported == eager).float().mean().item() > 0.95
+        assert torch.equal(traced(feeds["input_ids"], feeds["attention_mask"]),
+                           last_hidden_state(feeds["input_ids"], feeds["attention_mask"]))
+
+
+def test_an_overflowing_requantization_is_refused_with_the_layer_and_the_fix():
+    from models.quantization.integer.modules import IntegerTensor, requantize
+    from trt_runtime.contract.ibert import IntegerOverflowError
+
+    wide = IntegerTensor(torch.zeros(2, 4, dtype=torch.int64), np.full(4, 1e-3, np.float32), 2**40)
+    assert requantize(wide, np.array([1.0], np.float32), 8).values.dtype == torch.int32  # small ratio: RequantizeWide
+    with pytest.raises(IntegerOverflowError, match=r"layer\.3\.output: the requantization input reaches .* --wide-activations"):
+        requantize(wide, np.array([1e-4], np.float32), 22, layer="layer.3.output")  # ratio 10: it would leave int64
 
 
 def test_fine_tuning_gets_straight_through_gradients(tmp_path):

@@ -233,11 +233,14 @@ def integer_export(tmp_path_factory):
 
 
 def test_real_integer_export(integer_export):
+    from trt_runtime.backends.tensorrt.integer_form import INTEGER_ONLY_OPS, tensorrt_form
     from trt_runtime.contract.export_dir import read_export_info
 
     model = onnx.load(str(integer_export / "model.onnx"), load_external_data=False)
-    assert read_export_info(integer_export).custom_ops == sorted(spec.plugin_id for spec in PLUGINS.values())
-    before = sorted((n.name, n.op_type) for n in model.graph.node if n.domain == "ibert")
+    plugin_ids = sorted(spec.plugin_id for spec in PLUGINS.values())
+    assert read_export_info(integer_export).custom_ops == sorted(plugin_ids + [f"ibert::{op}" for op in INTEGER_ONLY_OPS])
+    # the builder parses the TensorRT form (integer GEMMs and requantizations as Q/DQ), its nonlinearities plugins
+    before = sorted((n.name, n.op_type) for n in tensorrt_form(model).graph.node if n.domain == "ibert")
     prepared = prepare_for_tensorrt(model, base_dir=integer_export)
     stripped = prepared.model
     onnx.checker.check_model(stripped, full_check=True)
@@ -256,7 +259,8 @@ def test_real_integer_export(integer_export):
             expected_ln = ref.layernorm_constants(values[node.input[1]], values[node.input[2]])
             np.testing.assert_array_equal(values[node.input[3]][0], expected_ln.bias_int)
             np.testing.assert_array_equal(values[node.input[4]][0], expected_ln.output_scale)
-    assert prepare_for_tensorrt(model, use_plugins=False).model is model  # --no-plugins: as exported
+    kept = prepare_for_tensorrt(model, use_plugins=False).model  # --no-plugins: the form with its function bodies
+    assert sorted(f.name for f in kept.functions) == sorted(PLUGINS)
 
 
 def test_the_aot_attribute_is_the_strict_request():

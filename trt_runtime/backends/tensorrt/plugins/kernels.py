@@ -236,7 +236,7 @@ def int_layernorm_kernel(
         y_shifted = (x - mean) >> SHIFT
         running_var += tl.where(mask, y_shifted * y_shifted, 0)
     variance = tl.sum(running_var, axis=0)
-    std = tl.maximum(isqrt(variance) << SHIFT, 1)
+    std = tl.maximum(isqrt(variance), 1) << SHIFT  # >= 2**shift: the reference's int_layernorm
     factor = LAYERNORM_NUMERATOR // std
 
     for start in range(0, channels, BLOCK):
