@@ -40,7 +40,11 @@ from models.quantization.integer.modules import (
     on_grid,
     snap,
 )
-from models.quantization.recipe import DEFAULT_WIDE_ACTIVATIONS  # the recipe owns the default sites
+from models.quantization.recipe import (  # the recipe owns the sites' names, their check and the default
+    DEFAULT_WIDE_ACTIVATIONS,
+    WIDE_ACTIVATION_SITE_NAMES,
+    check_wide_activations,
+)
 
 # I-BERT's bit widths (IBertEmbeddings / IBertSelfAttention / IBertSelfOutput / IBertLayer)
 EMBEDDING_BIT = 8
@@ -66,20 +70,7 @@ WIDE_ACTIVATION_SITES: dict[str, tuple[str, ...]] = {
     "ffn-output-input": ("encoder.layer.{i}.intermediate.output_activation", "encoder.layer.{i}.pre_output_act"),
     "hidden-states": ("embeddings.output_activation", "encoder.layer.{i}.output.output_activation"),
 }
-
-
-def check_wide_activations(sites: Iterable[str]) -> tuple[str, ...]:
-    """The sites as a tuple in canonical order; unknown names are a ValueError naming the valid ones."""
-    if isinstance(sites, str):
-        sites = (sites,)
-    chosen = tuple(sites)
-    unknown = [site for site in chosen if site not in WIDE_ACTIVATION_SITES]
-    if unknown:
-        raise ValueError(
-            f"wide_activations: unknown site(s) {', '.join(map(repr, unknown))}; choose from "
-            f"{', '.join(WIDE_ACTIVATION_SITES)} (or none: I-BERT's 8-bit activations everywhere)"
-        )
-    return tuple(site for site in WIDE_ACTIVATION_SITES if site in chosen)
+assert tuple(WIDE_ACTIVATION_SITES) == WIDE_ACTIVATION_SITE_NAMES  # the recipe's names, in its order
 
 
 def i_bert_grids(config: PretrainedConfig, arch: Architecture) -> bool:

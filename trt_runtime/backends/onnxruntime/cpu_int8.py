@@ -583,8 +583,7 @@ def split_skip_layer_norms(model: onnx.ModelProto) -> int:
     (in place); the number replaced.
 
     Why: ONNX Runtime's CPU SkipLayerNormalization kernel is an order of magnitude slower than the
-    two ops it fuses (measured with onnxruntime 1.32 at 8 x 128 x 768: 10-20 ms vs 1.5 ms; a tenth of
-    the INT8 BERT-base graph's time). Sum, not Add: ONNX Runtime's optimizer fuses Add +
+    two ops it fuses (figures: docs/benchmarks.md, "The CPU INT8 path"). Sum, not Add: ONNX Runtime's optimizer fuses Add +
     LayerNormalization back into SkipLayerNormalization. Nodes whose mean / inverse-std outputs are
     used are kept; the skip-sum output (the 4th) becomes the Sum's output."""
     opset = next((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), 0)
