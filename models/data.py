@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from models.errors import DataError
+
 Text = str | tuple[str, str]
 
 CALIBRATION_DATA_DIR = Path(__file__).resolve().parent.parent / "calibration_data"
@@ -54,10 +56,6 @@ SPLITS: dict[str, tuple[float, float]] = {
 }
 SPLIT_SALT = "qbert-deploy split v1"
 DATA_SUFFIXES = (".txt", ".jsonl")
-
-
-class DataError(ValueError):
-    """Calibration or evaluation data cannot be read; the message names the file, the line and the fix."""
 
 
 # -- the fixed splits ------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import torch
 from transformers import PretrainedConfig
 
 from models.architectures import FORCE_DEQUANT_VALUES, QUANTIZATION_MODES, Architecture, architecture_for
+from models.errors import CheckpointError
 from models.tasks import TASKS, TaskModel, task_class
 
 logger = logging.getLogger(__name__)
@@ -46,10 +47,6 @@ _CLASS_SUFFIX_TO_TASK = {
     "ForMultipleChoice": "multiple-choice",
     "ForNextSentencePrediction": "next-sentence-prediction",
 }
-
-
-class CheckpointError(ValueError):
-    """The checkpoint directory cannot be loaded into the requested model (message says why and what to do)."""
 
 
 def _read_json(path: Path) -> dict:

@@ -31,6 +31,7 @@ from typing import Any
 import trt_runtime
 from trt_runtime.backends.tensorrt.engine_info import EngineInfo, EngineMismatchError, read_engine_info
 from trt_runtime.backends.tensorrt.profiles import BATCH_SIZE
+from trt_runtime.contract.errors import QbertError
 from trt_runtime.contract.export_dir import ENGINE, MODEL_ONNX, ExportInfo, read_export_info
 from trt_runtime.contract.files import write_json_atomic
 from trt_runtime.triton import python_model
@@ -46,8 +47,10 @@ SUFFIX = {"text": "", "onnx": "-onnx", "plan": "-trt"}
 NO_PIPELINE = ("text-generation",)
 
 
-class RepositoryError(ValueError):
+class RepositoryError(QbertError, ValueError):
     """The repository cannot be made as asked; the message says why and what to do."""
+
+    code = "repository-invalid"
 
 
 @dataclass

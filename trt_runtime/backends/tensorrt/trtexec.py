@@ -55,6 +55,7 @@ from trt_runtime.backends.tensorrt.profiles import (
     parse_shapes,
     resolve_profile,
 )
+from trt_runtime.contract.errors import QbertError
 from trt_runtime.contract.export_dir import ENGINE, ExportDirError, ExportInfo, read_export_info
 from trt_runtime.contract.files import save_onnx_atomic, write_json_atomic
 
@@ -65,8 +66,10 @@ MODES = ("engine", "build")
 IBERT_OPS = ("IntGELU", "IntSoftmax", "IntLayerNorm")
 
 
-class TrtexecError(ValueError):
+class TrtexecError(QbertError, ValueError):
     """The directory cannot be benchmarked this way, or trtexec's output is not what was expected."""
+
+    code = "trtexec-invalid"
 
 
 @functools.cache
