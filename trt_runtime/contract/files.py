@@ -145,6 +145,14 @@ def check_replaceable_directory(path: str | os.PathLike) -> None:
         )
 
 
+def check_output_file(path: str | os.PathLike) -> None:
+    """Refuse, before any work, a file output that names a directory (the write would fail only at the end,
+    after the work, with `IsADirectoryError`)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        raise output_error(IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path)), path)
+
+
 def _resolved(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(os.path.abspath(path)))
 
