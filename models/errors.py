@@ -12,14 +12,16 @@ from trt_runtime.contract.errors import QbertError
 class CheckpointError(QbertError, ValueError):
     """The checkpoint directory cannot be loaded into the requested model (message says why and what to do).
 
-    `head_missing`: the only problem is that the checkpoint has no weights for the task head asked for (a
-    caller that offers another fix than `init_missing_head=True`, such as the exporter, says its own)."""
+    `problem` and `fix`: the message's two parts (the message is "PROBLEM. (FIX)" where a fix is given), so a
+    caller that offers another fix says its own. `head_missing`: the only problem is that the checkpoint has
+    no weights for the task head asked for (the fix `models.load` offers is `init_missing_head=True`; the
+    exporter, which exports trained heads only, offers another)."""
 
     code = "checkpoint-invalid"
 
-    def __init__(self, message: str, *, head_missing: bool = False) -> None:
-        super().__init__(message)
-        self.head_missing = head_missing
+    def __init__(self, message: str, *, fix: str | None = None, head_missing: bool = False) -> None:
+        super().__init__(f"{message}. ({fix})" if fix else message)
+        self.problem, self.fix, self.head_missing = message, fix, head_missing
 
 
 class DataError(QbertError, ValueError):
