@@ -117,7 +117,7 @@ def export(
     except RecipeError as e:
         raise ExportError(str(e)) from None
     quantization = recipe.mode
-    check_output_dir(out_dir, model_dir)
+    check_output_dir(out_dir, model_dir, recipe.calibration_data)
     calibrating = quantization != "none"
     step = _Steps(say, 4 + calibrating + validate)
 

@@ -136,8 +136,11 @@ def test_refuses_to_replace_what_is_not_an_export(tmp_path, bert_clf):
     with pytest.raises(exporter.ExportError, match="not an export directory"):
         exporter.export(directory, precious, task="text-classification", log=None)
     assert (precious / "notes.txt").read_text() == "keep me"
-    with pytest.raises(exporter.ExportError, match="would replace the checkpoint"):
-        exporter.export(directory, directory, task="text-classification", log=None)
+    for out, relation in ((directory, "is"), (directory / "onnx", "lies inside"), (directory.parent, "contains")):
+        with pytest.raises(exporter.ExportError) as raised:
+            exporter.export(directory, out, task="text-classification", log=None)
+        assert str(raised.value).startswith(f"--output {out} {relation} the input --model {directory}: writing it ")
+    assert not (directory / "onnx").exists()
 
 
 @pytest.mark.parametrize(
@@ -235,3 +238,54 @@ def test_command_line(tmp_path, bert_clf):
     )
     assert bad.returncode == 2
     assert bad.stderr.startswith("error: --calibration-data") and "nope.txt does not exist" in bad.stderr
+
+
+def _export_command(directory, out, *extra):
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", "--model", str(directory), "--task", "text-classification",
+         "--output", str(out), "--no-validate", *extra],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+
+
+def test_an_output_inside_the_calibration_data_is_refused(tmp_path, bert_clf):
+    directory, _ = bert_clf
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "texts.txt").write_text("the movie was good\n")
+    with pytest.raises(exporter.ExportError, match=f"^--output {data / 'out'} lies inside the input --calibration-data"):
+        exporter.export(directory, data / "out", task="text-classification", quantization="qdq",
+                        calibration_data=str(data), log=None)
+
+
+def test_a_mount_point_output_is_refused_before_any_work_with_exit_2(tmp_path, bert_clf):
+    """Used to fail at the swap with a raw `OSError: [Errno 16] Device or resource busy` on a temporary (exit 1)."""
+    from tests.fixtures.filesystems import mount_point
+
+    directory, _ = bert_clf
+    with mount_point(tmp_path / "mnt") as out:
+        done = _export_command(directory, out)
+        left = sorted(p.name for p in out.iterdir())
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: cannot replace {out}: it is a mount point, and an output directory is replaced whole by a "
+        f"rename; write into a directory inside it instead (e.g. {out / 'NAME'})"
+    )
+    assert left == [] and "[1/" not in done.stderr  # refused before loading anything
+
+
+@pytest.mark.parametrize(("filesystem", "why"), [("read-only", "the filesystem is read-only"),
+                                                 ("full", "no space is left on the device")])
+def test_an_unwritable_output_exits_2_naming_it(tmp_path, bert_clf, filesystem, why):
+    from tests.fixtures.filesystems import full_filesystem, read_only_mount
+
+    directory, _ = bert_clf
+    with (read_only_mount if filesystem == "read-only" else full_filesystem)(tmp_path / "disk") as disk:
+        out = disk / "export"
+        done = _export_command(directory, out)
+        left = sorted(p.name for p in disk.iterdir())
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: cannot write {out}: {why}; ")
+    assert left == ([] if filesystem == "read-only" else ["filler"])  # no staging directory left behind
