@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
 
 from models.architectures import FORCE_DEQUANT_VALUES, QUANTIZATION_MODES, Architecture, architecture_for
 from models.errors import CheckpointError
@@ -87,6 +88,13 @@ def load_config(path: str | os.PathLike) -> tuple[PretrainedConfig, Architecture
             f"{config_path} has a value {arch.config_class.__name__} refuses ({type(e).__name__}: "
             f"{' '.join(str(e).split())}); fix config.json or re-save the checkpoint"
         ) from None
+    activation = getattr(config, "hidden_act", None)
+    if isinstance(activation, str) and activation not in ACT2FN:
+        # transformers builds the layers with ACT2FN[config.hidden_act] (a bare KeyError for an unknown name)
+        raise CheckpointError(
+            f"{config_path}: hidden_act {activation!r} is not an activation transformers has; choose one of "
+            f"{', '.join(sorted(ACT2FN))} (BERT checkpoints use 'gelu')"
+        )
     # The tokenizer, not the model, decides the padding id in a few old configs; keep what the file says.
     return config, arch
 

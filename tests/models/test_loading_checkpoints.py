@@ -286,3 +286,19 @@ def test_a_missing_head_is_refused_by_the_exporter_with_the_exporters_fix(tmp_pa
         "that checkpoint)"
     )
     assert "init_missing_head" not in message and not (tmp_path / "out").exists()
+
+
+def test_an_unknown_activation_is_refused_naming_the_field(checkpoint):
+    """transformers builds the layers with ACT2FN[config.hidden_act]: a bare KeyError 'swishy' before."""
+    from transformers.activations import ACT2FN
+
+    config = json.loads((checkpoint / "config.json").read_text())
+    (checkpoint / "config.json").write_text(json.dumps({**config, "hidden_act": "swishy"}))
+    with pytest.raises(KeyError):
+        ACT2FN["swishy"]
+    with pytest.raises(models.CheckpointError) as raised:
+        models.load(checkpoint)
+    assert str(raised.value).startswith(
+        f"{checkpoint / 'config.json'}: hidden_act 'swishy' is not an activation transformers has; choose one of gelu,"
+    )
+    assert str(raised.value).endswith("(BERT checkpoints use 'gelu')")

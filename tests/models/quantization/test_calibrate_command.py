@@ -185,3 +185,18 @@ def test_an_unwritable_output_exits_2_naming_it(tmp_path, checkpoint, filesystem
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: cannot write {output}: {why}; ")
     assert left == (["filler"] if filesystem == "full" else [])  # no temporary left behind
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused_with_exit_2(tmp_path):
+    """torch used to stop mid-calibration with a bare `IndexError: index out of range in self`."""
+    directory, _ = save_tiny(tmp_path / "small-vocab", "bert", TASK, vocab_size=20)
+    save_tiny_tokenizer(directory, "bert")  # ids up to 98
+    done = run("--model", str(directory), "--output", str(tmp_path / "out.json"), "--num-calibration-samples", "8")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the calibration batches hold input_ids ") and last.endswith(
+        ", outside the model's vocab_size of 20 (config.json): the tokenizer does not belong to this checkpoint; "
+        "calibrate with the checkpoint's own tokenizer, or fix vocab_size in config.json"
+    )
+    assert not (tmp_path / "out.json").exists()
