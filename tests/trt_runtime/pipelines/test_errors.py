@@ -110,3 +110,50 @@ def test_export_without_tokenizer(tmp_path):
         (export_dir / name).unlink(missing_ok=True)
     with pytest.raises(ExportDirError, match="no tokenizer in .*copy the checkpoint's tokenizer files"):
         trt_runtime.pipeline("text-classification", export_dir)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_text_of_only_control_or_zero_width_characters_is_refused_as_empty_text_is(pipes, task):
+    """BERT's normalizer drops controls and WordPiece the format characters: transformers' pipeline encodes
+    such a text as [CLS] [SEP] and answers the empty text's answer (checked on its tokenizer here)."""
+    from transformers import AutoTokenizer
+
+    invisible = "\u200b\u0001\ufeff\u200d"
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_export("bert", "feature-extraction")[0]))
+    assert tokenizer(invisible)["input_ids"] == tokenizer("")["input_ids"]
+    with pytest.raises(InputError) as raised:
+        pipes[task](["a real sentence", invisible])
+    assert str(raised.value) == (
+        "input 1 holds only control or zero-width characters (U+200B, U+0001, U+FEFF, U+200D), which the model "
+        "does not see; pass some text"
+    )
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_an_undecodable_character_is_named_not_reported_as_too_long(pipes, task):
+    """Bytes decoded with errors='surrogateescape' hold lone surrogates: the tokenizer refused them with a
+    ValueError that the pipeline reported as "cannot fit the input into 512 tokens"."""
+    text = b"caf\xe9 au lait".decode("utf-8", "surrogateescape")
+    with pytest.raises(InputError) as raised:
+        pipes[task](text)
+    assert str(raised.value) == (
+        "the input holds the unpaired surrogate U+DCE9 at position 3, which is not valid Unicode text "
+        "(undecodable bytes?); decode its source with the right encoding, or with errors='replace'"
+    )
+
+
+def test_a_tuple_to_feature_extraction_is_refused_as_transformers_cannot_take_it(pipes):
+    """transformers' feature-extraction pipeline has no pairs: a tuple reaches its tokenizer as a batch of
+    texts and fails for texts of different lengths (run here); ours used to embed the two texts."""
+    from tests.fixtures.runtime_exports import hf_pipeline
+
+    pair = ("the movie was good", "it was not very good at all")
+    with pytest.raises(ValueError, match="Unable to create tensor"):
+        hf_pipeline("feature-extraction", tiny_export("bert", "feature-extraction")[0])(pair)
+    with pytest.raises(InputError) as raised:
+        pipes["feature-extraction"](pair)
+    assert str(raised.value) == (
+        "the input is a tuple of 2; feature-extraction embeds single texts and has no text pairs (as transformers' "
+        "pipeline): pass a list of texts [a, b] for one embedding each"
+    )
+    assert len(pipes["feature-extraction"](list(pair))) == 2
