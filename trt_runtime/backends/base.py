@@ -98,6 +98,13 @@ class BackendUnavailableError(QbertError, RuntimeError):
     code = "backend-unavailable"
 
 
+class BackendRunError(QbertError, RuntimeError):
+    """The backend failed on inputs that passed the runner's checks (the graph and export.json disagree, or the
+    machine ran out of memory); the message carries the backend's own error and says what to do."""
+
+    code = "backend-run-failed"
+
+
 OptionsT = TypeVar("OptionsT", bound="RunnerOptions")
 
 

@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from trt_runtime.backends.artefacts import CacheLocation, Expected, cache_location, verify, write_record
-from trt_runtime.backends.base import BaseRunner, CacheStatus
+from trt_runtime.backends.base import BackendRunError, BaseRunner, CacheStatus
 from trt_runtime.backends.onnxruntime.graphs import (
     ChosenGraph,
     choose_graph,
@@ -44,6 +45,14 @@ from trt_runtime.contract.files import reserved_path, sha256_bytes, write_text_a
 
 __all__ = ["CACHE_DIR", "OrtOptions", "OrtRunner", "choose_graph", "choose_providers", "ort_model_path"]
 
+#: the exceptions ONNX Runtime raises from a run (its C++ status codes, registered by pybind11 as plain
+#: Exception subclasses: onnxruntime/python/onnxruntime_pybind_exceptions.cc)
+ONNXRUNTIME_ERRORS: tuple[type[Exception], ...] = tuple(
+    error
+    for name in ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
+                 "InvalidProtobuf", "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail")
+    if isinstance(error := getattr(ort_state, name, None), type) and issubclass(error, Exception)
+)
 logger = logging.getLogger(__name__)
 
 GRAPH_OPTIMIZATION_LEVELS = {
@@ -158,7 +167,15 @@ class OrtRunner(BaseRunner):
         )
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = self.session.run(self.output_names, feeds)
+        try:
+            outputs = self.session.run(self.output_names, feeds)
+        except ONNXRUNTIME_ERRORS as e:  # pybind11 exceptions: neither ValueError nor RuntimeError
+            shapes = ", ".join(f"{name} {list(value.shape)}" for name, value in feeds.items())
+            raise BackendRunError(
+                f"ONNX Runtime could not run {self.export_dir / 'model.onnx'} on inputs that passed the checks "
+                f"({shapes}): {' '.join(str(e).split())}. Its graph and export.json disagree (re-export the "
+                f"model), or the machine is out of memory (run a smaller batch)"
+            ) from e
         return dict(zip(self.output_names, outputs))
 
     def __repr__(self) -> str:

@@ -385,3 +385,41 @@ def test_runner_is_torch_free():
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+
+
+def test_an_onnxruntime_failure_at_run_time_is_a_documented_error_naming_the_file(tmp_path):
+    """An export whose export.json (and its copy in model.onnx) claims 1000 positions for a model of 64: the
+    feeds pass the checks and ONNX Runtime's Gather fails with its InvalidArgument, a plain Exception."""
+    import onnx
+
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+    from trt_runtime.backends.base import BackendRunError
+    from trt_runtime.contract.files import sha256_file
+
+    directory = fresh_copy(tiny_export("bert", "feature-extraction")[1], tmp_path)
+    model = onnx.load(directory / "model.onnx")
+    (copy,) = [p for p in model.metadata_props if p.key == "export"]
+    copy.value = json.dumps({**json.loads(copy.value), "max_sequence_length": 1000})
+    onnx.save(model, directory / "model.onnx")
+    info = json.loads((directory / "export.json").read_text())
+    info.update(max_sequence_length=1000, onnx_sha256=sha256_file(directory / "model.onnx"))
+    (directory / "export.json").write_text(json.dumps(info))
+    ids = np.ones((1, 100), np.int64)
+    feeds = {"input_ids": ids, "attention_mask": ids, "token_type_ids": 0 * ids}
+    session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
+    with pytest.raises(InvalidArgument):  # ONNX Runtime itself
+        session.run(None, feeds)
+    assert not issubclass(InvalidArgument, (ValueError, RuntimeError))
+    runner = OrtRunner(directory, graph="exported", cache=False)
+    with pytest.raises(BackendRunError) as raised:
+        runner(feeds)
+    message = str(raised.value)
+    assert raised.value.code == "backend-run-failed" and isinstance(raised.value, RuntimeError)
+    assert message.startswith(
+        f"ONNX Runtime could not run {directory / 'model.onnx'} on inputs that passed the checks (input_ids [1, 100], "
+        f"attention_mask [1, 100], token_type_ids [1, 100]): [ONNXRuntimeError] : 2 : INVALID_ARGUMENT : "
+    )
+    assert "indices element out of data bounds" in message
+    assert message.endswith("Its graph and export.json disagree (re-export the model), or the machine is out of "
+                            "memory (run a smaller batch)")
