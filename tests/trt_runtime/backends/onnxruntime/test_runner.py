@@ -391,7 +391,6 @@ def test_an_onnxruntime_failure_at_run_time_is_a_documented_error_naming_the_fil
     """An export whose export.json (and its copy in model.onnx) claims 1000 positions for a model of 64: the
     feeds pass the checks and ONNX Runtime's Gather fails with its InvalidArgument, a plain Exception."""
     import onnx
-
     from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
     from trt_runtime.backends.base import BackendRunError
