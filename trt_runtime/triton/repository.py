@@ -13,7 +13,10 @@ dynamic batching (preferred batch sizes, a maximum queue delay) and an instance 
 carry the export directory (`1/export/`) and, unless vendor_runtime=False, the trt_runtime package
 (`1/trt_runtime/`), so the repository is self-contained. Large files are hard links where the file system
 allows (copies otherwise). `repository.json` at the top records what was made, from what, and what was
-left out and why. The repository is written in a temporary sibling and renamed into place.
+left out and why. The repository is written in a locked temporary sibling and swapped into place
+(`contract.files.atomic_directory`, recovered after a kill); `--force` replaces only a directory with its own
+repository.json, never an input. Only the export's regular files are carried: a link to a file inside it is
+copied as that file.
 """
 
 from __future__ import annotations
