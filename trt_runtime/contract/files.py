@@ -183,8 +183,8 @@ def check_output_outside_inputs(
             continue
         raise OutputOverlapError(
             f"{output_label} {output} {relation} the input {label} {given}: writing it would "
-            f"{'destroy' if relation != 'lies inside' else 'change'} what it is made from; choose an output "
-            f"outside {given}",
+            f"{'destroy' if relation != 'lies inside' else 'change'} what it is made from; "
+            + (f"choose another {output_label}" if relation == "is" else f"choose an output outside {given}"),
             None,
             os.fspath(output),
         )
