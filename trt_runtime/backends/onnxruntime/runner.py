@@ -31,7 +31,14 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from trt_runtime.backends.artefacts import CacheLocation, Expected, cache_location, verify, write_record
+from trt_runtime.backends.artefacts import (
+    CacheLocation,
+    Expected,
+    cache_location,
+    cache_location_for,
+    verify,
+    write_record,
+)
 from trt_runtime.backends.base import BackendRunError, BaseRunner, CacheStatus
 from trt_runtime.backends.onnxruntime.graphs import (
     ChosenGraph,
@@ -39,7 +46,7 @@ from trt_runtime.backends.onnxruntime.graphs import (
     first_provider,
     has_external_data,
 )
-from trt_runtime.backends.onnxruntime.options import CACHE_DIR_ENV, OrtOptions, ProviderSpec
+from trt_runtime.backends.onnxruntime.options import OrtOptions, ProviderSpec
 from trt_runtime.contract.export_dir import CACHE_DIR, ExportDirError, ExportInfo
 from trt_runtime.contract.files import reserved_path, sha256_bytes, write_text_atomic
 
@@ -114,17 +121,6 @@ def ort_model_path(
     return choose_graph(export_dir, info, graph, providers, cache_location(export_dir, info, None)).path
 
 
-def cache_location_for(export_dir: Path, info: ExportInfo, options: OrtOptions) -> CacheLocation | None:
-    """Where this runner caches what it derives; None with cache=False."""
-    if not options.cache:
-        return None
-    named = options.resolved_cache_dir()
-    origin = ""
-    if named is not None:
-        origin = f"cache_dir={str(named)!r}" if options.cache_dir is not None else f"${CACHE_DIR_ENV}={str(named)!r}"
-    return cache_location(export_dir, info, named, origin)
-
-
 class OrtRunner(BaseRunner):
     """Runs an export directory with ONNX Runtime (a `BaseRunner`; options: `OrtOptions`).
 
@@ -152,7 +148,7 @@ class OrtRunner(BaseRunner):
         self._providers, providers_reason = choose_providers(self.options.providers)
         super().__init__(export_dir, info=info, reason=f"{reason}; {providers_reason}", verify_sha256=verify_sha256)
         self.graph_optimization_level = self.options.graph_optimization_level
-        location = cache_location_for(self.export_dir, self.info, self.options)
+        location = cache_location_for(self.export_dir, self.info, self.options.cache, self.options.cache_dir)
         graph = choose_graph(self.export_dir, self.info, self.options.graph, self._providers, location)
         self._set_choice(
             graph=graph.name, graph_reason=graph.reason, cache=graph.cache, cache_detail=graph.cache_detail
