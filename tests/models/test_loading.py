@@ -1,5 +1,6 @@
-"""Issue 11, checkpoints: `models.load` detects every bad checkpoint at load with CheckpointError and the fix,
-and never runs code from an untrusted pickle.
+"""models.loading: `models.load` detects every bad checkpoint at load with CheckpointError and the fix (weights
+of the wrong shape, kind or values, a config.json transformers refuses), and never runs code from an untrusted
+pickle.
 
 Covered elsewhere and not repeated: missing and unexpected keys in one message, safetensors read before
 a pickle that is not one, a missing task head (test_models_float).
