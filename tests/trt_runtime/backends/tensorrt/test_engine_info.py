@@ -11,9 +11,11 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import trt_runtime
 from tests.fixtures.interruptions import (
     ENV,
     age_leftovers,
@@ -28,9 +30,14 @@ from trt_runtime.backends.tensorrt.engine_info import (
     read_engine_info,
     write_engine,
 )
-from trt_runtime.backends.tensorrt.profiles import ShapeRange
-from trt_runtime.contract.export_dir import ENGINE, ENGINE_JSON
+from trt_runtime.backends.tensorrt.profiles import ShapeRange, resolve_profile
+from trt_runtime.contract.export_dir import (
+    ENGINE,
+    ENGINE_JSON,
+    read_export_info,
+)
 from trt_runtime.contract.files import sha256_bytes, write_bytes_atomic
+from trt_runtime.loader import cpu_backends
 
 
 def _matches(info: EngineInfo, directory, **overrides):
@@ -220,3 +227,58 @@ def test_engine_write_killed_leaves_the_old_engine_or_a_detected_mismatch(tmp_pa
     write_engine(tmp_path, new_engine, _engine_record(new_engine))  # the next build: whole, and tidy
     assert sorted(p.name for p in tmp_path.iterdir()) == [ENGINE_JSON, ENGINE]
     _check(tmp_path)()
+
+
+# --- engine.json: built on another machine (pure checks; TensorRT is not needed) -----------------------------
+
+def _engine_info(export: Path, **overrides: Any) -> EngineInfo:
+    info = read_export_info(export)
+    fields: dict[str, Any] = dict(
+        tensorrt_version="10.13.0.35",
+        gpu_name="NVIDIA H100 80GB HBM3",
+        compute_capability="9.0",
+        onnx_sha256=info.onnx_sha256,
+        engine_sha256=hashlib.sha256(b"engine").hexdigest(),
+        profiles=[resolve_profile(info)],
+    )
+    fields.update(overrides)
+    return EngineInfo(**fields)
+
+
+def test_engine_from_another_tensorrt_and_gpu_is_refused_naming_both_and_the_rebuild(export_copy):
+    write_engine(export_copy, b"engine", _engine_info(export_copy))
+    recorded = read_engine_info(export_copy)
+    with pytest.raises(EngineMismatchError) as error:
+        check_engine_matches(
+            recorded,
+            export_copy,
+            onnx_sha256=read_export_info(export_copy).onnx_sha256 or "",
+            tensorrt_version="10.14.1.48",
+            compute_capability="8.9",
+            engine_sha256=hashlib.sha256(b"engine").hexdigest(),
+        )
+    message = str(error.value)
+    assert "built with TensorRT 10.13.0.35 but TensorRT 10.14.1.48 is installed" in message
+    assert "compute capability 9.0 (NVIDIA H100 80GB HBM3) but this GPU has compute capability 8.9" in message
+    assert message.endswith(f"To fix, rebuild it: python -m trt_runtime build {export_copy}")
+    # on this machine (no TensorRT) "auto" still serves the export with ONNX Runtime, and says why
+    runner = trt_runtime.load(export_copy)
+    assert runner.backend == cpu_backends("none")[0] and "TensorRT is not available" in runner.choice.reason
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"onnx_sha256": None}, "onnx_sha256 must be strings"),
+        ({"tensorrt_version": 10}, "tensorrt_version must be strings"),
+        ({"profiles": []}, "it has no optimization profile"),
+        ({"profiles": ["input_ids"]}, "incomplete or malformed"),
+    ],
+)
+def test_engine_json_with_wrong_values_is_a_mismatch_not_a_crash(export_copy, change, message):
+    write_engine(export_copy, b"engine", _engine_info(export_copy))
+    data = json.loads((export_copy / ENGINE_JSON).read_text())
+    data.update(change)
+    (export_copy / ENGINE_JSON).write_text(json.dumps(data))
+    with pytest.raises(EngineMismatchError, match=f"{message}.*rebuild"):
+        read_engine_info(export_copy)
