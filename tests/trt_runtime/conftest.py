@@ -26,3 +26,9 @@ def edit_export_json(directory: Path, change: Callable[[dict[str, Any]], Any]) -
     data = json.loads((directory / EXPORT_JSON).read_text())
     change(data)
     (directory / EXPORT_JSON).write_text(json.dumps(data))
+
+
+@pytest.fixture(scope="module")
+def clf_dir() -> Path:
+    """The tiny BERT text-classification export (shared: do not change it; take `export_copy` for that)."""
+    return tiny_export("bert", "text-classification")[1]

@@ -24,11 +24,16 @@ import pytest
 import trt_runtime
 from tests.fixtures import ROOT
 from tests.fixtures.runtime_exports import save_checkpoint, tiny_export
-from tests.fixtures.tiny_models import hf_outputs, padded_batch
+from tests.fixtures.tiny_models import VOCAB, hf_outputs, padded_batch
 from trt_runtime.backends.base import BackendChoice, BaseRunner, CacheStatus, Runner
 from trt_runtime.backends.onnxruntime.options import OrtOptions
 from trt_runtime.backends.onnxruntime.runner import CACHE_DIR, OrtRunner
-from trt_runtime.contract.export_dir import ENGINE, ENGINE_JSON, ExportDirError, read_export_info
+from trt_runtime.contract.export_dir import (
+    ENGINE,
+    ENGINE_JSON,
+    ExportDirError,
+    read_export_info,
+)
 from trt_runtime.loader import BackendUnavailableError, cpu_backends
 from trt_runtime.validation import InputError
 
@@ -660,3 +665,103 @@ def test_processes_making_runners_on_a_fresh_export_all_get_the_serial_graph(qdq
     for n in range(PROCESSES):
         np.testing.assert_array_equal(np.load(tmp_path / f"out-{n}.npy"), serial, err_msg=f"process {n}")
     assert not _no_temporaries(export_dir)
+
+
+# --- out-of-range ids: ONNX Runtime alone answers wrongly; the runner refuses first --------------------------
+
+@pytest.fixture(scope="module")
+def clf_runner(clf_dir: Path) -> OrtRunner:
+    return OrtRunner(clf_dir, cache=False)
+
+
+def _ids_feeds(ids: list[list[int]], **overrides: Any) -> dict[str, np.ndarray]:
+    input_ids = np.array(ids, dtype=np.int64)
+    feeds = {
+        "input_ids": input_ids,
+        "attention_mask": np.ones_like(input_ids),
+        "token_type_ids": np.zeros_like(input_ids),
+    }
+    feeds.update({name: np.asarray(value, dtype=np.int64) for name, value in overrides.items()})
+    return feeds
+
+
+
+
+
+GOOD = [[2, 10, 11, 3]]
+
+
+def _raw_session(export_dir: Path) -> ort.InferenceSession:
+    """A bare ONNX Runtime session on the export's model.onnx, with no validation in front of it."""
+    return ort.InferenceSession(str(export_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+def test_negative_token_id_is_silently_another_token_in_onnxruntime_and_refused_by_the_runner(
+    clf_dir, clf_runner
+):
+    """Gather takes -1 as the last row: ONNX Runtime alone answers for token 98, a silently wrong answer."""
+    session = _raw_session(clf_dir)
+    negative = _ids_feeds([[2, -1, 11, 3]])
+    last_token = _ids_feeds([[2, VOCAB - 1, 11, 3]])
+    np.testing.assert_array_equal(session.run(None, negative)[0], session.run(None, last_token)[0])
+    with pytest.raises(
+        InputError, match=r"input_ids\[0, 1\] = -1 is out of range: token ids must be in \[0, 99\)"
+    ):
+        clf_runner(negative)
+
+
+def test_token_id_past_the_vocabulary_is_refused_before_the_gather(clf_dir, clf_runner):
+    """ONNX Runtime's CPU Gather stops with its own error (a GPU Gather reads out of bounds); ours is first."""
+    feeds = _ids_feeds([[2, VOCAB, 11, 3]])
+    with pytest.raises(Exception, match="out of data bounds") as raw:
+        _raw_session(clf_dir).run(None, feeds)
+    assert not isinstance(raw.value, InputError)
+    with pytest.raises(InputError, match=r"input_ids\[0, 1\] = 99 is out of range"):
+        clf_runner(feeds)
+
+
+def test_negative_token_type_is_silently_wrong_in_onnxruntime_and_refused_by_the_runner(clf_dir, clf_runner):
+    """-1 is the last row of the token-type table: ONNX Runtime alone answers as for token type 1."""
+    session = _raw_session(clf_dir)
+    right = session.run(None, _ids_feeds(GOOD))[0]
+    wrong = session.run(None, _ids_feeds(GOOD, token_type_ids=[[0, -1, 0, 0]]))[0]
+    np.testing.assert_array_equal(wrong, session.run(None, _ids_feeds(GOOD, token_type_ids=[[0, 1, 0, 0]]))[0])
+    assert not np.array_equal(wrong, right)
+    with pytest.raises(InputError, match=r"token_type_ids\[0, 1\] = -1 is out of range"):
+        clf_runner(_ids_feeds(GOOD, token_type_ids=[[0, -1, 0, 0]]))
+
+
+def test_attention_mask_of_5_gives_nan_in_onnxruntime_and_is_refused_by_the_runner(clf_dir, clf_runner):
+    session = _raw_session(clf_dir)
+    assert np.isnan(session.run(None, _ids_feeds(GOOD, attention_mask=[[1, 5, 1, 1]]))[0]).any()
+    with pytest.raises(InputError, match=r"attention_mask\[0, 1\] = 5 is out of range: .* 0 or 1"):
+        clf_runner(_ids_feeds(GOOD, attention_mask=[[1, 5, 1, 1]]))
+
+
+@pytest.mark.parametrize("name", ["input_ids", "attention_mask", "token_type_ids"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_float_feeds_with_nan_are_refused_by_dtype(clf_runner, name, dtype):
+    """None of our exports take float inputs: a float array (NaN or not) is refused by its dtype."""
+    feeds: dict[str, np.ndarray] = dict(_ids_feeds(GOOD))
+    value = feeds[name].astype(dtype)
+    value[0, 0] = np.nan
+    feeds[name] = value
+    with pytest.raises(
+        InputError,
+        match=rf"{name} has dtype {np.dtype(dtype).name}; expected integers .*astype\(np.int64\)",
+    ):
+        clf_runner(feeds)
+
+
+def test_runner_result_does_not_depend_on_the_feed_layout(clf_runner):
+    """Non-contiguous, big-endian, read-only and narrower feeds give the result of plain int64 ones."""
+    plain = _ids_feeds([[2, 10, 11, 3], [2, 12, 3, 0]], attention_mask=[[1, 1, 1, 1], [1, 1, 1, 0]])
+    expected = clf_runner(plain)["logits"]
+    wide = {name: np.repeat(value, 2, axis=1)[:, ::2] for name, value in plain.items()}  # strided views
+    big_endian = {name: value.astype(">i8") for name, value in plain.items()}
+    read_only = {name: value.copy() for name, value in plain.items()}
+    for value in read_only.values():
+        value.flags.writeable = False
+    narrow = {name: value.astype(np.uint8) for name, value in plain.items()}
+    for feeds in (wide, big_endian, read_only, narrow):
+        np.testing.assert_array_equal(clf_runner(feeds)["logits"], expected)
