@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from trt_runtime.backends.artefacts import CACHE_DIR_ENV, resolved_cache_dir
+from trt_runtime.backends.artefacts import CACHE_DIR_ENV
 from trt_runtime.backends.base import RunnerOptions
 
 __all__ = ["CACHE_DIR_ENV", "GRAPHS", "GRAPH_OPTIMIZATION_LEVELS", "OrtOptions", "ProviderSpec"]
@@ -74,6 +73,3 @@ class OrtOptions(RunnerOptions):
                 f"providers=['CPUExecutionProvider']"
             )
 
-    def resolved_cache_dir(self) -> Path | None:
-        """The cache directory the options name (`cache_dir`, else $QBERT_CACHE_DIR); None: the export's own."""
-        return resolved_cache_dir(self.cache_dir)[0]
