@@ -56,6 +56,7 @@ from benchmarks.variants import (  # noqa: E402
     random_feeds,
     variant_specs,
 )
+from trt_runtime.contract.files import check_output_outside_inputs  # noqa: E402
 
 #: the default run: the peers of issue 19 and each of our backends (benchmarks/variants.py says what each is)
 VARIANTS = (
@@ -281,6 +282,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--name", default=None, help="results file stem (default bench, or bench-quick)")
     args = parser.parse_args(argv)
+    try:  # the results must not land in (or replace) the exports they measure
+        check_output_outside_inputs(args.output, {"--exports": args.exports})
+    except OSError as e:
+        parser.error(str(e))
     ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
     if args.models is None:
         args.models = ["minilm"] if args.quick else ["bert-base", "minilm"]

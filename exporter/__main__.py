@@ -13,6 +13,7 @@ import sys
 from exporter.errors import ExportError, ExportValidationError
 from exporter.options import MAX_OPSET, MIN_OPSET, check_opset, resolve_task
 from models.quantization.recipe import QuantizationRecipe
+from trt_runtime.contract.errors import report
 from trt_runtime.contract.tasks import AUTO_TASK, TASK_SYNONYMS, TASKS
 
 
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # an output that cannot be written (read-only, full, immutable, a mount point)
+        return report(e)
     print(out)
     return 0
 

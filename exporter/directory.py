@@ -14,12 +14,18 @@ the two renames of the fallback swap, first puts the previous export back from `
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from pathlib import Path
 
 from exporter.errors import ExportError
 from trt_runtime.contract.export_dir import CONFIG_JSON, EXPORT_JSON, ExportDirError, read_export_info
-from trt_runtime.contract.files import atomic_directory
+from trt_runtime.contract.files import (
+    OutputOverlapError,
+    atomic_directory,
+    check_output_outside_inputs,
+    check_replaceable_directory,
+)
 from trt_runtime.contract.files import recover_interrupted as files_recover_interrupted
 
 #: Tokenizer files of the Hugging Face formats (fast tokenizer.json; WordPiece vocab.txt; BPE vocab.json +
@@ -37,11 +43,17 @@ TOKENIZER_FILES = (
 )
 
 
-def check_output_dir(out_dir: Path, model_dir: Path) -> None:
-    """Refuse outputs that would destroy something that is not a previous export."""
-    out, src = out_dir.resolve(), model_dir.resolve()
-    if out == src or out in src.parents:
-        raise ExportError(f"--output {out_dir} would replace the checkpoint {model_dir}; choose another directory")
+def check_output_dir(out_dir: Path, model_dir: Path, calibration_data: str | os.PathLike | None = None) -> None:
+    """Refuse, before any work, outputs that would destroy something that is not a previous export: an input
+    (the checkpoint, the calibration data: the output is, contains or lies inside one), a mount point (which
+    the swap cannot replace), a file or a directory that is not an export."""
+    try:
+        check_output_outside_inputs(
+            out_dir, {"--model": model_dir, "--calibration-data": calibration_data}, replaces_directory=True
+        )
+    except OutputOverlapError as e:
+        raise ExportError(str(e)) from None
+    check_replaceable_directory(out_dir)
     if out_dir.exists():
         if not out_dir.is_dir():
             raise ExportError(f"--output {out_dir} exists and is not a directory; choose another path")

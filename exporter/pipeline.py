@@ -119,15 +119,26 @@ def export(
     except RecipeError as e:
         raise ExportError(str(e)) from None
     quantization = recipe.mode
-    check_output_dir(out_dir, model_dir)
+    check_output_dir(out_dir, model_dir, recipe.calibration_data)
     calibrating = quantization != "none"
     step = _Steps(say, 4 + calibrating + validate)
 
     step(f"loading {model_dir} as {arch.model_type} {task}, quantization={quantization}")
-    model = models.load(
-        model_dir, task=task, quantization=quantization, force_dequant=recipe.force_dequant,
-        wide_activations=recipe.wide_activations,
-    )
+    try:
+        model = models.load(
+            model_dir, task=task, quantization=quantization, force_dequant=recipe.force_dequant,
+            wide_activations=recipe.wide_activations,
+        )
+    except models.CheckpointError as e:
+        if not e.head_missing:
+            raise
+        # models.load's fix (init_missing_head=True) would export a random head: the exporter offers none
+        raise models.CheckpointError(
+            e.problem,
+            fix=f"the checkpoint has no trained {task} head: export the task it was trained for (--task auto "
+            f"reads it from config.json's architectures: {task_from_config(config)}), or fine-tune the head "
+            f"first and export that checkpoint",
+        ) from None
     if quantization == "integer":
         wide = model.config.wide_activations
         say(f"  16-bit activations at: {', '.join(wide)}" if wide else "  8-bit activations everywhere (I-BERT's)")

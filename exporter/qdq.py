@@ -25,13 +25,18 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from trt_runtime.contract.errors import VALIDATION_FAILED, QbertError
+
 QUANTIZE, DEQUANTIZE = "QuantizeLinear", "DequantizeLinear"
 #: consumers into which TensorRT fuses a DequantizeLinear (and the residual Add it fuses into a GEMM/conv)
 FUSIBLE_CONSUMERS = ("MatMul", "Gemm", "Conv", "Add")
 
 
-class QdqLayoutError(RuntimeError):
+class QdqLayoutError(QbertError, RuntimeError):
     """The fake-quantized model exported Q/DQ that TensorRT's explicit quantization cannot take."""
+
+    code = "qdq-layout"
+    exit_code = VALIDATION_FAILED
 
 
 @dataclass(frozen=True)

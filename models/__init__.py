@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from models.architectures import ARCHITECTURES, FORCE_DEQUANT_VALUES, QUANTIZATION_MODES, Architecture
-    from models.loading import CheckpointError, load, load_config
+    from models.errors import CheckpointError
+    from models.loading import load, load_config
     from models.tasks import TASKS, TaskModel
 
 __all__ = [
@@ -33,7 +34,7 @@ _LAZY = {
     "FORCE_DEQUANT_VALUES": "models.architectures",
     "QUANTIZATION_MODES": "models.architectures",
     "Architecture": "models.architectures",
-    "CheckpointError": "models.loading",
+    "CheckpointError": "models.errors",
     "load": "models.loading",
     "load_config": "models.loading",
     "TASKS": "models.tasks",

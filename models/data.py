@@ -26,13 +26,16 @@ import csv
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from models.errors import DataError
+from trt_runtime.contract.text import text_problem
 
 Text = str | tuple[str, str]
 
@@ -54,10 +57,6 @@ SPLITS: dict[str, tuple[float, float]] = {
 }
 SPLIT_SALT = "qbert-deploy split v1"
 DATA_SUFFIXES = (".txt", ".jsonl")
-
-
-class DataError(ValueError):
-    """Calibration or evaluation data cannot be read; the message names the file, the line and the fix."""
 
 
 # -- the fixed splits ------------------------------------------------------------------------------
@@ -134,45 +133,67 @@ def calibration_subset() -> list[str]:
 # -- reading calibration data ---------------------------------------------------------------------
 
 
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line, decoded as UTF-8 line by line so that a bad byte is reported with
+    its file, line and column (a plain `open(encoding="utf-8")` names neither)."""
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            try:
+                yield line_number, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"{path}:{line_number}: byte {raw[e.start]:#04x} at column {e.start + 1} is not UTF-8 ({e.reason}); "
+                    f"calibration data is UTF-8 text: convert the file (e.g. iconv -f latin1 -t utf-8)"
+                ) from None
+
+
+def _checked(path: Path, line_number: int, text: str) -> str:
+    """`text`, unless the model would see nothing of it (the pipelines' rule, trt_runtime.contract.text): a
+    calibration batch of such texts calibrates on [CLS] [SEP] only."""
+    problem = text_problem(text)
+    if problem is not None:
+        raise DataError(f"{path}:{line_number}: the text {text!r} {problem} (or remove the line)")
+    return text
+
+
 def _read_txt(path: Path) -> list[Text]:
     texts: list[Text] = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            parts = line.split("\t")
-            if len(parts) == 1:
-                texts.append(parts[0])
-            elif len(parts) == 2:
-                texts.append((parts[0], parts[1]))
-            else:
-                raise DataError(
-                    f"{path}:{line_number}: {len(parts) - 1} tabs; a line is one text, or two texts of a pair "
-                    f"separated by one tab (use .jsonl with text/text_pair for texts that contain tabs)"
-                )
+    for line_number, line in _lines(path):
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue  # blank lines separate texts
+        parts = line.split("\t")
+        if len(parts) == 1:
+            texts.append(_checked(path, line_number, parts[0]))
+        elif len(parts) == 2:
+            texts.append((_checked(path, line_number, parts[0]), _checked(path, line_number, parts[1])))
+        else:
+            raise DataError(
+                f"{path}:{line_number}: {len(parts) - 1} tabs; a line is one text, or two texts of a pair "
+                f"separated by one tab (use .jsonl with text/text_pair for texts that contain tabs)"
+            )
     return texts
 
 
 def _read_jsonl(path: Path) -> list[Text]:
     texts: list[Text] = []
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record: Any = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{line_number}: not valid JSON ({e})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise DataError(f'{path}:{line_number}: each line must be an object with a string "text" field')
-            pair = record.get("text_pair")
-            if pair is None:
-                texts.append(record["text"])
-            elif isinstance(pair, str):
-                texts.append((record["text"], pair))
-            else:
-                raise DataError(f'{path}:{line_number}: "text_pair" must be a string')
+    for line_number, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            record: Any = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{line_number}: not valid JSON ({e})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise DataError(f'{path}:{line_number}: each line must be an object with a string "text" field')
+        pair = record.get("text_pair")
+        text = _checked(path, line_number, record["text"])
+        if pair is None:
+            texts.append(text)
+        elif isinstance(pair, str):
+            texts.append((text, _checked(path, line_number, pair)))
+        else:
+            raise DataError(f'{path}:{line_number}: "text_pair" must be a string')
     return texts
 
 

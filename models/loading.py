@@ -11,8 +11,10 @@ from pathlib import Path
 
 import torch
 from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
 
 from models.architectures import FORCE_DEQUANT_VALUES, QUANTIZATION_MODES, Architecture, architecture_for
+from models.errors import CheckpointError
 from models.tasks import TASKS, TaskModel, task_class
 
 logger = logging.getLogger(__name__)
@@ -46,10 +48,6 @@ _CLASS_SUFFIX_TO_TASK = {
     "ForMultipleChoice": "multiple-choice",
     "ForNextSentencePrediction": "next-sentence-prediction",
 }
-
-
-class CheckpointError(ValueError):
-    """The checkpoint directory cannot be loaded into the requested model (message says why and what to do)."""
 
 
 def _read_json(path: Path) -> dict:
@@ -90,6 +88,13 @@ def load_config(path: str | os.PathLike) -> tuple[PretrainedConfig, Architecture
             f"{config_path} has a value {arch.config_class.__name__} refuses ({type(e).__name__}: "
             f"{' '.join(str(e).split())}); fix config.json or re-save the checkpoint"
         ) from None
+    activation = getattr(config, "hidden_act", None)
+    if isinstance(activation, str) and activation not in ACT2FN:
+        # transformers builds the layers with ACT2FN[config.hidden_act] (a bare KeyError for an unknown name)
+        raise CheckpointError(
+            f"{config_path}: hidden_act {activation!r} is not an activation transformers has; choose one of "
+            f"{', '.join(sorted(ACT2FN))} (BERT checkpoints use 'gelu')"
+        )
     # The tokenizer, not the model, decides the padding id in a few old configs; keep what the file says.
     return config, arch
 
@@ -235,13 +240,15 @@ def load_weights(
             parts.append(f"missing keys: {_summarize(missing)}")
         if unexpected:
             parts.append(f"unexpected keys: {_summarize(sorted(unexpected))}")
+        only_head = bool(missing) and all(k in head_missing for k in missing) and not unexpected
         hint = (
             "pass init_missing_head=True to start a new head for fine-tuning"
-            if missing and all(k in head_missing for k in missing) and not unexpected
+            if only_head
             else "check that the checkpoint's config.json matches its weights and that the task is right"
         )
-        raise CheckpointError("; ".join(parts) + f". ({hint})")
+        raise CheckpointError("; ".join(parts), fix=hint, head_missing=only_head)
 
+    converted: dict[str, list[str]] = {}
     with torch.no_grad():
         for key, value in state.items():
             if key not in own:
@@ -252,8 +259,43 @@ def load_weights(
                     f"{source}: {key} has shape {tuple(value.shape)}, the model built from config.json expects "
                     f"{tuple(target.shape)}; config.json and the weights disagree"
                 )
+            _check_weight(source, key, value, target, converted)
             target.copy_(value.to(target.dtype))
+    for dtype, keys in converted.items():
+        # transformers casts floating weights to the dtype asked for without a word (modeling_utils'
+        # `param.to(dtype)` for floating parameters); we say it: an fp16/bf16 checkpoint is upcast losslessly,
+        # a float64 one loses precision
+        logger.warning(
+            "%s: %d weight(s) stored as %s were converted to %s (%s)", source, len(keys), dtype,
+            str(own[keys[0]].dtype).removeprefix("torch."), _summarize(keys),
+        )
     load_quantization_state(model, state)
+    load_quantization_state(model, state)
+
+
+def _check_weight(
+    source: Path, key: str, value: torch.Tensor, target: torch.Tensor, converted: dict[str, list[str]]
+) -> None:
+    """Refuse a weight that cannot be what the model computes with: an integer or bool tensor where the model
+    has a floating one (a quantized or corrupted file, never a value to cast), or NaN/inf values (a diverged
+    training run or a damaged file: the export's validation would report it as a bug of the export).
+    A floating weight of another floating dtype is converted (noted in `converted`, warned once per dtype)."""
+    if target.is_floating_point() and not value.is_floating_point():
+        raise CheckpointError(
+            f"{source}: {key} is stored as {str(value.dtype).removeprefix('torch.')}, the model computes it as "
+            f"{str(target.dtype).removeprefix('torch.')}; a weight of another kind cannot be cast to it",
+            fix="save the checkpoint with floating-point weights (model.save_pretrained of the float model)",
+        )
+    if value.is_floating_point():
+        if not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(
+                f"{source}: {key} holds {bad} NaN or infinite value(s) of {value.numel()}; the model would compute "
+                f"NaN",
+                fix="the checkpoint is damaged or its training diverged: download, re-save or retrain it",
+            )
+        if value.dtype != target.dtype:
+            converted.setdefault(str(value.dtype).removeprefix("torch."), []).append(key)
 
 
 def load_quantization_state(model: TaskModel, state: Mapping[str, torch.Tensor]) -> None:

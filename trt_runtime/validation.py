@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from trt_runtime.contract.errors import QbertError
 from trt_runtime.contract.export_dir import ExportInfo, TensorSpec
 
 INPUT_IDS = "input_ids"
@@ -32,8 +33,10 @@ TOKEN_TYPE_IDS = "token_type_ids"
 OPTIONAL_INPUTS = {TOKEN_TYPE_IDS: 0}
 
 
-class InputError(ValueError):
+class InputError(QbertError, ValueError):
     """Input a model cannot run on (feeds to a runner, text to a pipeline); the message says the fix."""
+
+    code = "input-invalid"
 
 
 def _expected_names(info: ExportInfo) -> str:

@@ -42,6 +42,7 @@ from benchmarks.eval.recipe import (
     ptq_variants,
 )
 from benchmarks.eval.tasks import Examples, Task, examples, inference_batches, training_batches
+from trt_runtime.contract.errors import QbertError
 from trt_runtime.contract.files import sha256_file, write_bytes_atomic, write_json_atomic
 
 Say = Callable[[str], None]
@@ -50,8 +51,10 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 LAYER_PATTERN = re.compile(r"\.layers?\.(\d+)\.")
 
 
-class EvalError(RuntimeError):
+class EvalError(QbertError, RuntimeError):
     """A stage of the evaluation cannot run; the message says what to do."""
+
+    code = "eval-failed"
 
 
 # --- small helpers ---------------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from models.quantization.recipe import QUANTIZED_MODES, QuantizationRecipe
+from trt_runtime.contract.errors import report
+from trt_runtime.contract.files import check_output_file, check_output_outside_inputs
 
 #: 0.1's flag -> the recipe field it sets (hidden from --help, kept for scripts)
 LEGACY_FLAGS = {
@@ -66,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:  # CheckpointError, DataError, CalibrationError, a bad --keep-float: no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # an output that cannot be written (read-only, full, a directory): its code, exit 2
+        return report(e)
 
 
 def _calibrate_command(args: argparse.Namespace, recipe: QuantizationRecipe) -> int:
@@ -73,6 +77,11 @@ def _calibrate_command(args: argparse.Namespace, recipe: QuantizationRecipe) -> 
     from models.architectures import max_positions
     from models.quantization.calibration import calibrate_model, recipe_batches, save_model_calibration
 
+    # before any work: the output must not be (or lie inside) what it is made from, nor be a directory
+    check_output_outside_inputs(
+        args.output, {"--model": args.model, "--calibration-data": recipe.calibration_data}
+    )
+    check_output_file(args.output)
     model = models.load(
         args.model, task=args.task, quantization=recipe.mode, force_dequant=recipe.force_dequant,
         wide_activations=recipe.wide_activations,

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.errors import CheckpointError
 from models.quantization.errors import RecipeError
 from models.quantization.integer.calibration import calibrate_integer, save_integer_calibration
 from models.quantization.qdq.calibrate import calibrate
@@ -61,6 +62,21 @@ def recipe_batches(recipe: QuantizationRecipe, tokenizer_or_checkpoint_dir: Any)
     )
 
 
+def _check_token_ids(model: nn.Module, batches: list[Batch]) -> None:
+    """Refuse ids the embeddings cannot look up (torch would stop with a bare "IndexError: index out of range
+    in self" in the middle of calibration): a tokenizer with more tokens than the model's vocabulary."""
+    config = getattr(model, "config", None)
+    for name, limit_name in (("input_ids", "vocab_size"), ("token_type_ids", "type_vocab_size")):
+        limit = getattr(config, limit_name, None)
+        largest = max((int(batch[name].max()) for batch in batches if name in batch and batch[name].numel()), default=None)
+        if limit is not None and largest is not None and largest >= limit:
+            raise CheckpointError(
+                f"the calibration batches hold {name} {largest}, outside the model's {limit_name} of {limit} "
+                f"(config.json): the tokenizer does not belong to this checkpoint; calibrate with the checkpoint's "
+                f"own tokenizer, or fix {limit_name} in config.json"
+            )
+
+
 def calibrate_model(
     model: nn.Module,
     batches: Iterable[Batch],
@@ -80,6 +96,7 @@ def calibrate_model(
         )
     data = data or recipe.calibration_data or SHIPPED_DATA_LABEL
     batches = list(batches)
+    _check_token_ids(model, batches)
     kept: list[str] = []
     if recipe.mode == "qdq":
         if getattr(model, "task", None) == "multiple-choice":  # the head takes [batch, choices, sequence]

@@ -10,8 +10,10 @@ Standard library only: the recipe (`models.quantization.recipe`) raises `RecipeE
 
 from __future__ import annotations
 
+from trt_runtime.contract.errors import QbertError
 
-class QuantizationError(Exception):
+
+class QuantizationError(QbertError):
     """Base of the errors of `models.quantization` (calibration files, calibration state, recipes)."""
 
     code = "quantization"

@@ -167,3 +167,14 @@ def test_goal_check_takes_the_default_path_and_the_best_peers():
     assert check["ours"] == "ort-int8" and check["met"]["x_best_int8_peer >= 1.0"] is False
     check = report.goal_check(_results(timings, None, "openvino"))
     assert check["status"] == "not measured" and "the real-corpus pass" in check["missing"]
+
+
+def test_results_inside_the_exports_are_refused(tmp_path, capsys):
+    from benchmarks.bench import main
+
+    exports = tmp_path / "exports"
+    with pytest.raises(SystemExit) as raised:
+        main(["--exports", str(exports), "--output", str(exports / "results")])
+    assert raised.value.code == 2
+    assert f"--output {exports / 'results'} lies inside the input --exports {exports}" in capsys.readouterr().err
+    assert not exports.exists()

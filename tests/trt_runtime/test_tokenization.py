@@ -4,14 +4,21 @@ from tokenizer.json and from the vocab.txt / vocab.json + merges.txt fallbacks."
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
+import trt_runtime
+from tests.fixtures import ROOT
 from tests.fixtures.tiny_tokenizers import byte_level_bpe_tokenizer, save_tiny_tokenizer
-from trt_runtime.contract.export_dir import ExportDirError
+from trt_runtime.contract.export_dir import (
+    ExportDirError,
+)
 from trt_runtime.tokenization import TextTokenizer
 
 TINY_TEXTS = [
@@ -133,3 +140,31 @@ def test_broken_tokenizer_json_is_a_clear_error(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{}")
     with pytest.raises(ExportDirError, match="tokenizer.json cannot be read"):
         TextTokenizer.from_directory(tmp_path)
+
+
+# --- damaged tokenizer files ---------------------------------------------------------------------------------
+
+def test_tokenizer_config_that_is_not_json(export_copy):
+    (export_copy / "tokenizer_config.json").write_text("{'model_max_length': 64}")
+    with pytest.raises(
+        ExportDirError, match="tokenizer_config.json is not valid JSON .*copy the checkpoint's tokenizer"
+    ):
+        trt_runtime.pipeline("text-classification", export_copy)
+
+
+def test_run_command_without_a_tokenizer_exits_2_with_the_fix(export_copy):
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        (export_copy / name).unlink(missing_ok=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "trt_runtime", "run", str(export_copy), "a good day"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert (
+        result.stderr.startswith("error: no tokenizer in")
+        and "copy the checkpoint's tokenizer files" in result.stderr
+    )
+    assert "Traceback" not in result.stderr

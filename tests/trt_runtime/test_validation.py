@@ -5,6 +5,9 @@ The ONNX Runtime half checks that the runner calls it first: a bad feed never re
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -278,3 +281,135 @@ def test_validate_feeds_on_plausible_int_feeds(feeds):
     assert _is_valid(out, info)
     for name in feeds:
         np.testing.assert_array_equal(out[name], feeds[name])
+
+
+# --- property-based: nothing but InputError escapes, and what passes is safe to run --------------------------
+
+def _info(task: str, token_types: bool, max_len: int, vocab: int, types: int) -> ExportInfo:
+    shape: tuple[str, ...] = (
+        ("batch_size", "num_choices", "sequence_length")
+        if task == "multiple-choice"
+        else ("batch_size", "sequence_length")
+    )
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if token_types else [])
+    return ExportInfo(
+        architecture="bert",
+        model_type="bert",
+        task=task,
+        quantization="none",
+        opset=17,
+        inputs=[TensorSpec(name, "int64", shape) for name in names],
+        outputs=[TensorSpec("logits", "float32", ("batch_size", 2))],
+        max_sequence_length=max_len,
+        vocab_size=vocab,
+        type_vocab_size=types if token_types else 1,
+    )
+
+
+INFOS = st.builds(
+    _info,
+    task=st.sampled_from(["text-classification", "multiple-choice"]),
+    token_types=st.booleans(),
+    max_len=st.integers(1, 12),
+    vocab=st.integers(1, 40),
+    types=st.integers(1, 3),
+)
+ODD_DTYPES = st.sampled_from(
+    ["<i8", ">i8", ">i4", "<u2", ">u8", "i1", "u1", "<f4", ">f8", "?", "O", "V8", "M8[s]"]
+)
+
+
+class _BadArray:
+    """An array-like whose conversion fails."""
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        raise RuntimeError("no array for you")
+
+
+class _Feeds(Mapping[str, Any]):
+    """A read-only Mapping that is not a dict."""
+
+    def __init__(self, data: dict[str, Any]):
+        self._data = data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+@st.composite
+def odd_values(draw: st.DrawFn, shape: tuple[int, ...]) -> Any:
+    """An input of `shape` (usually) in an unusual form: odd dtypes and byte orders, views, objects."""
+    kind = draw(st.sampled_from(["array", "view", "list", "bad", "scalar"]))
+    if kind == "bad":
+        return _BadArray()
+    if kind == "scalar":
+        return draw(st.one_of(st.integers(-3, 50), st.floats(allow_nan=True), st.none(), st.text(max_size=2)))
+    dtype = np.dtype(draw(ODD_DTYPES))
+    if dtype.kind in "OVM":
+        return np.zeros(shape, dtype=dtype)
+    elements = st.integers(-2, 45) if dtype.kind in "iu" else None
+    if dtype.kind == "u":
+        elements = st.integers(0, 45)
+    if dtype.kind == "i" and dtype.itemsize == 1:
+        elements = st.integers(-2, 45)
+    value = draw(hnp.arrays(dtype, shape, elements=elements))
+    if kind == "view" and value.ndim and value.shape[-1] > 1:
+        return value[..., ::-1]  # negative strides
+    if kind == "list":
+        return value.tolist()
+    return value
+
+
+@st.composite
+def feeds_and_info(draw: st.DrawFn) -> tuple[Any, ExportInfo, dict[str, int]]:
+    info = draw(INFOS)
+    rank = len(info.inputs[0].shape)
+    shape = tuple(draw(st.lists(st.integers(0, 4), min_size=rank - 1, max_size=rank + 1))) + (
+        draw(st.integers(0, 14)),
+    )
+    names = draw(st.lists(st.sampled_from(info.input_names + ["labels"]), unique=True, max_size=4))
+    feeds = {name: draw(odd_values(shape)) for name in names}
+    limits = draw(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "max_batch_size": st.integers(1, 5),
+                "max_sequence_length": st.integers(1, 14),
+                "min_sequence_length": st.integers(1, 6),
+            },
+        )
+    )
+    wrapped = draw(st.sampled_from([dict, _Feeds]))(feeds)
+    return wrapped, info, limits
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=feeds_and_info())
+def test_validate_feeds_any_export_any_limits_raises_only_input_error(case):
+    feeds, info, limits = case
+    try:
+        out = validate_feeds(feeds, info, **limits)
+    except InputError:
+        return
+    ids = out["input_ids"]
+    limit = min(info.max_sequence_length, limits.get("max_sequence_length", info.max_sequence_length))
+    assert list(out) == info.input_names
+    assert all(
+        v.dtype == np.dtype(np.int64) and v.dtype.isnative and v.flags.c_contiguous for v in out.values()
+    )
+    assert all(v.shape == ids.shape for v in out.values()) and ids.size > 0
+    assert ids.ndim == len(info.inputs[0].shape)
+    assert limits.get("min_sequence_length", 1) <= ids.shape[-1] <= limit
+    assert ids.shape[0] <= limits.get("max_batch_size", ids.shape[0])
+    assert ids.min() >= 0 and ids.max() < info.vocab_size
+    assert set(np.unique(out["attention_mask"])) <= {0, 1}
+    if "token_type_ids" in out:
+        assert out["token_type_ids"].min() >= 0 and out["token_type_ids"].max() < info.type_vocab_size
+    for name, value in feeds.items():  # what was given comes back with the same values
+        np.testing.assert_array_equal(out[name], np.asarray(value).astype(np.int64))

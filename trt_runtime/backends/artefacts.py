@@ -175,6 +175,48 @@ def verify(path: Path, expected: Expected) -> tuple[bytes | None, list[str]]:
     return data, []
 
 
+def directory_sha256(directory: Path) -> str:
+    """The sha256 of a directory artefact (a compiled-model cache of several files): of the sorted names and
+    sha256 of its entries, which must all be regular files (a link or a subdirectory raises UnsafePathError)."""
+    entries = []
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+            raise UnsafePathError(f"{Path(entry.path)} is not a regular file; a derived directory holds only files")
+        entries.append(f"{entry.name}\0{sha256_file(entry.path)}")
+    return sha256_bytes("\n".join(entries).encode())
+
+
+def verify_directory(directory: Path, expected: Expected) -> list[str]:
+    """[] where the directory artefact and its record (`record_path(directory)`) match `expected`; else the
+    problems (as `verify` for a file: the record first, then what the directory holds)."""
+    record_file = record_path(directory)
+    if not os.path.lexists(directory):
+        return [f"{directory} not found"]
+    if directory.is_symlink() or not directory.is_dir():
+        return [f"{directory} is not a directory (a symbolic link?)"]
+    if not os.path.lexists(record_file):
+        return [f"{record_file} not found, so nothing says what {directory.name} was made from"]
+    try:
+        record = ArtefactRecord.from_dict(json.loads(_read_no_follow(record_file)))
+    except (ValueError, UnicodeDecodeError) as e:
+        return [f"its record {record_file} is unreadable ({e})"]
+    except OSError as e:
+        return [f"its record {record_file} cannot be read ({e})"]
+    problems = record.problems(expected)
+    if problems:
+        return problems
+    try:
+        digest = directory_sha256(directory)
+    except OSError as e:
+        return [str(e)]
+    if digest != record.sha256:
+        return [
+            f"{directory.name} does not hold the files its record describes (sha256 {digest[:12]}..., recorded "
+            f"{record.sha256[:12]}...): they were replaced, added or damaged"
+        ]
+    return []
+
+
 def write(path: Path, data: bytes, expected: Expected, *, root: Path) -> None:
     """Write the artefact, then its record (which holds the artefact's sha256: a reader that comes between
     the two sees a mismatch, never a wrong file under a right record)."""
@@ -211,6 +253,32 @@ class CacheLocation:
         ensure_directory(self.directory, root=self.root)
         with exclusive_lock(self.directory / LOCK_NAME, root=self.root):
             yield
+
+
+#: names a cache directory for every export a process loads (as `cache_dir=` does for one runner)
+CACHE_DIR_ENV = "QBERT_CACHE_DIR"
+
+
+def resolved_cache_dir(cache_dir: str | os.PathLike | None) -> tuple[Path | None, str]:
+    """(the cache directory a runner's options name, how it was named): `cache_dir`, else $QBERT_CACHE_DIR,
+    else (None, ""): the export's own `.cache`. The same for every backend that derives something."""
+    if cache_dir is not None:
+        return Path(cache_dir), f"cache_dir={str(cache_dir)!r}"
+    from_environment = os.environ.get(CACHE_DIR_ENV)
+    if from_environment:
+        return Path(from_environment), f"${CACHE_DIR_ENV}={from_environment!r}"
+    return None, ""
+
+
+def cache_location_for(
+    export_dir: Path, info: ExportInfo, cache: bool, cache_dir: str | os.PathLike | None
+) -> CacheLocation | None:
+    """Where a runner with options `cache` and `cache_dir` caches what it derives from this export; None
+    with cache=False."""
+    if not cache:
+        return None
+    named, origin = resolved_cache_dir(cache_dir)
+    return cache_location(export_dir, info, named, origin)
 
 
 def cache_location(export_dir: Path, info: ExportInfo, cache_dir: Path | None, origin: str = "") -> CacheLocation:

@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, final, runtime_checkable
 
 import numpy as np
 
+from trt_runtime.contract.errors import QbertError
 from trt_runtime.contract.export_dir import ExportInfo, TensorSpec, read_export_info
 from trt_runtime.validation import validate_feeds
 
@@ -82,19 +83,26 @@ class BackendChoice:
         )
 
 
-class RunnerClosedError(RuntimeError):
+class RunnerClosedError(QbertError, RuntimeError):
     """The runner was closed; load the export again."""
 
     code = "runner-closed"
 
 
-class BackendUnavailableError(RuntimeError):
+class BackendUnavailableError(QbertError, RuntimeError):
     """The backend asked for cannot run here; the message says what is missing and what to do.
 
     Raised by `trt_runtime.load` for an explicit backend, and by a runner that finds at construction that it
     cannot serve this export here (`backend="auto"` then tries the next backend)."""
 
     code = "backend-unavailable"
+
+
+class BackendRunError(QbertError, RuntimeError):
+    """The backend failed on inputs that passed the runner's checks (the graph and export.json disagree, or the
+    machine ran out of memory); the message carries the backend's own error and says what to do."""
+
+    code = "backend-run-failed"
 
 
 OptionsT = TypeVar("OptionsT", bound="RunnerOptions")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 NAME = "build"
 HELP = "build a TensorRT engine (model.engine + engine.json) from an export directory's model.onnx"
@@ -88,8 +89,19 @@ def main(args: argparse.Namespace) -> int:
     from trt_runtime.backends.tensorrt.onnx_prep import OnnxForTensorRTError
     from trt_runtime.backends.tensorrt.plugins import PluginsUnavailable
     from trt_runtime.backends.tensorrt.profiles import ProfileError
-    from trt_runtime.contract.export_dir import ExportDirError
+    from trt_runtime.contract.export_dir import ENGINE, ENGINE_JSON, EXPORT_JSON, MODEL_ONNX, ExportDirError
+    from trt_runtime.contract.files import check_output_outside_inputs
 
+    if args.timing_cache:  # read and rewritten by the build: never one of the files the build reads or writes
+        try:
+            check_output_outside_inputs(
+                args.timing_cache,
+                {name: Path(args.directory) / name for name in (MODEL_ONNX, EXPORT_JSON, ENGINE, ENGINE_JSON)},
+                output_label="--timing-cache",
+            )
+        except OSError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     options = BuildOptions(
         fp16=args.fp16,
         min_shapes=args.min_shapes,
@@ -120,9 +132,10 @@ def main(args: argparse.Namespace) -> int:
         PrecisionError,
         ProfileError,
         TensorRTUnavailable,
+        OSError,  # an engine that cannot be written (read-only export, full disk): OutputError names it
     ) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return getattr(e, "exit_code", 2)  # 1 only for a failed build (BuildError), 2 otherwise (docs/errors.md)
     return 0
 
 

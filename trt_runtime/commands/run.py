@@ -106,6 +106,7 @@ def _inputs(args: argparse.Namespace, task: str, texts: list[str]) -> list[Any]:
 
 def main(args: argparse.Namespace) -> int:
     from trt_runtime.backends.tensorrt.engine_info import EngineMismatchError
+    from trt_runtime.contract.errors import QbertError, report
     from trt_runtime.contract.export_dir import ExportDirError, read_export_info
     from trt_runtime.loader import BackendUnavailableError
     from trt_runtime.pipelines import ALIASES, pipeline
@@ -136,6 +137,8 @@ def main(args: argparse.Namespace) -> int:
     ) as e:  # InputError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (QbertError, OSError) as e:  # the backend failed on checked inputs, a file could not be read
+        return report(e)
     json.dump(results, sys.stdout, indent=args.indent, ensure_ascii=False)
     sys.stdout.write("\n")
     return 0

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trt_runtime.contract.errors import QbertError
 from trt_runtime.contract.files import sha256_file
 from trt_runtime.contract.onnx_wire import OnnxSummary, OnnxWireError, summarize_file
 
@@ -52,7 +53,7 @@ TASKS = (
 QUANTIZATION_MODES = ("none", "qdq", "integer")
 
 
-class ExportDirError(ValueError):
+class ExportDirError(QbertError, ValueError):
     """An export directory is missing a file, or its files do not agree; the message says what to do."""
 
     code = "export-dir"

@@ -38,9 +38,11 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
+
+from trt_runtime.contract.errors import FileError
 
 #: how old (seconds) an unlocked temporary must be before another writer removes it: a writer takes its
 #: lock microseconds after creating the file, so this only guards that instant
@@ -48,12 +50,144 @@ STALE_AGE_SECONDS = 2.0
 TEMPORARY_KINDS = ("tmp", "old")
 
 
-class UnsafePathError(PermissionError):
+class UnsafePathError(FileError, PermissionError):
     """A path the project would write through is a symbolic link (or not a directory); the message names it.
 
     A PermissionError (an OSError): writers that can do without a cache fall back as for any unwritable path."""
 
     code = "unsafe-path"
+
+
+class OutputError(FileError):
+    """An output cannot be written where the user named it (read-only or immutable, full, a mount point, a
+    directory where a file goes); the message names the path, the reason and the fix. Nothing was replaced.
+
+    An OSError with the original errno: the runtime's caches fall back to memory on it as on any OSError."""
+
+    code = "output-unwritable"
+
+
+class OutputOverlapError(FileError, ValueError):
+    """An output is, contains or lies inside one of the inputs it is made from: writing it would destroy the
+    input (`check_output_outside_inputs`); the message names both."""
+
+    code = "output-overlaps-input"
+
+
+#: errno -> (why, what to do) for the failures of writing an output that a user can cause and fix
+_WRITE_FAILURES = {
+    errno.EROFS: ("the filesystem is read-only", "choose an output on a writable filesystem, or remount it read-write"),
+    errno.EACCES: ("permission denied", "check the directory's owner and mode (ls -ld), or choose another output"),
+    errno.EPERM: (
+        "the operation is not permitted (an immutable or append-only file or directory?)",
+        "check its attributes (lsattr -d; chattr -i) and permissions, or choose another output",
+    ),
+    errno.ENOSPC: ("no space is left on the device", "free some space or choose an output on another filesystem"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free some space or choose an output on another filesystem"),
+    errno.EBUSY: (
+        "it is busy: a mount point (or in use), which a rename cannot replace",
+        "write into a directory inside it instead (e.g. PATH/NAME)",
+    ),
+    errno.EISDIR: ("it is a directory, and a file goes there", "name a file (e.g. PATH/NAME), or remove the directory"),
+    errno.ENOTDIR: ("a part of the path is a file, not a directory", "choose a path whose parents are directories"),
+    errno.EXDEV: ("it is on another filesystem than its temporary sibling", "choose an output that is not a mount point"),
+    errno.ENAMETOOLONG: ("the name is too long", "choose a shorter path"),
+}
+
+
+def output_error(error: OSError, path: str | os.PathLike) -> OutputError:
+    """The OutputError for a failed write of the output `path`: names it, why (from errno) and the fix (never
+    a temporary's name: those are ours, not the user's)."""
+    path = os.fspath(path)
+    if isinstance(error, OutputError) and error.filename == path:
+        return error
+    why, fix = _WRITE_FAILURES.get(error.errno or 0, (error.strerror or str(error), "choose another output"))
+    detail = os.fspath(error.filename) if isinstance(error.filename, (str, os.PathLike)) else ""
+    where = f" ({detail})" if detail and detail != path and not _TEMPORARY_PART.search(detail) else ""
+    text = f"cannot write {path}: {why}{where}; {fix.replace('PATH', path)}. Nothing was replaced"
+    return OutputError(text, error.errno, path)
+
+
+#: a path component that is one of our temporaries (`.NAME.tmp-<hex>`, `.NAME.old-<hex>`)
+_TEMPORARY_PART = re.compile(r"(^|/)\.[^/]+\.(tmp|old)-[0-9a-f-]+")
+
+
+#: errnos that, raised while the caller's code writes into a temporary of ours, are about writing that output
+_WRITING_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
+@contextlib.contextmanager
+def _writing(path: Path, body_errnos: tuple[int, ...] | None = None) -> Iterator[None]:
+    """Turn an OSError raised while writing `path` into an OutputError naming it (UnsafePathError and
+    OutputError pass unchanged). body_errnos: only those errnos are translated (the caller's own code runs
+    inside; its unrelated OSErrors, a read of an input that failed, stay what they are)."""
+    try:
+        yield
+    except UnsafePathError:
+        raise
+    except OSError as e:
+        if body_errnos is not None and e.errno not in body_errnos:
+            raise
+        if body_errnos is None and isinstance(e, FileError):
+            raise
+        raise output_error(e, path) from e
+
+
+def check_replaceable_directory(path: str | os.PathLike) -> None:
+    """Refuse, before any work, a directory output that a rename cannot replace: a mount point."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink() and os.path.ismount(path):
+        raise OutputError(
+            f"cannot replace {path}: it is a mount point, and an output directory is replaced whole by a rename; "
+            f"write into a directory inside it instead (e.g. {path / 'NAME'})",
+            errno.EBUSY,
+            str(path),
+        )
+
+
+def check_output_file(path: str | os.PathLike) -> None:
+    """Refuse, before any work, a file output that names a directory (the write would fail only at the end,
+    after the work, with `IsADirectoryError`)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        raise output_error(IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path)), path)
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    return Path(os.path.realpath(os.path.abspath(path)))
+
+
+def check_output_outside_inputs(
+    output: str | os.PathLike,
+    inputs: Mapping[str, str | os.PathLike | None],
+    *,
+    output_label: str = "--output",
+    replaces_directory: bool = False,
+) -> None:
+    """Refuse an output that is one of the inputs or lies inside one (writing it would change the input), and,
+    where the output is a directory replaced whole (`replaces_directory`), one that contains an input (the
+    swap would delete it). inputs: label -> path ("--model": the checkpoint, ...); None entries are skipped.
+    Paths are compared after resolving links. Raises OutputOverlapError naming both."""
+    out = _resolved(output)
+    for label, given in inputs.items():
+        if given is None:
+            continue
+        source = _resolved(given)
+        if out == source:
+            relation = "is"
+        elif source in out.parents:
+            relation = "lies inside"
+        elif replaces_directory and out in source.parents:
+            relation = "contains"
+        else:
+            continue
+        raise OutputOverlapError(
+            f"{output_label} {output} {relation} the input {label} {given}: writing it would "
+            f"{'destroy' if relation != 'lies inside' else 'change'} what it is made from; "
+            + (f"choose another {output_label}" if relation == "is" else f"choose an output outside {given}"),
+            None,
+            os.fspath(output),
+        )
 
 
 # --- sha256 ------------------------------------------------------------------------------------------------
@@ -117,7 +251,8 @@ def ensure_directory(directory: str | os.PathLike, *, root: str | os.PathLike | 
     """Make `directory` (and its parents below `root`) without following a link below `root`; returns it."""
     directory = Path(directory)
     root_path = Path(root) if root is not None else directory
-    os.close(_open_directory(root_path, _relative_parts(directory, root_path), create=True))
+    with _writing(directory):
+        os.close(_open_directory(root_path, _relative_parts(directory, root_path), create=True))
     return directory
 
 
@@ -159,19 +294,25 @@ def atomic_file(
     """
     path = Path(path)
     root_path = Path(root) if root is not None else path.parent
-    dir_fd = _open_directory(root_path, _relative_parts(path.parent, root_path), create=True)
+    with _writing(path):
+        _refuse_directory(path)
+        dir_fd = _open_directory(root_path, _relative_parts(path.parent, root_path), create=True)
     try:
-        remove_stale_temporaries(path, ("tmp",))  # a killed writer's, checked by lock (never followed)
-        tmp = _temporary_name(path.name)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
-        _lock(fd)
+        with _writing(path):
+            remove_stale_temporaries(path, ("tmp",))  # a killed writer's, checked by lock (never followed)
+            tmp = _temporary_name(path.name)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+            _lock(fd)
         try:
             with os.fdopen(fd, "w" if text else "wb", encoding="utf-8" if text else None, closefd=False) as f:
-                yield f
-                f.flush()
-                os.fsync(fd)
-            os.replace(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            _fsync_directory(dir_fd)
+                with _writing(path, _WRITING_ERRNOS):
+                    yield f
+                with _writing(path):
+                    f.flush()
+                    os.fsync(fd)
+            with _writing(path):
+                os.replace(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                _fsync_directory(dir_fd)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dir_fd)
@@ -180,6 +321,12 @@ def atomic_file(
             os.close(fd)
     finally:
         os.close(dir_fd)
+
+
+def _refuse_directory(path: Path) -> None:
+    """A file output must not name a directory (os.replace would fail late, with a temporary's name)."""
+    if path.is_dir() and not path.is_symlink():
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes | memoryview, *, root: str | os.PathLike | None = None) -> None:
@@ -208,21 +355,26 @@ def reserved_path(path: str | os.PathLike, *, root: str | os.PathLike | None = N
     and renamed to `path`."""
     path = Path(path)
     root_path = Path(root) if root is not None else path.parent
-    dir_fd = _open_directory(root_path, _relative_parts(path.parent, root_path), create=True)
+    with _writing(path):
+        _refuse_directory(path)
+        dir_fd = _open_directory(root_path, _relative_parts(path.parent, root_path), create=True)
     try:
-        remove_stale_temporaries(path, ("tmp",))  # a killed writer's, checked by lock (never followed)
-        tmp = _temporary_name(path.name)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
-        _lock(fd)
+        with _writing(path):
+            remove_stale_temporaries(path, ("tmp",))  # a killed writer's, checked by lock (never followed)
+            tmp = _temporary_name(path.name)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+            _lock(fd)
         try:
-            yield path.parent / tmp
-            written = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
-            try:
-                os.fsync(written)
-            finally:
-                os.close(written)
-            os.replace(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            _fsync_directory(dir_fd)
+            with _writing(path, _WRITING_ERRNOS):
+                yield path.parent / tmp
+            with _writing(path):
+                written = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+                try:
+                    os.fsync(written)
+                finally:
+                    os.close(written)
+                os.replace(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                _fsync_directory(dir_fd)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dir_fd)
@@ -243,13 +395,14 @@ def exclusive_lock(path: str | os.PathLike, *, root: str | os.PathLike | None = 
     root: as for `atomic_file`; the directories up to `path` are created without following links."""
     path = Path(path)
     root_path = Path(root) if root is not None else path.parent
-    dir_fd = _open_directory(root_path, _relative_parts(path.parent, root_path), create=True)
+    with _writing(path):
+        dir_fd = _open_directory(root_path, _relative_parts(path.parent, root_path), create=True)
     try:
         fd = os.open(path.name, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise UnsafePathError(f"{path} is a symbolic link; refusing to use it as a lock (remove it)") from None
-        raise
+        raise output_error(e, path) from e
     finally:
         os.close(dir_fd)
     try:
@@ -277,15 +430,19 @@ def atomic_directory(
     replaced at all (an export only replaces an export).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    recover_interrupted(path, is_previous_version)
-    staging = path.parent / _temporary_name(path.name)
-    staging.mkdir()
-    lock_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    check_replaceable_directory(path)
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recover_interrupted(path, is_previous_version)
+        staging = path.parent / _temporary_name(path.name)
+        staging.mkdir()
+        lock_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         _lock(lock_fd)
-        yield staging
-        _swap_in(staging, path)
+        with _writing(path, _WRITING_ERRNOS):
+            yield staging
+        with _writing(path):
+            _swap_in(staging, path)
     finally:
         os.close(lock_fd)
         _remove_tree(staging)

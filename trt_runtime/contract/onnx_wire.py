@@ -21,6 +21,8 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from trt_runtime.contract.errors import QbertError
+
 MODEL_GRAPH = 7
 MODEL_METADATA_PROPS = 14
 GRAPH_NODE = 1
@@ -31,8 +33,10 @@ ENTRY_KEY, ENTRY_VALUE = 1, 2
 _VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
 
 
-class OnnxWireError(ValueError):
+class OnnxWireError(QbertError, ValueError):
     """The file is not a well-formed protobuf (truncated, damaged, not ONNX)."""
+
+    code = "onnx-unreadable"
 
 
 @dataclass

@@ -17,6 +17,7 @@ Sources (the synonyms whose canonical task is one of ours, copied as data):
 
 from __future__ import annotations
 
+from trt_runtime.contract.errors import QbertError
 from trt_runtime.contract.export_dir import TASKS
 
 #: the task meaning "infer it from config.json's architectures" (optimum's default `--task auto`)
@@ -41,7 +42,7 @@ TASK_SYNONYMS: dict[str, str] = {
 }
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(QbertError, ValueError):
     """A task name that is neither one of ours nor a synonym of one."""
 
     code = "unknown-task"

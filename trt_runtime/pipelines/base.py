@@ -17,6 +17,7 @@ from tokenizers import Encoding
 
 from trt_runtime.backends.base import BaseRunner
 from trt_runtime.contract.export_dir import ExportDirError, ExportInfo
+from trt_runtime.contract.text import text_problem
 from trt_runtime.tokenization import Text, TextTokenizer
 from trt_runtime.validation import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, InputError
 
@@ -34,11 +35,13 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def check_text(text: Any, what: str) -> str:
-    """A text a pipeline can encode: a non-empty str (the error says which input is wrong)."""
+    """A text a pipeline can encode: a str the model sees something of (`trt_runtime.contract.text`: not
+    empty, not only control or zero-width characters, valid Unicode); the error says which input is wrong."""
     if not isinstance(text, str):
         raise InputError(f"{what} must be a str, got {type(text).__name__}")
-    if not text.strip():
-        raise InputError(f"{what} is empty or only whitespace; pass some text")
+    problem = text_problem(text)
+    if problem is not None:
+        raise InputError(f"{what} {problem}")
     return text
 
 

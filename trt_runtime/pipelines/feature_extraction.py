@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from trt_runtime.pipelines.base import Pipeline
+from trt_runtime.validation import InputError
 
 POOLINGS = (None, "mean", "cls")
 
@@ -23,6 +24,18 @@ POOLINGS = (None, "mean", "cls")
 class FeatureExtractionPipeline(Pipeline):
     task = "feature-extraction"
     options = {"pooling": None, "normalize": False, "return_tensors": False}
+
+    def _items(self, inputs: Any, options: dict[str, Any]) -> tuple[list[Any], Any]:
+        # transformers' FeatureExtractionPipeline has no text pairs: only a list is a batch
+        # (pipelines/base.py Pipeline.__call__), and a tuple reaches the tokenizer whole, which reads it as a
+        # batch of texts (checked, transformers 5: two texts of different lengths fail with "Unable to create
+        # tensor"). Neither one pair nor two results would be what was meant: refuse it.
+        if isinstance(inputs, tuple):
+            raise InputError(
+                f"the input is a tuple of {len(inputs)}; feature-extraction embeds single texts and has no text "
+                f"pairs (as transformers' pipeline): pass a list of texts [a, b] for one embedding each"
+            )
+        return super()._items(inputs, options)
 
     def _run(self, items: list[Any], options: dict[str, Any]) -> list[Any]:
         pooling, normalize = options["pooling"], bool(options["normalize"])

@@ -13,7 +13,10 @@ dynamic batching (preferred batch sizes, a maximum queue delay) and an instance 
 carry the export directory (`1/export/`) and, unless vendor_runtime=False, the trt_runtime package
 (`1/trt_runtime/`), so the repository is self-contained. Large files are hard links where the file system
 allows (copies otherwise). `repository.json` at the top records what was made, from what, and what was
-left out and why. The repository is written in a temporary sibling and renamed into place.
+left out and why. The repository is written in a locked temporary sibling and swapped into place
+(`contract.files.atomic_directory`, recovered after a kill); `--force` replaces only a directory with its own
+repository.json, never an input. Only the export's regular files are carried: a link to a file inside it is
+copied as that file.
 """
 
 from __future__ import annotations
@@ -31,8 +34,14 @@ from typing import Any
 import trt_runtime
 from trt_runtime.backends.tensorrt.engine_info import EngineInfo, EngineMismatchError, read_engine_info
 from trt_runtime.backends.tensorrt.profiles import BATCH_SIZE
+from trt_runtime.contract.errors import QbertError
 from trt_runtime.contract.export_dir import ENGINE, MODEL_ONNX, ExportInfo, read_export_info
-from trt_runtime.contract.files import write_json_atomic
+from trt_runtime.contract.files import (
+    atomic_directory,
+    check_output_outside_inputs,
+    check_replaceable_directory,
+    write_json_atomic,
+)
 from trt_runtime.triton import python_model
 from trt_runtime.triton.config import TYPE_STRING, Enum, tensor_config, to_pbtxt
 
@@ -46,8 +55,10 @@ SUFFIX = {"text": "", "onnx": "-onnx", "plan": "-trt"}
 NO_PIPELINE = ("text-generation",)
 
 
-class RepositoryError(ValueError):
+class RepositoryError(QbertError, ValueError):
     """The repository cannot be made as asked; the message says why and what to do."""
+
+    code = "repository-invalid"
 
 
 @dataclass
@@ -154,28 +165,54 @@ def parse_export_arg(arg: str | os.PathLike | tuple[str, str | os.PathLike]) -> 
 # --- files -------------------------------------------------------------------------------------------
 
 
-def _place(source: Path, target: Path) -> None:
-    """target = source: a hard link where possible (same file system), a copy otherwise."""
+def _regular_file_inside(path: Path, export: Path) -> Path:
+    """The regular file `path` stands for: itself, or, for a symbolic link, its target where that is a regular
+    file inside the export (`read_export_info` has already refused links that leave it; a dangling link or a
+    link to a directory is refused here, naming the link and its target)."""
+    if not path.is_symlink():
+        return path
+    target = Path(os.path.realpath(path))
+    top = Path(os.path.realpath(export))
+    if top not in target.parents:
+        raise RepositoryError(
+            f"{path} is a symbolic link to {target}, outside the export directory {export}; triton-repo copies "
+            f"only the export's own files: replace the link with the file, or re-export the model"
+        )
+    if not target.is_file() or target.is_symlink():
+        what = "a directory" if target.is_dir() else "nothing (a dangling link)"
+        raise RepositoryError(
+            f"{path} is a symbolic link to {target}, which is {what}; triton-repo copies regular files only: "
+            f"replace the link with the file it should be, or re-export the model"
+        )
+    return target
+
+
+def _place(source: Path, target: Path, export: Path) -> None:
+    """target = the export's file `source` (a link's target inside the export, see `_regular_file_inside`):
+    a hard link where possible (same file system), a copy otherwise; never a link to a link."""
+    real = _regular_file_inside(source, export)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.link(source, target)
+        os.link(real, target, follow_symlinks=False)
     except OSError:
-        shutil.copy2(source, target)
+        shutil.copyfile(real, target, follow_symlinks=False)
+        shutil.copystat(real, target, follow_symlinks=False)
 
 
 def _export_files(directory: Path) -> Iterable[Path]:
-    """The files of an export directory that travel with it (not caches, temporaries or hidden files)."""
-    for path in sorted(directory.rglob("*")):
-        relative = path.relative_to(directory)
-        if path.is_file() and not any(
-            part.startswith(".") or part == "__pycache__" for part in relative.parts
-        ):
-            yield path
+    """The files of an export directory that travel with it (not caches, temporaries or hidden files);
+    links are not followed into directories (a link to a directory is refused by `_place`)."""
+    for parent, subdirectories, files in os.walk(directory, followlinks=False):
+        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith(".") and d != "__pycache__")
+        linked = [d for d in subdirectories if (Path(parent) / d).is_symlink()]
+        for name in sorted([*files, *linked]):
+            if not name.startswith("."):
+                yield Path(parent) / name
 
 
 def _copy_export(directory: Path, target: Path) -> None:
     for path in _export_files(directory):
-        _place(path, target / path.relative_to(directory))
+        _place(path, target / path.relative_to(directory), directory)
 
 
 def _vendor_runtime(target: Path) -> None:
@@ -389,8 +426,8 @@ def _add_export(
         if options.onnx_backend == "onnxruntime":
             version = _write_model(root / onnx_name, config, header)
             for path in export.iterdir():
-                if path.is_file() and path.name.startswith(MODEL_ONNX):  # model.onnx (+ model.onnx.data)
-                    _place(path, version / path.name)
+                if path.name.startswith(MODEL_ONNX) and not path.is_dir():  # model.onnx (+ model.onnx.data)
+                    _place(path, version / path.name, export)
             record("onnx", "onnxruntime_onnx")
         else:
             _write_python_model(root / onnx_name, config, header, export, options)
@@ -404,7 +441,7 @@ def _add_export(
         config = plan_model_config(plan_name, info, engine, options)
         version = _write_model(root / plan_name, config, _header(info, export, "plan"))
         if engine is not None:
-            _place(export / ENGINE, version / "model.plan")
+            _place(export / ENGINE, version / "model.plan", export)
         record("plan", "tensorrt_plan", _plan_notes(engine))
 
 
@@ -432,14 +469,22 @@ def write_repository(
         raise RepositoryError(
             f"two exports would both be served as {', '.join(duplicates)}; name them: NAME=DIR"
         )
-    if output.exists() and not overwrite:
-        raise RepositoryError(f"{output} exists; pass --force (overwrite=True) to replace it")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    _check_model_names(names, options)
+    check_output_outside_inputs(
+        output, {f"export {name}": export for name, export in named}, replaces_directory=True
+    )
+    if output.exists() or output.is_symlink():
+        if not overwrite:
+            raise RepositoryError(f"{output} exists; pass --force (overwrite=True) to replace it")
+        if not is_repository(output):
+            raise RepositoryError(
+                f"--force replaces only a model repository made by triton-repo (a directory with its own "
+                f"{MANIFEST}); {output} is {'a symbolic link' if output.is_symlink() else 'not one'}: choose a new "
+                f"--output, or remove it yourself"
+            )
+    check_replaceable_directory(output)
     report = RepositoryReport(output, [], [])
-    try:
+    with atomic_directory(output, is_previous_version=is_repository) as tmp:
         for name, export in named:
             _add_export(tmp, name, export, options, report)
         manifest = {
@@ -450,21 +495,31 @@ def write_repository(
             "skipped": [{"name": name, "reason": why} for name, why in report.skipped],
         }
         write_json_atomic(tmp / MANIFEST, manifest)
-        _swap_into_place(tmp, output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 
-def _swap_into_place(tmp: Path, output: Path) -> None:
-    if not output.exists():
-        os.replace(tmp, output)
-        return
-    old = output.with_name(f".{output.name}.old-{os.getpid()}")
-    os.replace(output, old)
+def is_repository(directory: Path) -> bool:
+    """Whether `directory` is a model repository made by triton-repo (its own repository.json says so): the
+    only kind of directory `--force` replaces, or puts back after an interrupted swap."""
+    if directory.is_symlink() or not directory.is_dir():
+        return False
     try:
-        os.replace(tmp, output)
-    except OSError:
-        os.replace(old, output)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("generated_by") == "python -m trt_runtime triton-repo"
+
+
+def _check_model_names(names: Sequence[str], options: RepositoryOptions) -> None:
+    """Two exports whose models would share a name (`a-onnx` given as NAME next to `a`'s ONNX model): a
+    clear error before anything is written (it was `[Errno 17] File exists` on a temporary path)."""
+    owners: dict[str, str] = {}
+    for name in names:
+        for kind in options.kinds:
+            model = name + SUFFIX[kind]
+            if model in owners and owners[model] != name:
+                raise RepositoryError(
+                    f"the {kind} model of export {name!r} and a model of export {owners[model]!r} would both be "
+                    f"named {model!r}; name the exports apart: NAME=DIR"
+                )
+            owners[model] = name

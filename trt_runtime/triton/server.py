@@ -40,6 +40,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from trt_runtime.contract.errors import QbertError
+
 PYTRITON = "nvidia-pytriton==0.7.0"
 ENV_VARIABLE = "TRITON_SERVER_ENV"
 STAMP = "trt_runtime-server-env.json"
@@ -48,8 +50,10 @@ LOOPBACK = "127.0.0.1"
 PLATFORM_BACKENDS = {"tensorrt_plan": "tensorrt", "onnxruntime_onnx": "onnxruntime", "python": "python"}
 
 
-class TritonServerError(RuntimeError):
+class TritonServerError(QbertError, RuntimeError):
     """The server environment cannot be made, or the server does not start or stop; the message says why."""
+
+    code = "triton-server"
 
 
 def server_requirements() -> list[str]:

@@ -128,3 +128,75 @@ print(sum(q.amax is not None for q in named_quantizers(model).values()))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
     assert int(done.stdout.split()[-1]) > 0  # every enabled quantizer got an amax
+
+
+# --- the output: never an input, never half-written; an unwritable one is a documented error (exit 2) ------
+
+
+def test_an_output_inside_the_checkpoint_is_refused_before_any_work(tmp_path, checkpoint):
+    """`--output CK/model.safetensors` used to overwrite the weights it read (exit 0)."""
+    weights = checkpoint / "model.safetensors"
+    before = weights.read_bytes()
+    for output in (weights, checkpoint / "config.json", checkpoint / "calibration.json", checkpoint):
+        done = run("--model", str(checkpoint), "--output", str(output))
+        assert done.returncode == 2, done.stderr
+        relation = "is" if output == checkpoint else "lies inside"
+        assert f"error: --output {output} {relation} the input --model {checkpoint}" in done.stderr
+        assert "Traceback" not in done.stderr
+    assert weights.read_bytes() == before
+    assert sorted(p.name for p in checkpoint.iterdir() if p.name.startswith(".")) == []
+
+
+def test_an_output_inside_the_calibration_data_is_refused(tmp_path, checkpoint):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "texts.txt").write_text("one text\nanother text\n")
+    done = run("--model", str(checkpoint), "--output", str(data / "calibration.json"), "--calibration-data", str(data))
+    assert done.returncode == 2 and f"lies inside the input --calibration-data {data}" in done.stderr, done.stderr
+
+
+def test_an_output_that_is_a_directory_is_refused_before_any_work(tmp_path, checkpoint):
+    done = run("--model", str(checkpoint), "--output", str(tmp_path))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: cannot write {tmp_path}: it is a directory, and a file goes there; name a file "
+        f"(e.g. {tmp_path}/NAME), or remove the directory. Nothing was replaced"
+    )
+    assert "calibrated" not in done.stderr  # refused before the work, not after it
+
+
+@pytest.mark.parametrize(
+    ("filesystem", "why"),
+    [
+        ("read-only", "the filesystem is read-only"),
+        ("full", "no space is left on the device"),
+        ("immutable", "the operation is not permitted (an immutable or append-only file or directory?)"),
+    ],
+)
+def test_an_unwritable_output_exits_2_naming_it(tmp_path, checkpoint, filesystem, why):
+    from tests.fixtures.filesystems import full_filesystem, immutable_directory, read_only_mount
+
+    make = {"read-only": read_only_mount, "full": full_filesystem, "immutable": immutable_directory}[filesystem]
+    with make(tmp_path / "out") as directory:
+        output = directory / "calibration.json"
+        done = run("--model", str(checkpoint), "--output", str(output), "--num-calibration-samples", "8")
+        left = sorted(p.name for p in directory.iterdir())
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: cannot write {output}: {why}; ")
+    assert left == (["filler"] if filesystem == "full" else [])  # no temporary left behind
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused_with_exit_2(tmp_path):
+    """torch used to stop mid-calibration with a bare `IndexError: index out of range in self`."""
+    directory, _ = save_tiny(tmp_path / "small-vocab", "bert", TASK, vocab_size=20)
+    save_tiny_tokenizer(directory, "bert")  # ids up to 98
+    done = run("--model", str(directory), "--output", str(tmp_path / "out.json"), "--num-calibration-samples", "8")
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the calibration batches hold input_ids ") and last.endswith(
+        ", outside the model's vocab_size of 20 (config.json): the tokenizer does not belong to this checkpoint; "
+        "calibrate with the checkpoint's own tokenizer, or fix vocab_size in config.json"
+    )
+    assert not (tmp_path / "out.json").exists()

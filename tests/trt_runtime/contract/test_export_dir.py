@@ -16,6 +16,8 @@ import pytest
 
 import trt_runtime
 from tests.fixtures.runtime_exports import save_checkpoint, tiny_export
+from tests.trt_runtime.conftest import edit_export_json
+from trt_runtime.backends.onnxruntime.runner import OrtRunner
 from trt_runtime.contract.export_dir import (
     CACHE_DIR,
     EXPORT_JSON,
@@ -171,3 +173,114 @@ def test_a_graph_of_another_mode_is_refused_naming_both(exports, tmp_path, case)
 def test_every_real_export_passes_the_checks(exports, mode):
     info = read_export_info(exports[mode])
     assert info.quantization == mode
+
+
+# --- damaged files: model.onnx -------------------------------------------------------------------------------
+
+DAMAGE = {
+    "truncated to half": lambda b: b[: len(b) // 2],
+    "one byte flipped": lambda b: b[:100] + bytes([b[100] ^ 0x01]) + b[101:],
+    "empty": lambda b: b"",
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_damaged_model_onnx_is_refused_by_the_pipeline(export_copy, damage):
+    onnx_path = export_copy / MODEL_ONNX
+    onnx_path.write_bytes(DAMAGE[damage](onnx_path.read_bytes()))
+    with pytest.raises(
+        ExportDirError, match="model.onnx does not match the sha256 recorded in .*re-export the model"
+    ):
+        trt_runtime.pipeline("text-classification", export_copy)
+
+
+def test_truncated_model_onnx_without_the_sha256_check_is_an_export_dir_error(export_copy):
+    onnx_path = export_copy / MODEL_ONNX
+    onnx_path.write_bytes(onnx_path.read_bytes()[:1000])
+    with pytest.raises(ExportDirError, match="model.onnx.*re-export"):
+        OrtRunner(export_copy, verify_sha256=False)
+
+
+def test_export_json_of_another_export_is_a_sha256_mismatch(export_copy):
+    other = tiny_export("bert", "text-classification", seed=3)[1]
+    shutil.copy(other / EXPORT_JSON, export_copy / EXPORT_JSON)
+    with pytest.raises(
+        ExportDirError, match="does not match the sha256 recorded in .*export.json.*re-export"
+    ):
+        trt_runtime.load(export_copy)
+
+
+def test_export_json_without_the_sha256_cannot_vouch_for_model_onnx(export_copy):
+    edit_export_json(export_copy, lambda d: d.pop("onnx_sha256"))
+    with pytest.raises(
+        ExportDirError, match="records no onnx_sha256, so .*model.onnx cannot be checked.*re-export"
+    ):
+        trt_runtime.load(export_copy)
+    runner = OrtRunner(export_copy, verify_sha256=False, cache=False)  # asked for explicitly: runs unchecked
+    assert runner({"input_ids": [[2, 5, 3]], "attention_mask": [[1, 1, 1]]})["logits"].shape == (1, 3)
+
+
+# --- damaged files: export.json ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field", ["inputs", "outputs", "task", "vocab_size", "max_sequence_length", "opset"])
+def test_export_json_missing_a_required_field(export_copy, field):
+    edit_export_json(export_copy, lambda d: d.pop(field))
+    with pytest.raises(
+        ExportDirError, match=rf"export.json is incomplete or malformed \(.*'{field}'.*re-export"
+    ):
+        trt_runtime.load(export_copy)
+
+
+WRONG_VALUES = {
+    "vocab_size as a string": (
+        lambda d: d.update(vocab_size="99"),
+        "vocab_size must be an integer >= 1, got '99'",
+    ),
+    "max_sequence_length null": (
+        lambda d: d.update(max_sequence_length=None),
+        "max_sequence_length must be an integer >= 1, got None",
+    ),
+    "vocab_size 0": (lambda d: d.update(vocab_size=0), "vocab_size must be an integer >= 1, got 0"),
+    "pad_token_id true": (lambda d: d.update(pad_token_id=True), "pad_token_id must be an integer >= 0"),
+    "shape as a string": (lambda d: d["inputs"][0].update(shape="batch"), "incomplete or malformed"),
+    "a negative dimension": (
+        lambda d: d["outputs"][0].update(shape=["batch_size", -3]),
+        "output 'logits' has a bad name or shape",
+    ),
+    "no inputs": (lambda d: d.update(inputs=[]), "inputs is empty"),
+    "id2label a list": (lambda d: d.update(id2label=["a", "b", "c"]), "id2label must be an object"),
+    "onnx_sha256 a number": (lambda d: d.update(onnx_sha256=12), "onnx_sha256 must be 64 hex digits"),
+    "unknown task": (lambda d: d.update(task="summarization"), "unknown task 'summarization'"),
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_VALUES))
+def test_export_json_with_a_wrong_value_is_refused_at_load(export_copy, case):
+    """Each of these used to load and then fail (TypeError) or misbehave at the first call."""
+    change, message = WRONG_VALUES[case]
+    edit_export_json(export_copy, change)
+    with pytest.raises(ExportDirError, match=message) as error:
+        trt_runtime.load(export_copy)
+    assert "re-export" in str(error.value) or "expected one of" in str(error.value)
+
+
+def test_export_json_from_a_newer_format(export_copy):
+    edit_export_json(export_copy, lambda d: d.update(format_version=2, a_field_of_version_2={"x": 1}))
+    with pytest.raises(
+        ExportDirError, match="format_version 2 is newer than this runtime understands .*upgrade"
+    ):
+        trt_runtime.pipeline("text-classification", export_copy)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"task": ', "is not valid JSON"),
+        (b"\xff\xfe", "is not valid JSON"),
+        (b"[1, 2]", "must hold a JSON object"),
+    ],
+)
+def test_export_json_that_is_not_a_json_object(export_copy, content, message):
+    (export_copy / EXPORT_JSON).write_bytes(content)
+    with pytest.raises(ExportDirError, match=f"{message}.*re-export"):
+        trt_runtime.load(export_copy)

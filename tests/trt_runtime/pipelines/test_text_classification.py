@@ -3,10 +3,17 @@ on the same tiny checkpoints: single-label, multi-label and regression heads, to
 
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import trt_runtime
 from tests.fixtures.runtime_exports import assert_results_close, hf_pipeline, tiny_export
+from trt_runtime.pipelines.base import Pipeline
+from trt_runtime.validation import InputError
 
 TEXTS = [
     "John lives in Paris, the capital of France!",
@@ -97,3 +104,48 @@ def test_over_long_input_is_truncated_with_a_warning():
     with pytest.warns(UserWarning, match="longer than 64 tokens and were truncated"):
         result = ours(long_text)
     assert_results_close(result, theirs(long_text, truncation=True))
+
+
+# --- property-based: any input gives scores or an InputError -------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fuzz_pipe(clf_dir) -> Pipeline:
+    return trt_runtime.pipeline("text-classification", clf_dir, top_k=None)
+
+
+FUZZ_TEXTS = st.text(
+    alphabet=st.one_of(
+        st.characters(),  # any code point: controls, NUL, surrogates excluded by hypothesis, RTL, emoji...
+        st.sampled_from(list(" \t\n\u00a0\u200b\ufeff#[]")),
+    ),
+    max_size=300,
+)
+SPECIAL_TOKENS = st.sampled_from(["[MASK]", "[CLS]", "[SEP]", "[PAD]", "[UNK]", "##s"])
+FUZZ_TEXTS = st.lists(st.one_of(FUZZ_TEXTS, SPECIAL_TOKENS), max_size=4).map(" ".join) | FUZZ_TEXTS
+PIPELINE_INPUTS = st.one_of(
+    FUZZ_TEXTS,
+    st.lists(FUZZ_TEXTS, max_size=4),
+    st.tuples(FUZZ_TEXTS, FUZZ_TEXTS),
+    st.fixed_dictionaries({"text": FUZZ_TEXTS}, optional={"text_pair": st.one_of(FUZZ_TEXTS, st.none())}),
+    st.dictionaries(st.sampled_from(["text", "text_pair", "pair"]), FUZZ_TEXTS, max_size=3),
+    st.none(),
+    st.integers(),
+    st.binary(max_size=5),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inputs=PIPELINE_INPUTS)
+def test_text_classification_pipeline_gives_scores_or_input_error_for_any_input(fuzz_pipe, inputs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # truncation of long texts
+        try:
+            result = fuzz_pipe(inputs)
+        except InputError:
+            return
+    rows = result if isinstance(inputs, list) else [result]
+    assert len(rows) == (len(inputs) if isinstance(inputs, list) else 1)
+    for row in rows:
+        scores = [entry["score"] for entry in row]
+        assert sorted(entry["label"] for entry in row) == ["NEGATIVE", "NEUTRAL", "POSITIVE"]
+        assert all(np.isfinite(scores)) and abs(sum(scores) - 1) < 1e-4

@@ -14,7 +14,7 @@ from tests.fixtures.triton_helpers import config_signature, environment, onnx_si
 from trt_runtime.__main__ import main as cli
 from trt_runtime.backends.tensorrt.engine_info import EngineInfo, write_engine
 from trt_runtime.backends.tensorrt.profiles import ShapeRange
-from trt_runtime.contract.export_dir import MODEL_ONNX, read_export_info
+from trt_runtime.contract.export_dir import MODEL_ONNX, ExportDirError, read_export_info
 from trt_runtime.contract.files import sha256_file
 from trt_runtime.triton.config import to_pbtxt
 from trt_runtime.triton.repository import (
@@ -247,3 +247,120 @@ def test_the_local_server_refuses_models_it_has_no_backend_for(repo):
 
     with pytest.raises(TritonServerError, match=r"sst2-onnx \(onnxruntime\).*--onnx-backend python"):
         TritonServer(repo[0], environment()).check_repository()
+
+
+# --- what is copied, and what --force replaces ------------------------------------------------------------
+
+
+def _linked_export(source: Path, target: Path) -> Path:
+    """A copy of `source` whose model.onnx is a relative symbolic link to a file inside the export."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".cache"))
+    (target / "graphs").mkdir()
+    (target / MODEL_ONNX).rename(target / "graphs" / "real.onnx")
+    (target / MODEL_ONNX).symlink_to(Path("graphs") / "real.onnx")
+    return target
+
+
+def test_a_link_inside_the_export_is_copied_as_its_targets_content(exports, tmp_path):
+    """A relative symlinked model.onnx used to give a repository of dangling links, exit 0."""
+    export = _linked_export(exports["ner"], tmp_path / "linked")
+    write_repository([("ner", export)], tmp_path / "repo", RepositoryOptions(kinds=("text", "onnx")))
+    expected = (export / "graphs" / "real.onnx").read_bytes()
+    for copied in (tmp_path / "repo/ner-onnx/1/model.onnx", tmp_path / "repo/ner/1/export/model.onnx"):
+        assert not copied.is_symlink() and copied.is_file() and copied.read_bytes() == expected, copied
+    shutil.rmtree(export)  # the repository stands on its own
+    assert (tmp_path / "repo/ner-onnx/1/model.onnx").read_bytes() == expected
+
+
+def test_a_link_out_of_the_export_is_refused_naming_link_and_target(exports, tmp_path):
+    secret = tmp_path / "credentials.txt"
+    secret.write_text("password")
+    export = tmp_path / "planted"
+    shutil.copytree(exports["ner"], export, ignore=shutil.ignore_patterns(".cache"))
+    (export / "config.json").unlink()
+    (export / "config.json").symlink_to(secret)
+    with pytest.raises(ExportDirError) as raised:
+        write_repository([("ner", export)], tmp_path / "repo", RepositoryOptions(kinds=("text",)))
+    assert str(raised.value).startswith(f"{export / 'config.json'} is a symbolic link to {secret}, outside the export")
+    assert not (tmp_path / "repo").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["credentials.txt", "planted"]
+
+
+def test_a_dangling_link_inside_the_export_is_refused(exports, tmp_path):
+    export = tmp_path / "dangling"
+    shutil.copytree(exports["ner"], export, ignore=shutil.ignore_patterns(".cache"))
+    (export / "notes.txt").symlink_to("missing.txt")
+    with pytest.raises(RepositoryError) as raised:
+        write_repository([("ner", export)], tmp_path / "repo", RepositoryOptions(kinds=("text",)))
+    assert str(raised.value) == (
+        f"{export / 'notes.txt'} is a symbolic link to {export / 'missing.txt'}, which is nothing (a dangling "
+        f"link); triton-repo copies regular files only: replace the link with the file it should be, or "
+        f"re-export the model"
+    )
+    assert not (tmp_path / "repo").exists()
+
+
+def test_force_never_replaces_an_export_or_a_project_directory(exports, tmp_path):
+    export = tmp_path / "ner"
+    shutil.copytree(exports["ner"], export, ignore=shutil.ignore_patterns(".cache"))
+    before = sorted(p.name for p in export.iterdir())
+    with pytest.raises(OSError) as raised:  # OutputOverlapError
+        write_repository([("ner", export)], export, overwrite=True)
+    assert str(raised.value).startswith(f"--output {export} is the input export ner {export}: writing it would destroy")
+    with pytest.raises(OSError, match=f"^--output {tmp_path} contains the input export ner {export}"):
+        write_repository([("ner", export)], tmp_path, overwrite=True)
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "README.md").write_text("keep me")
+    with pytest.raises(RepositoryError) as refused:
+        write_repository([("ner", export)], project, overwrite=True)
+    assert str(refused.value) == (
+        f"--force replaces only a model repository made by triton-repo (a directory with its own {MANIFEST}); "
+        f"{project} is not one: choose a new --output, or remove it yourself"
+    )
+    assert (project / "README.md").read_text() == "keep me" and (project / "src").is_dir()
+    assert sorted(p.name for p in export.iterdir()) == before
+
+
+def test_two_exports_whose_model_names_clash_are_refused_before_writing(exports, tmp_path):
+    """`a-onnx` (a text model) next to `a`'s ONNX model was `[Errno 17] File exists` on a temporary path."""
+    with pytest.raises(RepositoryError) as raised:
+        write_repository([("ner", exports["ner"]), ("ner-onnx", exports["swag"])], tmp_path / "repo")
+    assert str(raised.value) == (
+        "the text model of export 'ner-onnx' and a model of export 'ner' would both be named 'ner-onnx'; name the "
+        "exports apart: NAME=DIR"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_force_killed_mid_swap_leaves_the_previous_repository_recoverable(exports, tmp_path):
+    """A real SIGKILL of a `triton-repo --force` while it writes: the previous repository is intact, and the
+    next run removes what the killed one left behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.fixtures import ROOT
+    from trt_runtime.contract.files import STALE_AGE_SECONDS
+
+    output = tmp_path / "repo"
+    write_repository([("ner", exports["ner"])], output, RepositoryOptions(kinds=("onnx",)))
+    before = json.loads((output / MANIFEST).read_text())
+    command = [sys.executable, "-m", "trt_runtime", "triton-repo", f"ner={exports['ner']}", f"swag={exports['swag']}",
+               "--output", str(output), "--force"]
+    process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".repo.tmp-") for p in tmp_path.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    after = json.loads((output / MANIFEST).read_text())  # the previous or the complete new one, never none
+    models = sorted(model["name"] for model in after["models"])
+    assert after == before or models == ["ner", "ner-onnx", "swag", "swag-onnx"]  # no engines: no -trt models
+    assert sorted(p.name for p in output.iterdir() if p.name != MANIFEST) == models
+    time.sleep(STALE_AGE_SECONDS)  # an unlocked staging directory younger than this may be a writer's first instant
+    write_repository([("swag", exports["swag"])], output, RepositoryOptions(kinds=("onnx",)), overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"]
+    assert sorted(p.name for p in output.iterdir()) == [MANIFEST, "swag-onnx"]

@@ -6,17 +6,17 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from trt_runtime.backends.artefacts import CACHE_DIR_ENV
 from trt_runtime.backends.base import RunnerOptions
+
+__all__ = ["CACHE_DIR_ENV", "GRAPHS", "GRAPH_OPTIMIZATION_LEVELS", "OrtOptions", "ProviderSpec"]
 
 #: graph_optimization_level names (ONNX Runtime's GraphOptimizationLevel, mapped in runner.py)
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 #: which graph of an export the runner loads (trt_runtime.backends.onnxruntime.graphs.choose_graph)
 GRAPHS = ("auto", "exported", "cpu-int8", "cpu-float")
-#: the environment variable that names a cache directory for every export (overridden by `cache_dir=`)
-CACHE_DIR_ENV = "QBERT_CACHE_DIR"
 
 ProviderSpec = str | tuple[str, dict[str, Any]]
 
@@ -73,9 +73,3 @@ class OrtOptions(RunnerOptions):
                 f"providers=['CPUExecutionProvider']"
             )
 
-    def resolved_cache_dir(self) -> Path | None:
-        """The cache directory the options name (`cache_dir`, else $QBERT_CACHE_DIR); None: the export's own."""
-        if self.cache_dir is not None:
-            return Path(self.cache_dir)
-        from_environment = os.environ.get(CACHE_DIR_ENV)
-        return Path(from_environment) if from_environment else None

@@ -12,6 +12,7 @@ import platform
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from trt_runtime.contract.errors import QbertError
 from trt_runtime.contract.export_dir import ExportInfo
 
 #: bumped when the CPU INT8 derivation changes, so that older graphs are not reused
@@ -26,12 +27,16 @@ X86_MACHINES = ("x86_64", "amd64", "i386", "i686")
 
 
 
-class CpuInt8Error(ValueError):
+class CpuInt8Error(QbertError, ValueError):
     """The export cannot be turned into the CPU INT8 graph (not a qdq export, unexpected Q/DQ layout)."""
 
+    code = "cpu-int8-not-applicable"
 
-class CpuFloatError(ValueError):
+
+class CpuFloatError(QbertError, ValueError):
     """The fused float graph cannot be derived from this export (not a float export of a BERT-style encoder)."""
+
+    code = "cpu-float-not-applicable"
 
 
 def check_int8_applies(export_dir: str | os.PathLike, info: ExportInfo) -> None:

@@ -29,21 +29,37 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from trt_runtime.backends.artefacts import CacheLocation, Expected, cache_location, verify, write_record
-from trt_runtime.backends.base import BaseRunner, CacheStatus
+from trt_runtime.backends.artefacts import (
+    CacheLocation,
+    Expected,
+    cache_location,
+    cache_location_for,
+    verify,
+    write_record,
+)
+from trt_runtime.backends.base import BackendRunError, BaseRunner, CacheStatus
 from trt_runtime.backends.onnxruntime.graphs import (
     ChosenGraph,
     choose_graph,
     first_provider,
     has_external_data,
 )
-from trt_runtime.backends.onnxruntime.options import CACHE_DIR_ENV, OrtOptions, ProviderSpec
+from trt_runtime.backends.onnxruntime.options import OrtOptions, ProviderSpec
 from trt_runtime.contract.export_dir import CACHE_DIR, ExportDirError, ExportInfo
 from trt_runtime.contract.files import reserved_path, sha256_bytes, write_text_atomic
 
 __all__ = ["CACHE_DIR", "OrtOptions", "OrtRunner", "choose_graph", "choose_providers", "ort_model_path"]
 
+#: the exceptions ONNX Runtime raises from a run (its C++ status codes, registered by pybind11 as plain
+#: Exception subclasses: onnxruntime/python/onnxruntime_pybind_exceptions.cc)
+ONNXRUNTIME_ERRORS: tuple[type[Exception], ...] = tuple(
+    error
+    for name in ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
+                 "InvalidProtobuf", "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail")
+    if isinstance(error := getattr(ort_state, name, None), type) and issubclass(error, Exception)
+)
 logger = logging.getLogger(__name__)
 
 GRAPH_OPTIMIZATION_LEVELS = {
@@ -105,17 +121,6 @@ def ort_model_path(
     return choose_graph(export_dir, info, graph, providers, cache_location(export_dir, info, None)).path
 
 
-def cache_location_for(export_dir: Path, info: ExportInfo, options: OrtOptions) -> CacheLocation | None:
-    """Where this runner caches what it derives; None with cache=False."""
-    if not options.cache:
-        return None
-    named = options.resolved_cache_dir()
-    origin = ""
-    if named is not None:
-        origin = f"cache_dir={str(named)!r}" if options.cache_dir is not None else f"${CACHE_DIR_ENV}={str(named)!r}"
-    return cache_location(export_dir, info, named, origin)
-
-
 class OrtRunner(BaseRunner):
     """Runs an export directory with ONNX Runtime (a `BaseRunner`; options: `OrtOptions`).
 
@@ -143,7 +148,7 @@ class OrtRunner(BaseRunner):
         self._providers, providers_reason = choose_providers(self.options.providers)
         super().__init__(export_dir, info=info, reason=f"{reason}; {providers_reason}", verify_sha256=verify_sha256)
         self.graph_optimization_level = self.options.graph_optimization_level
-        location = cache_location_for(self.export_dir, self.info, self.options)
+        location = cache_location_for(self.export_dir, self.info, self.options.cache, self.options.cache_dir)
         graph = choose_graph(self.export_dir, self.info, self.options.graph, self._providers, location)
         self._set_choice(
             graph=graph.name, graph_reason=graph.reason, cache=graph.cache, cache_detail=graph.cache_detail
@@ -158,7 +163,15 @@ class OrtRunner(BaseRunner):
         )
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs = self.session.run(self.output_names, feeds)
+        try:
+            outputs = self.session.run(self.output_names, feeds)
+        except ONNXRUNTIME_ERRORS as e:  # pybind11 exceptions: neither ValueError nor RuntimeError
+            shapes = ", ".join(f"{name} {list(value.shape)}" for name, value in feeds.items())
+            raise BackendRunError(
+                f"ONNX Runtime could not run {self.export_dir / 'model.onnx'} on inputs that passed the checks "
+                f"({shapes}): {' '.join(str(e).split())}. Its graph and export.json disagree (re-export the "
+                f"model), or the machine is out of memory (run a smaller batch)"
+            ) from e
         return dict(zip(self.output_names, outputs))
 
     def __repr__(self) -> str:

@@ -33,28 +33,28 @@ hash: OpenVINO 2026.4 imports a blob compiled for f32 when asked for bf16, and t
 (measured here on a tiny BERT; a blob compiled for bf16 is right), so each precision has its own cache
 directory. Threads and the performance hint are applied at import (same answers from one blob, checked).
 OpenVINO writes the blob in place with a plain `std::ofstream` (src/inference/src/cache_manager.hpp,
-`FileStorageCacheManager`), so it is never let write into the directory this runner reads from:
+`FileStorageCacheManager`), so it is never let write into the directory this runner reads from. The cache is
+a derived artefact like the ONNX Runtime backend's (`trt_runtime.backends.artefacts`, one implementation):
 
-- the cache lives in `<cache root>/openvino/<sha256[:16] of model.onnx>-<sha256[:8] of its real
-  path>-<precision>/`,
-  the cache root being `cache_dir` or `<export>/.cache`, entered without following a link
-  (`trt_runtime.contract.files`: a symlinked `.cache` is refused and the runner compiles in memory);
-- a missing or mismatched cache is compiled into a fresh staging directory, a `record.json` (what it was
-  made from: the model file's path, sha256, size and mtime, OpenVINO's version, the CPU as OpenVINO
-  names it and its capabilities, and the sha256 of every blob) is written beside the blob, and the
-  directory replaces the old one whole (`files.atomic_directory`);
-- before use the record is checked against the model file, OpenVINO and the CPU, and every blob against
-  its sha256; a mismatch (another model.onnx, another OpenVINO, another CPU, a substituted blob) is
-  rebuilt the same way and `choice.cache` says REBUILT and why;
-- where nothing can be written (a read-only export and no `cache_dir`) the model is compiled in memory
+- it lives in the export's cache location (`cache_dir=`, else $QBERT_CACHE_DIR, else `<export>/.cache`; the
+  entry of this model.onnx's sha256, entered without following a link: a symlinked `.cache` is refused and
+  the runner compiles in memory), as the directory `openvino-<precision>-<sha256[:8] of model.onnx's real
+  path>`;
+- a missing or mismatched cache is compiled, under the cache location's lock, into a fresh staging directory
+  that replaces the old one whole (`files.atomic_directory`), then its record (`artefacts.ArtefactRecord`,
+  `openvino-...json` beside it) is written: the sha256 of model.onnx, OpenVINO's version, the precision, the
+  model file's path, size and mtime, the CPU as OpenVINO names it and its capabilities, and the sha256 of
+  the directory's files;
+- before use the record is checked against all of that and the files against their sha256; a mismatch
+  (another model.onnx, another OpenVINO, another CPU, a substituted blob) is rebuilt the same way and
+  `choice.cache` says REBUILT and why;
+- where nothing can be written (a read-only export and no cache directory) the model is compiled in memory
   (CacheStatus.IN_MEMORY); `cache=False` never uses a cache.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import logging
 import os
 import queue
@@ -67,15 +67,18 @@ from typing import Any
 
 import numpy as np
 
+from trt_runtime.backends.artefacts import (
+    CacheLocation,
+    Expected,
+    cache_location_for,
+    directory_sha256,
+    verify_directory,
+    write_record,
+)
 from trt_runtime.backends.base import BackendUnavailableError, BaseRunner, CacheStatus
 from trt_runtime.backends.openvino.options import PERFORMANCE_HINTS, PRECISIONS, OpenVinoOptions
 from trt_runtime.contract.export_dir import MODEL_ONNX, ExportDirError, ExportInfo
-from trt_runtime.contract.files import (
-    atomic_directory,
-    ensure_directory,
-    sha256_file,
-    write_json_atomic,
-)
+from trt_runtime.contract.files import atomic_directory, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -86,11 +89,8 @@ logger = logging.getLogger(__name__)
 _COMPILE_LOCK = threading.Lock()
 
 DEVICE = "CPU"
-CACHE_DIR = ".cache"
-CACHE_SUBDIR = "openvino"
-RECORD = "record.json"
 #: bumped when the record's meaning changes, so that older caches are rebuilt
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 INSTALL_HINT = "pip install qbert-deploy[openvino] (or pip install openvino)"
 
 
@@ -236,69 +236,68 @@ class OpenVinoRunner(BaseRunner):
                 f"(backend='auto' does)"
             ) from None
 
-    def cache_directory(self, cache_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
-        """(the directory the writer may not leave by a link, this export's cache directory below it):
-        (cache_dir, cache_dir/openvino/KEY) or (the export, <export>/.cache/openvino/KEY); KEY names the
-        model file and the precision (a blob compiled for one precision is wrong for the other)."""
-        root = Path(cache_dir) if cache_dir is not None else self.export_dir
-        base = root if cache_dir is not None else root / CACHE_DIR
-        digest = self.info.onnx_sha256 or sha256_file(self.model_path)
-        location = _sha256_text(os.path.realpath(self.model_path))
-        return root, base / CACHE_SUBDIR / f"{digest[:16]}-{location[:8]}-{self.precision}"
+    def cache_location(self, cache_dir: str | os.PathLike | None = None) -> CacheLocation:
+        """This export's cache location (`artefacts.cache_location_for`: `cache_dir`, else $QBERT_CACHE_DIR,
+        else the export's `.cache`; entries keyed by model.onnx's sha256), as the ONNX Runtime backend's."""
+        location = cache_location_for(self.export_dir, self.info, True, cache_dir)
+        assert location is not None  # cache=True
+        return location
+
+    def cache_name(self) -> str:
+        """The compiled-model cache's directory name in the cache location: OpenVINO's hash covers the model
+        file's path (a blob compiled from another path is not imported), and the precision is not in it (a
+        blob compiled for f32, imported for bf16, answers NaN), so both are in the name."""
+        return f"openvino-{self.precision}-{_sha256_text(os.path.realpath(self.model_path))[:8]}"
 
     def _compile(self, cache: bool, cache_dir: str | os.PathLike | None) -> tuple[Any, CacheStatus, str]:
         if not cache:
             return self._compile_now(None), CacheStatus.NOT_USED, "cache=False"
-        root, directory = self.cache_directory(cache_dir)
+        location = self.cache_location(cache_dir)
+        directory = location.path(self.cache_name())
+        expected = self._expected()
         try:
-            # the export (or cache_dir) may be a link; nothing below it may be (files.py rules)
-            ensure_directory(directory.parent, root=root)
-        except OSError as e:  # read-only export, a symlinked .cache (UnsafePathError), ...
+            location.check()  # the export (or cache_dir) may be a link; nothing below it may be (files.py rules)
+            problems = verify_directory(directory, expected)
+            if not problems:
+                compiled = self._compile_now(directory)
+                if bool(compiled.get_property("LOADED_FROM_CACHE")):
+                    return compiled, CacheStatus.REUSED, str(directory)
+                problems = ["OpenVINO did not import its blob"]
+            with location.lock():  # one compiling writer at a time (threads and processes)
+                again = verify_directory(directory, expected)
+                if not again:  # made by another writer meanwhile
+                    return self._compile_now(directory), CacheStatus.REUSED, str(directory)
+                with atomic_directory(directory) as staging:
+                    compiled = self._compile_now(staging)
+                # the record holds the directory's sha256: a reader between the swap and it sees a mismatch
+                write_record(directory, directory_sha256(directory), expected, root=location.root)
+        except OSError as e:  # read-only export, a symlinked .cache (UnsafePathError), a full disk, ...
             logger.info("no OpenVINO compiled-model cache for %s (%s); compiling in memory", self.export_dir, e)
             return self._compile_now(None), CacheStatus.IN_MEMORY, f"{directory} cannot be written ({e})"
-        expected = self._record_basis()
-        problem = _record_problem(directory, expected)
-        if problem is None:
-            compiled = self._compile_now(directory)
-            if bool(compiled.get_property("LOADED_FROM_CACHE")):
-                return compiled, CacheStatus.REUSED, str(directory)
-            # OpenVINO refused the blob and compiled anew; drop our record so the next load rebuilds cleanly
-            logger.warning("OpenVINO did not import the cached blob in %s; it will be rebuilt", directory)
-            with contextlib.suppress(OSError):
-                (directory / RECORD).unlink()
-            return compiled, CacheStatus.REBUILT, f"{directory}: OpenVINO did not import its blob"
-        existed = directory.exists()
-        try:
-            with atomic_directory(directory) as staging:
-                compiled = self._compile_now(staging)
-                blobs = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
-                write_json_atomic(staging / RECORD, {**expected, "blobs": blobs}, root=staging)
-        except OSError as e:
-            logger.info("cannot write the OpenVINO cache %s (%s); compiling in memory", directory, e)
-            return self._compile_now(None), CacheStatus.IN_MEMORY, f"{directory} cannot be written ({e})"
-        if existed:
-            logger.warning("rebuilt the OpenVINO compiled-model cache %s: %s", directory, problem)
-            return compiled, CacheStatus.REBUILT, f"{directory}: {problem}"
-        return compiled, CacheStatus.CREATED, str(directory)
+        if problems == [f"{directory} not found"]:
+            return compiled, CacheStatus.CREATED, str(directory)
+        logger.warning("rebuilt the OpenVINO compiled-model cache %s: %s", directory, "; ".join(problems))
+        return compiled, CacheStatus.REBUILT, f"{directory}: {'; '.join(problems)}"
 
-    def _record_basis(self) -> dict[str, Any]:
-        """What a cached blob is made from; any difference means it is not this model's, here."""
+    def _expected(self) -> Expected:
+        """What a cached blob is made from (`artefacts.Expected`); any difference means it is not this model's,
+        here. The model file's size and mtime are in it because OpenVINO's blob header checks them."""
         stat = os.stat(self.model_path)
-        return {
-            "record_version": RECORD_VERSION,
-            "model": {
-                "path": os.path.realpath(self.model_path),
-                "sha256": self.info.onnx_sha256 or sha256_file(self.model_path),
-                "size": stat.st_size,
-                "mtime_ns": stat.st_mtime_ns,
-            },
-            "openvino": self._ov.get_version(),
-            "precision": self.precision,
-            "device": {
-                "name": str(self._core.get_property(DEVICE, "FULL_DEVICE_NAME")),
+        return Expected(
+            kind="openvino-compiled",
+            source=MODEL_ONNX,
+            source_sha256=self.info.onnx_sha256 or sha256_file(self.model_path),
+            made_with={
+                "record_version": RECORD_VERSION,
+                "openvino": self._ov.get_version(),
+                "precision": self.precision,
+                "model_path": os.path.realpath(self.model_path),
+                "model_size": stat.st_size,
+                "model_mtime_ns": stat.st_mtime_ns,
+                "device": str(self._core.get_property(DEVICE, "FULL_DEVICE_NAME")),
                 "capabilities": sorted(self._core.get_property(DEVICE, "OPTIMIZATION_CAPABILITIES")),
             },
-        }
+        )
 
     def _check_signature(self) -> None:
         """export.json and the compiled model must agree on names, or every call would fail later."""
@@ -367,38 +366,3 @@ def _readable(value: Any) -> str:
 
 def _sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _record_problem(directory: Path, expected: dict[str, Any]) -> str | None:
-    """Why the cache in `directory` may not be used (None: it may): missing, made from something else,
-    or holding a file that is not the one recorded."""
-    record_path = directory / RECORD
-    if directory.is_symlink() or record_path.is_symlink():
-        return f"{directory} is or holds a symbolic link"
-    if not directory.exists():
-        return "no cache yet"
-    if not record_path.exists():
-        return "it has no record of what it was made from"
-    try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        return f"its record cannot be read ({e})"
-    if not isinstance(record, dict):
-        return "its record is not a JSON object"
-    for key, value in expected.items():
-        if record.get(key) != value:
-            return f"made for another {key} ({record.get(key)!r}, here {value!r})"
-    blobs = record.get("blobs")
-    if not isinstance(blobs, dict) or not blobs:
-        return "its record lists no compiled blob"
-    present = {entry.name for entry in os.scandir(directory)}
-    if present != set(blobs) | {RECORD}:
-        return f"it holds {sorted(present - {RECORD})}, the record lists {sorted(blobs)}"
-    for name, digest in blobs.items():
-        path = directory / name
-        if path.is_symlink() or not path.is_file():
-            return f"{path} is not a regular file"
-        if sha256_file(path) != digest:
-            return f"{path} is not the blob its record names (sha256 differs)"
-    return None
-

@@ -56,6 +56,7 @@ from trt_runtime.backends.tensorrt.profiles import (
     parse_buckets,
     resolve_profile,
 )
+from trt_runtime.contract.errors import VALIDATION_FAILED, QbertError
 from trt_runtime.contract.export_dir import ENGINE, MODEL_ONNX, ExportInfo, read_export_info
 from trt_runtime.contract.files import exclusive_lock, sha256_bytes, sha256_file, write_bytes_atomic
 
@@ -65,12 +66,17 @@ if TYPE_CHECKING:
 PLUGIN_IMPLEMENTATIONS = ("auto", "aot", "jit")
 
 
-class BuildError(RuntimeError):
+class BuildError(QbertError, RuntimeError):
     """TensorRT could not parse the ONNX or build the engine; the message carries TensorRT's own errors."""
 
+    code = "engine-build-failed"
+    exit_code = VALIDATION_FAILED
 
-class PrecisionError(ValueError):
+
+class PrecisionError(QbertError, ValueError):
     """Precision options that do not go together; the message says which to drop."""
+
+    code = "precision-invalid"
 
 
 @dataclass

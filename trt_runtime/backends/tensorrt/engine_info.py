@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trt_runtime.backends.tensorrt.profiles import Profile, profile_from_dict, profile_to_dict
+from trt_runtime.contract.errors import QbertError
 from trt_runtime.contract.export_dir import ENGINE, ENGINE_JSON, MODEL_ONNX
 from trt_runtime.contract.files import write_bytes_atomic, write_json_atomic, write_text_atomic
 
@@ -23,8 +24,10 @@ ENGINE_FORMAT_VERSION = 1
 ENGINE_LAYERS = "engine_layers.json"
 
 
-class EngineMismatchError(RuntimeError):
+class EngineMismatchError(QbertError, RuntimeError):
     """model.engine cannot be used here (missing, stale, or built for another TensorRT/GPU): rebuild it."""
+
+    code = "engine-mismatch"
 
 
 def rebuild_hint(directory: str | os.PathLike) -> str:

@@ -43,10 +43,13 @@ from math import prod
 from typing import Any
 
 from trt_runtime.backends.tensorrt.plugins.specs import PLUGINS
+from trt_runtime.contract.errors import QbertError
 
 
-class LayerReportError(ValueError):
+class LayerReportError(QbertError, ValueError):
     """The layer information cannot be summarised (not the inspector's JSON, or not DETAILED)."""
+
+    code = "layer-report-invalid"
 
 
 #: substrings of a Format/Datatype string, most specific first, and the precision they mean

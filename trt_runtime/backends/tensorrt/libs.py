@@ -16,14 +16,18 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
+from trt_runtime.contract.errors import QbertError
+
 MIN_TENSORRT = (10, 0)
 INSTALL_HINT = (
     "install tensorrt>=10 (and cuda-python) on a machine with an NVIDIA GPU, or use backend='onnxruntime'"
 )
 
 
-class TensorRTUnavailable(RuntimeError):
+class TensorRTUnavailable(QbertError, RuntimeError):
     """TensorRT, cuda-python or a CUDA GPU is missing; the message says which and what to do."""
+
+    code = "tensorrt-unavailable"
 
 
 def _version_tuple(version: str) -> tuple[int, ...]:

@@ -34,6 +34,7 @@ from onnx import AttributeProto, FunctionProto, GraphProto, ModelProto, NodeProt
 from trt_runtime.backends.tensorrt.integer_form import tensorrt_form
 from trt_runtime.backends.tensorrt.plugins.specs import PLUGIN_NAMESPACE, PLUGIN_VERSION, PLUGINS
 from trt_runtime.contract import ibert
+from trt_runtime.contract.errors import QbertError
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 #: the node attribute by which TensorRT's ONNX parser (10.9+) picks a Python plugin's implementation:
@@ -46,8 +47,10 @@ STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
 _ATTRIBUTE_TYPES = {"FLOAT": AttributeProto.FLOAT, "FLOATS": AttributeProto.FLOATS, "INT": AttributeProto.INT}
 
 
-class OnnxForTensorRTError(ValueError):
+class OnnxForTensorRTError(QbertError, ValueError):
     """The ONNX file cannot be turned into what the TensorRT builder needs; the message says the fix."""
+
+    code = "onnx-for-tensorrt"
 
 
 @dataclass

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from trt_runtime.contract.errors import QbertError
 from trt_runtime.contract.export_dir import ExportInfo, TensorSpec
 
 Shape = tuple[int, ...]
@@ -31,8 +32,10 @@ DEFAULT_AXIS_RANGES: dict[str, tuple[int, int, int]] = {
 MULTIPLE_CHOICE_BATCH = (1, 4, 16)
 
 
-class ProfileError(ValueError):
+class ProfileError(QbertError, ValueError):
     """A profile that cannot be built or an input shape outside one; the message says the fix."""
+
+    code = "profile-invalid"
 
 
 @dataclass(frozen=True)

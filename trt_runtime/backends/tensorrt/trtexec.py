@@ -55,8 +55,9 @@ from trt_runtime.backends.tensorrt.profiles import (
     parse_shapes,
     resolve_profile,
 )
+from trt_runtime.contract.errors import BAD_INPUT, QbertError
 from trt_runtime.contract.export_dir import ENGINE, ExportDirError, ExportInfo, read_export_info
-from trt_runtime.contract.files import save_onnx_atomic, write_json_atomic
+from trt_runtime.contract.files import check_output_outside_inputs, save_onnx_atomic, write_json_atomic
 
 OPTIONS_FILE = Path(__file__).with_name("data") / "trtexec_options.json"
 #: trtexec versions whose option lists every flag must be in (the oldest supported and the stubs' version)
@@ -65,8 +66,10 @@ MODES = ("engine", "build")
 IBERT_OPS = ("IntGELU", "IntSoftmax", "IntLayerNorm")
 
 
-class TrtexecError(ValueError):
+class TrtexecError(QbertError, ValueError):
     """The directory cannot be benchmarked this way, or trtexec's output is not what was expected."""
+
+    code = "trtexec-invalid"
 
 
 @functools.cache
@@ -367,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             print("\n".join(flags))
         else:
+            check_output_outside_inputs(
+                args.out,
+                {"DIRECTORY": args.directory, "--times": args.times, "--profile": args.profile, "--layers": args.layers},
+                output_label="--out",
+            )
             result = summarize(args.directory, args.times, args.profile, args.label or Path(args.directory).name,
                                shlex.split(args.command), args.mode, args.layers)
             write_json_atomic(args.out, result)
@@ -375,9 +383,9 @@ def main(argv: list[str] | None = None) -> int:
             unit = "sequences/s" if result["throughput_sequences_per_s"] else "inferences/s"
             print(f"{args.out}: latency median {latency['median']:.3f} ms, p99 {latency['p99']:.3f} ms, "
                   f"{per_s:.1f} {unit} at batch {result['batch_size']} x sequence {result['sequence_length']}")
-    except (TrtexecError, ExportDirError, EngineMismatchError, ProfileError, ValueError) as e:
+    except (TrtexecError, ExportDirError, EngineMismatchError, ProfileError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return getattr(e, "exit_code", BAD_INPUT)  # 2: bad arguments or files (docs/errors.md)
     return 0
 
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -224,3 +228,95 @@ def test_minilm_on_real_text_keeps_sentence_embeddings(minilm_dir):
         print(f"all-MiniLM-L6-v2 qdq, residual adds + FFN output input float ({method}): mean cosine = {cosine:.4f}")
     assert everything < max(cosines.values())
     assert max(cosines.values()) >= 0.99
+
+
+# --- calibration.json from another model (qdq), and the calibrate command on a bad checkpoint ----------------
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint, its calibration.json): a tiny BERT calibrated in qdq mode."""
+    root = tmp_path_factory.mktemp("calibrated")
+    checkpoint, _ = save_tiny(root / "ckpt", "bert", "text-classification")
+    model = models.load(checkpoint, quantization="qdq")
+    calibrate(
+        model, [padded_batch("bert", batch=4, seq=16, seed=s) for s in range(2)], method="max", progress=False
+    )
+    return checkpoint, save_calibration(model, root / "calibration.json")
+
+
+def test_calibration_of_another_architecture_is_refused_by_models_load(calibrated, tmp_path):
+    _, calibration = calibrated
+    other, _ = save_tiny(
+        tmp_path / "wide", "bert", "text-classification", hidden_size=48, intermediate_size=96
+    )
+    with pytest.raises(
+        CalibrationError,
+        match=r"was made for another model: hidden_size 32 \(this model: 48\); intermediate_size 64 \(this model: "
+        r"96\)\. calibrate this model: python -m models.quantization.calibrate",
+    ):
+        models.load(other, quantization="qdq", calibration=calibration)
+
+
+def test_calibration_of_another_model_type_is_refused_by_load_calibration(calibrated, tmp_path):
+    _, calibration = calibrated
+    other, _ = save_tiny(tmp_path / "squeeze", "squeezebert", "text-classification")
+    with pytest.raises(
+        CalibrationError, match="made for another model: model_type 'bert' \\(this model: 'squeezebert'\\)"
+    ):
+        load_calibration(models.load(other, quantization="qdq"), calibration)
+
+
+def test_calibration_for_a_float_model_says_to_load_it_as_qdq(calibrated):
+    checkpoint, calibration = calibrated
+    with pytest.raises(
+        CalibrationError, match="the model has no quantizers, .*load it with quantization='qdq'"
+    ):
+        models.load(checkpoint, quantization="none", calibration=calibration)
+
+
+def test_calibration_of_other_weights_of_the_same_shape_loads_with_a_warning(calibrated, tmp_path, caplog):
+    checkpoint, calibration = calibrated
+    fine_tuned, _ = save_tiny(tmp_path / "fine-tuned", "bert", "text-classification", seed=7)
+    with caplog.at_level(logging.WARNING):
+        model = models.load(fine_tuned, quantization="qdq", calibration=calibration)
+    assert (
+        "calibrated on other weights of the same architecture" in caplog.text and "recalibrate" in caplog.text
+    )
+    assert np.isfinite(model(**padded_batch("bert"))["logits"].detach().numpy()).all()
+
+
+@pytest.mark.parametrize(
+    "amax", [["1.0"], [None], [[1.0], [1.0, 2.0]], True, [{"a": 1}], float("nan")], ids=repr
+)
+def test_calibration_with_an_amax_that_is_not_a_number(calibrated, tmp_path, amax):
+    checkpoint, calibration = calibrated
+    data = json.loads(calibration.read_text())
+    data["quantizers"]["bert.encoder.layer.0.attention.self.query._input_quantizer"] = amax
+    broken = tmp_path / "calibration.json"
+    broken.write_text(json.dumps(data))
+    with pytest.raises(
+        CalibrationError, match=r"amax (of bert\.encoder\.layer\.0\.attention\.self\.query|must be)"
+    ):
+        models.load(checkpoint, quantization="qdq", calibration=broken)
+
+
+def test_calibrate_command_with_a_bad_checkpoint_exits_2_and_keeps_the_previous_file(
+    checkpoint_copy, tmp_path, capsys
+):
+    from models.quantization.calibrate import main
+
+    output = tmp_path / "calibration.json"
+    output.write_text("previous\n")
+    (checkpoint_copy / "config.json").write_text("{oops")
+    assert main(["--model", str(checkpoint_copy), "--output", str(output)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "config.json is not valid JSON" in error and "re-save" in error
+    assert output.read_text() == "previous\n"
+
+
+@pytest.fixture
+def checkpoint_copy(calibrated, tmp_path) -> Path:
+    checkpoint, _ = calibrated
+    target = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, target)
+    return target

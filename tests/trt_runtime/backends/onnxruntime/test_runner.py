@@ -8,7 +8,14 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -17,11 +24,16 @@ import pytest
 import trt_runtime
 from tests.fixtures import ROOT
 from tests.fixtures.runtime_exports import save_checkpoint, tiny_export
-from tests.fixtures.tiny_models import hf_outputs, padded_batch
-from trt_runtime.backends.base import BaseRunner, CacheStatus, Runner
+from tests.fixtures.tiny_models import VOCAB, hf_outputs, padded_batch
+from trt_runtime.backends.base import BackendChoice, BaseRunner, CacheStatus, Runner
 from trt_runtime.backends.onnxruntime.options import OrtOptions
 from trt_runtime.backends.onnxruntime.runner import CACHE_DIR, OrtRunner
-from trt_runtime.contract.export_dir import ENGINE, ENGINE_JSON, ExportDirError, read_export_info
+from trt_runtime.contract.export_dir import (
+    ENGINE,
+    ENGINE_JSON,
+    ExportDirError,
+    read_export_info,
+)
 from trt_runtime.loader import BackendUnavailableError, cpu_backends
 from trt_runtime.validation import InputError
 
@@ -34,9 +46,9 @@ CASES = [
 ]
 
 
-def fresh_copy(export_dir: Path, tmp_path: Path) -> Path:
-    """A copy of a shared export without its cache, for tests that watch the cache being made."""
-    target = tmp_path / "export"
+def fresh_copy(export_dir: Path, tmp_path: Path, name: str = "export") -> Path:
+    """A copy of a shared export without its cache (tmp_path/name), for tests that watch the cache being made."""
+    target = tmp_path / name
     shutil.copytree(export_dir, target, ignore=shutil.ignore_patterns(CACHE_DIR))
     return target
 
@@ -385,3 +397,371 @@ def test_runner_is_torch_free():
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+
+
+def test_an_onnxruntime_failure_at_run_time_is_a_documented_error_naming_the_file(tmp_path):
+    """An export whose export.json (and its copy in model.onnx) claims 1000 positions for a model of 64: the
+    feeds pass the checks and ONNX Runtime's Gather fails with its InvalidArgument, a plain Exception."""
+    import onnx
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+
+    from trt_runtime.backends.base import BackendRunError
+    from trt_runtime.contract.files import sha256_file
+
+    directory = fresh_copy(tiny_export("bert", "feature-extraction")[1], tmp_path)
+    model = onnx.load(directory / "model.onnx")
+    (copy,) = [p for p in model.metadata_props if p.key == "export"]
+    copy.value = json.dumps({**json.loads(copy.value), "max_sequence_length": 1000})
+    onnx.save(model, directory / "model.onnx")
+    info = json.loads((directory / "export.json").read_text())
+    info.update(max_sequence_length=1000, onnx_sha256=sha256_file(directory / "model.onnx"))
+    (directory / "export.json").write_text(json.dumps(info))
+    ids = np.ones((1, 100), np.int64)
+    feeds = {"input_ids": ids, "attention_mask": ids, "token_type_ids": 0 * ids}
+    session = ort.InferenceSession(str(directory / "model.onnx"), providers=["CPUExecutionProvider"])
+    with pytest.raises(InvalidArgument):  # ONNX Runtime itself
+        session.run(None, feeds)
+    assert not issubclass(InvalidArgument, (ValueError, RuntimeError))
+    runner = OrtRunner(directory, graph="exported", cache=False)
+    with pytest.raises(BackendRunError) as raised:
+        runner(feeds)
+    message = str(raised.value)
+    assert raised.value.code == "backend-run-failed" and isinstance(raised.value, RuntimeError)
+    assert message.startswith(
+        f"ONNX Runtime could not run {directory / 'model.onnx'} on inputs that passed the checks (input_ids [1, 100], "
+        f"attention_mask [1, 100], token_type_ids [1, 100]): [ONNXRuntimeError] : 2 : INVALID_ARGUMENT : "
+    )
+    assert "indices element out of data bounds" in message
+    assert message.endswith("Its graph and export.json disagree (re-export the model), or the machine is out of "
+                            "memory (run a smaller batch)")
+
+
+# --- threads and processes sharing a runner, a pipeline, a fresh export --------------------------------------
+# Concurrency: one runner or pipeline shared by 8 threads x 50 requests answers every request exactly as a
+# serial call does (ONNX Runtime sessions are thread-safe; the tokenizer's truncation state is per call, behind a
+# lock); and many threads, or several processes, making runners on one fresh qdq export at once all get the graph
+# serial use gets, bit for bit (one derives under the cache's lock, the others wait and reuse it).
+
+THREADS, REQUESTS, PROCESSES = 8, 50, 4
+
+
+def hammer(call: Callable[[int], Any], requests: list[int]) -> dict[tuple[int, int], Any]:
+    """Each of THREADS threads makes the calls in `requests` (indices into its inputs), all threads released
+    at once; returns (thread, call) -> result (or the exception it raised)."""
+    results: dict[tuple[int, int], Any] = {}
+    start = threading.Barrier(THREADS)
+
+    def worker(thread: int) -> None:
+        start.wait()
+        for n, request in enumerate(_rotated(requests, thread)):
+            try:
+                results[(thread, n)] = (request, call(request))
+            except Exception as e:  # kept, so the test reports it rather than losing it in a thread
+                results[(thread, n)] = (request, e)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not any(thread.is_alive() for thread in threads), "a thread hung"
+    return results
+
+
+def _rotated(requests: list[int], thread: int) -> list[int]:
+    """Every thread makes the same requests, in a different order, so different inputs run at the same time."""
+    shift = (thread * 7) % len(requests)
+    return requests[shift:] + requests[:shift]
+
+
+def feeds_pool(rng: np.random.Generator) -> list[dict[str, np.ndarray]]:
+    """Ten feeds of different batch sizes and lengths, some padded, some with bad ids (refused)."""
+    pool = []
+    for i in range(10):
+        batch, length = 1 + i % 4, 3 + (i * 5) % 40
+        ids = rng.integers(3, 99, size=(batch, length))
+        mask = np.ones_like(ids)
+        mask[0, length // 2 :] = 0
+        if i == 7:
+            ids[0, 1] = 99  # out of the vocabulary: InputError, every time, from every thread
+        pool.append(
+            {"input_ids": ids, "attention_mask": mask, "token_type_ids": (rng.random(ids.shape) < 0.3) * 1}
+        )
+    return pool
+
+
+def test_shared_ort_runner_gives_serial_answers():
+    runner = OrtRunner(tiny_export("bert", "text-classification")[1], cache=False)
+    pool = feeds_pool(np.random.default_rng(0))
+
+    def call(i: int) -> Any:
+        return runner(pool[i])["logits"]
+
+    serial: dict[int, Any] = {}
+    for i in range(len(pool)):
+        try:
+            serial[i] = call(i)
+        except InputError as e:
+            serial[i] = e
+    requests = [i % len(pool) for i in range(REQUESTS)]
+    results = hammer(call, requests)
+    assert len(results) == THREADS * REQUESTS
+    for (thread, n), (request, got) in results.items():
+        expected = serial[request]
+        if isinstance(expected, InputError):
+            assert isinstance(got, InputError) and str(got) == str(expected), (thread, n, got)
+        else:
+            assert isinstance(got, np.ndarray), (thread, n, got)
+            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6, err_msg=f"thread {thread} call {n}")
+
+
+TEXTS = [
+    "john lives in paris .",
+    "the movie was not good",
+    " ".join(["mary reads a book in the city"] * 12),  # over 64 tokens: truncated with a warning
+    "what a great day",
+    "",  # refused: InputError
+    "the capital of france is paris and the river is big",
+    ["a good day", "a bad night", "the book"],
+]
+
+
+@pytest.mark.parametrize("task", ["text-classification", "question-answering"])
+def test_shared_pipeline_gives_serial_answers(task):
+    if task == "text-classification":
+        pipe = trt_runtime.pipeline(task, tiny_export("bert", task)[1], top_k=None)
+        inputs: list[tuple[Any, dict[str, Any]]] = [(text, {}) for text in TEXTS]
+    else:
+        # question answering sets the tokenizer's truncation per call (max_seq_len, doc_stride): calls with
+        # different settings run at the same time on the one tokenizer
+        pipe = trt_runtime.pipeline(task, tiny_export("bert", task, sharpen=4.0)[1])
+        context = " ".join(["john lives in paris and mary lives in berlin ."] * 6)
+        inputs = [
+            ({"question": question, "context": context}, {"max_seq_len": seq, "doc_stride": stride})
+            for question in ("where does john live ?", "who lives in berlin ?")
+            for seq, stride in ((24, 8), (40, 16), (64, 0))
+        ] + [({"question": " ", "context": context}, {})]
+
+    def call(i: int) -> Any:
+        value, options = inputs[i]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return pipe(value, **options)
+
+    serial: dict[int, Any] = {}
+    for i in range(len(inputs)):
+        try:
+            serial[i] = call(i)
+        except InputError as e:
+            serial[i] = e
+    assert any(isinstance(v, InputError) for v in serial.values())
+    results = hammer(call, [i % len(inputs) for i in range(REQUESTS)])
+    assert len(results) == THREADS * REQUESTS
+    for (thread, n), (request, got) in results.items():
+        expected = serial[request]
+        if isinstance(expected, InputError):
+            assert isinstance(got, InputError) and str(got) == str(expected), (thread, n, got)
+        else:
+            assert got == expected, f"thread {thread} call {n} (input {request}): {got} != {expected}"
+
+
+# --- many threads and processes making runners on one fresh qdq export at once (issue 21) ------------------
+
+
+@pytest.fixture(scope="module")
+def qdq_export(tmp_path_factory) -> Path:
+    import exporter
+    from tests.fixtures.runtime_exports import save_checkpoint
+
+    root = tmp_path_factory.mktemp("concurrent-qdq")
+    save_checkpoint(root / "checkpoint", "bert", "text-classification")
+    return Path(
+        exporter.export(
+            root / "checkpoint", root / "export", task="text-classification", quantization="qdq",
+            num_calibration_samples=16, validate=False, log=None,
+        )
+    )
+
+
+def _feeds() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(5)
+    ids = rng.integers(3, 99, size=(3, 14))
+    mask = np.ones_like(ids)
+    mask[1, 9:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+
+
+def _no_temporaries(export_dir: Path) -> list[Path]:
+    return [p for p in (export_dir / CACHE_DIR).rglob(".*") if p.name != ".lock"]
+
+
+def test_threads_making_runners_on_a_fresh_export_all_get_the_serial_graph(qdq_export, tmp_path):
+    feeds = _feeds()
+    serial = trt_runtime.load(fresh_copy(qdq_export, tmp_path, "serial"), backend="onnxruntime")(feeds)["logits"]
+    export_dir = fresh_copy(qdq_export, tmp_path, "fresh")
+    start = threading.Barrier(THREADS)
+    results: dict[int, Any] = {}
+
+    def worker(thread: int) -> None:
+        start.wait()
+        try:
+            runner = trt_runtime.load(export_dir, backend="onnxruntime")
+            results[thread] = (runner.choice, runner(feeds)["logits"])
+        except Exception as e:  # kept, so the test reports it
+            results[thread] = (e, None)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert len(results) == THREADS
+    choices = [choice for choice, _ in results.values()]
+    assert all(isinstance(c, BackendChoice) and c.graph == "cpu-int8" for c in choices), choices
+    # one thread derived each artefact while the others waited on the lock, then reused it
+    assert sorted(c.cache.value for c in choices) == ["created"] + ["reused"] * (THREADS - 1)
+    assert sorted(c.session_cache.value for c in choices) == ["created"] + ["reused"] * (THREADS - 1)
+    for thread, (_, logits) in results.items():
+        np.testing.assert_array_equal(logits, serial, err_msg=f"thread {thread}")
+    assert not _no_temporaries(export_dir)
+
+
+_PROCESS = """
+import json, sys, time
+from pathlib import Path
+import numpy as np
+import trt_runtime
+export_dir, go, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+feeds = dict(np.load(sys.argv[4]))
+while not go.exists():
+    time.sleep(0.005)
+runner = trt_runtime.load(export_dir, backend="onnxruntime")
+np.save(out.with_suffix(".npy"), runner(feeds)["logits"])
+out.write_text(json.dumps([runner.choice.graph, runner.choice.cache.value, runner.choice.session_cache.value]))
+"""
+
+
+def test_processes_making_runners_on_a_fresh_export_all_get_the_serial_graph(qdq_export, tmp_path):
+    feeds = _feeds()
+    serial = trt_runtime.load(fresh_copy(qdq_export, tmp_path, "serial"), backend="onnxruntime")(feeds)["logits"]
+    export_dir = fresh_copy(qdq_export, tmp_path, "fresh")
+    np.savez(tmp_path / "feeds.npz", **feeds)
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PROCESS, str(export_dir), str(go), str(tmp_path / f"out-{n}.json"),
+             str(tmp_path / "feeds.npz")],
+            env=env,
+        )
+        for n in range(PROCESSES)
+    ]
+    time.sleep(0.5)  # let them import; the go file releases them at once
+    go.touch()
+    assert [p.wait(timeout=300) for p in processes] == [0] * PROCESSES
+    reports = [json.loads((tmp_path / f"out-{n}.json").read_text()) for n in range(PROCESSES)]
+    assert all(graph == "cpu-int8" for graph, _, _ in reports), reports
+    assert sorted(cache for _, cache, _ in reports) == ["created"] + ["reused"] * (PROCESSES - 1), reports
+    for n in range(PROCESSES):
+        np.testing.assert_array_equal(np.load(tmp_path / f"out-{n}.npy"), serial, err_msg=f"process {n}")
+    assert not _no_temporaries(export_dir)
+
+
+# --- out-of-range ids: ONNX Runtime alone answers wrongly; the runner refuses first --------------------------
+
+@pytest.fixture(scope="module")
+def clf_runner(clf_dir: Path) -> OrtRunner:
+    return OrtRunner(clf_dir, cache=False)
+
+
+def _ids_feeds(ids: list[list[int]], **overrides: Any) -> dict[str, np.ndarray]:
+    input_ids = np.array(ids, dtype=np.int64)
+    feeds = {
+        "input_ids": input_ids,
+        "attention_mask": np.ones_like(input_ids),
+        "token_type_ids": np.zeros_like(input_ids),
+    }
+    feeds.update({name: np.asarray(value, dtype=np.int64) for name, value in overrides.items()})
+    return feeds
+
+
+
+
+
+GOOD = [[2, 10, 11, 3]]
+
+
+def _raw_session(export_dir: Path) -> ort.InferenceSession:
+    """A bare ONNX Runtime session on the export's model.onnx, with no validation in front of it."""
+    return ort.InferenceSession(str(export_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+def test_negative_token_id_is_silently_another_token_in_onnxruntime_and_refused_by_the_runner(
+    clf_dir, clf_runner
+):
+    """Gather takes -1 as the last row: ONNX Runtime alone answers for token 98, a silently wrong answer."""
+    session = _raw_session(clf_dir)
+    negative = _ids_feeds([[2, -1, 11, 3]])
+    last_token = _ids_feeds([[2, VOCAB - 1, 11, 3]])
+    np.testing.assert_array_equal(session.run(None, negative)[0], session.run(None, last_token)[0])
+    with pytest.raises(
+        InputError, match=r"input_ids\[0, 1\] = -1 is out of range: token ids must be in \[0, 99\)"
+    ):
+        clf_runner(negative)
+
+
+def test_token_id_past_the_vocabulary_is_refused_before_the_gather(clf_dir, clf_runner):
+    """ONNX Runtime's CPU Gather stops with its own error (a GPU Gather reads out of bounds); ours is first."""
+    feeds = _ids_feeds([[2, VOCAB, 11, 3]])
+    with pytest.raises(Exception, match="out of data bounds") as raw:
+        _raw_session(clf_dir).run(None, feeds)
+    assert not isinstance(raw.value, InputError)
+    with pytest.raises(InputError, match=r"input_ids\[0, 1\] = 99 is out of range"):
+        clf_runner(feeds)
+
+
+def test_negative_token_type_is_silently_wrong_in_onnxruntime_and_refused_by_the_runner(clf_dir, clf_runner):
+    """-1 is the last row of the token-type table: ONNX Runtime alone answers as for token type 1."""
+    session = _raw_session(clf_dir)
+    right = session.run(None, _ids_feeds(GOOD))[0]
+    wrong = session.run(None, _ids_feeds(GOOD, token_type_ids=[[0, -1, 0, 0]]))[0]
+    np.testing.assert_array_equal(wrong, session.run(None, _ids_feeds(GOOD, token_type_ids=[[0, 1, 0, 0]]))[0])
+    assert not np.array_equal(wrong, right)
+    with pytest.raises(InputError, match=r"token_type_ids\[0, 1\] = -1 is out of range"):
+        clf_runner(_ids_feeds(GOOD, token_type_ids=[[0, -1, 0, 0]]))
+
+
+def test_attention_mask_of_5_gives_nan_in_onnxruntime_and_is_refused_by_the_runner(clf_dir, clf_runner):
+    session = _raw_session(clf_dir)
+    assert np.isnan(session.run(None, _ids_feeds(GOOD, attention_mask=[[1, 5, 1, 1]]))[0]).any()
+    with pytest.raises(InputError, match=r"attention_mask\[0, 1\] = 5 is out of range: .* 0 or 1"):
+        clf_runner(_ids_feeds(GOOD, attention_mask=[[1, 5, 1, 1]]))
+
+
+@pytest.mark.parametrize("name", ["input_ids", "attention_mask", "token_type_ids"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_float_feeds_with_nan_are_refused_by_dtype(clf_runner, name, dtype):
+    """None of our exports take float inputs: a float array (NaN or not) is refused by its dtype."""
+    feeds: dict[str, np.ndarray] = dict(_ids_feeds(GOOD))
+    value = feeds[name].astype(dtype)
+    value[0, 0] = np.nan
+    feeds[name] = value
+    with pytest.raises(
+        InputError,
+        match=rf"{name} has dtype {np.dtype(dtype).name}; expected integers .*astype\(np.int64\)",
+    ):
+        clf_runner(feeds)
+
+
+def test_runner_result_does_not_depend_on_the_feed_layout(clf_runner):
+    """Non-contiguous, big-endian, read-only and narrower feeds give the result of plain int64 ones."""
+    plain = _ids_feeds([[2, 10, 11, 3], [2, 12, 3, 0]], attention_mask=[[1, 1, 1, 1], [1, 1, 1, 0]])
+    expected = clf_runner(plain)["logits"]
+    wide = {name: np.repeat(value, 2, axis=1)[:, ::2] for name, value in plain.items()}  # strided views
+    big_endian = {name: value.astype(">i8") for name, value in plain.items()}
+    read_only = {name: value.copy() for name, value in plain.items()}
+    for value in read_only.values():
+        value.flags.writeable = False
+    narrow = {name: value.astype(np.uint8) for name, value in plain.items()}
+    for feeds in (wide, big_endian, read_only, narrow):
+        np.testing.assert_array_equal(clf_runner(feeds)["logits"], expected)

@@ -29,12 +29,9 @@ from trt_runtime.loader import BackendUnavailableError
 
 openvino = pytest.importorskip("openvino")
 
-from trt_runtime.backends.openvino.runner import (  # noqa: E402
-    CACHE_DIR,
-    RECORD,
-    OpenVinoRunner,
-    OpenVinoUnavailable,
-)
+from trt_runtime.backends.artefacts import CACHE_DIR_ENV, record_path  # noqa: E402
+from trt_runtime.backends.openvino.runner import OpenVinoRunner, OpenVinoUnavailable  # noqa: E402
+from trt_runtime.contract.export_dir import CACHE_DIR  # noqa: E402
 
 #: relative L2 distance to ONNX Runtime on the same graph. Float: the same float32 arithmetic in another
 #: order. qdq: OpenVINO runs the Q/DQ layers as int8 kernels and quantizes the float input of the FFN output
@@ -195,12 +192,17 @@ def test_cache_is_created_reused_and_checked_before_use(exports, tmp_path):
     first = OpenVinoRunner(export_dir, intra_op_num_threads=1)
     directory = cache_of(first)
     assert first.choice.cache == CacheStatus.CREATED
-    assert directory.parent == export_dir / CACHE_DIR / "openvino"
-    record = json.loads((directory / RECORD).read_text())
-    blobs = sorted(p.name for p in directory.iterdir() if p.name != RECORD)
-    assert blobs == sorted(record["blobs"]) and all(name.endswith(".blob") for name in blobs)
-    assert record["model"]["sha256"] == first.info.onnx_sha256
-    assert not [p for p in directory.parent.iterdir() if p.name.startswith(".")], "no staging left behind"
+    # the ONNX Runtime backend's layout (trt_runtime.backends.artefacts): <export>/.cache/<sha256[:16]>/
+    assert directory.parent == export_dir / CACHE_DIR / first.info.onnx_sha256[:16]
+    assert directory.name.startswith("openvino-f32-")
+    record = json.loads(record_path(directory).read_text())
+    blobs = sorted(p.name for p in directory.iterdir())
+    assert blobs and all(name.endswith(".blob") for name in blobs)
+    assert record["kind"] == "openvino-compiled" and record["source_sha256"] == first.info.onnx_sha256
+    assert record["made_with"]["precision"] == "f32"
+    assert not [p for p in directory.parent.iterdir() if p.name.startswith(".") and p.name != ".lock"], (
+        "no staging left behind"
+    )
 
     second = OpenVinoRunner(export_dir, intra_op_num_threads=1)
     assert second.choice.cache == CacheStatus.REUSED
@@ -212,16 +214,18 @@ def test_cache_is_created_reused_and_checked_before_use(exports, tmp_path):
     os.chmod(blob, 0o644)
     blob.write_bytes(blob.read_bytes()[:-1] + b"\0")
     third = OpenVinoRunner(export_dir, intra_op_num_threads=1)
-    assert third.choice.cache == CacheStatus.REBUILT and "sha256 differs" in third.choice.cache_detail
+    assert third.choice.cache == CacheStatus.REBUILT
+    assert "does not hold the files its record describes" in third.choice.cache_detail
     assert relative_l2(third(inputs)["last_hidden_state"], expected) < TOLERANCE["qdq"]
     assert OpenVinoRunner(export_dir, intra_op_num_threads=1).choice.cache == CacheStatus.REUSED
 
     # a record made by another OpenVINO (or for another CPU, another model file) is rebuilt too
-    record = json.loads((directory / RECORD).read_text())
-    record["openvino"] = "2020.1.0"
-    (directory / RECORD).write_text(json.dumps(record))
+    record = json.loads(record_path(directory).read_text())
+    record["made_with"]["openvino"] = "2020.1.0"
+    record_path(directory).write_text(json.dumps(record))
     fourth = OpenVinoRunner(export_dir, intra_op_num_threads=1)
-    assert fourth.choice.cache == CacheStatus.REBUILT and "another openvino" in fourth.choice.cache_detail
+    assert fourth.choice.cache == CacheStatus.REBUILT
+    assert "it was made with openvino 2020.1.0" in fourth.choice.cache_detail
 
     # touching model.onnx (same bytes, new mtime: OpenVINO's blob header would no longer match) rebuilds
     os.utime(export_dir / MODEL_ONNX, ns=(1, 1))
@@ -235,9 +239,26 @@ def test_cache_dir_option_keeps_the_export_untouched(exports, tmp_path):
     before = sorted(p.relative_to(export_dir) for p in export_dir.rglob("*"))
     runner = OpenVinoRunner(export_dir, cache_dir=tmp_path / "cache")
     assert runner.choice.cache == CacheStatus.CREATED
-    assert cache_of(runner).parent == tmp_path / "cache" / "openvino"
+    assert cache_of(runner).parent == tmp_path / "cache" / runner.info.onnx_sha256[:16]
     assert sorted(p.relative_to(export_dir) for p in export_dir.rglob("*")) == before
     assert OpenVinoRunner(export_dir, cache_dir=tmp_path / "cache").choice.cache == CacheStatus.REUSED
+
+
+def test_qbert_cache_dir_means_for_openvino_what_it_means_for_onnxruntime(exports, tmp_path, monkeypatch):
+    """$QBERT_CACHE_DIR names one cache for both CPU backends: each keeps its artefacts in the entry of the
+    model.onnx's sha256, and the export is not written to."""
+    from trt_runtime.backends.onnxruntime.runner import OrtRunner
+
+    export_dir = fresh_copy(exports["float"], tmp_path / "float")
+    before = sorted(p.relative_to(export_dir) for p in export_dir.rglob("*"))
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "shared"))
+    openvino_runner = OpenVinoRunner(export_dir, intra_op_num_threads=1)
+    ort_runner = OrtRunner(export_dir)
+    entry = tmp_path / "shared" / openvino_runner.info.onnx_sha256[:16]
+    assert cache_of(openvino_runner).parent == entry and openvino_runner.choice.cache == CacheStatus.CREATED
+    assert ort_runner.choice.cache == CacheStatus.CREATED and str(entry) in ort_runner.choice.cache_detail
+    assert sorted(p.relative_to(export_dir) for p in export_dir.rglob("*")) == before
+    assert OpenVinoRunner(export_dir, intra_op_num_threads=1).choice.cache == CacheStatus.REUSED
 
 
 def test_a_symlinked_cache_directory_is_never_written_through(exports, tmp_path):

@@ -151,7 +151,7 @@ def test_build_command_options():
 
 def test_build_command_reports_errors_and_fails(tmp_path, capsys):
     args, commands = _parse(str(tmp_path / "missing"))
-    assert commands["build"].main(args) == 1
+    assert commands["build"].main(args) == 2  # a bad argument (docs/errors.md: 1 is "validation failed")
     assert "is not a directory" in capsys.readouterr().err
 
 
@@ -207,7 +207,7 @@ def test_build_without_tensorrt_says_what_to_install(tmp_path, capsys):
     with pytest.raises(TensorRTUnavailable, match="TensorRT is not installed.*install tensorrt>=10.*backend='onnxruntime'"):
         build_engine(directory)
     args, commands = _parse(str(directory))
-    assert commands["build"].main(args) == 1
+    assert commands["build"].main(args) == 2  # this machine cannot: exit 2, as for every error but a failed build
     assert "error: TensorRT is not installed" in capsys.readouterr().err
 
 
@@ -359,3 +359,16 @@ def test_saving_merges_under_a_lock_and_survives_no_cache(tmp_path, capsys):
     saver.join(10)
     assert not saver.is_alive()
     assert path.read_bytes() == b"mine;newer;theirs"  # merged with what was on disk after the wait
+
+
+def test_a_timing_cache_that_is_a_file_of_the_export_is_refused(tmp_path, capsys):
+    directory = write_export_dir(tmp_path / "export", ibert_graph_model())
+    before = (directory / "model.onnx").read_bytes()
+    args, commands = _parse(str(directory))
+    args.timing_cache = str(directory / "model.onnx")
+    assert commands["build"].main(args) == 2
+    assert capsys.readouterr().err == (
+        f"error: --timing-cache {directory / 'model.onnx'} is the input model.onnx {directory / 'model.onnx'}: "
+        f"writing it would destroy what it is made from; choose another --timing-cache\n"
+    )
+    assert (directory / "model.onnx").read_bytes() == before

@@ -3,10 +3,22 @@ and the runner's check of input shapes against a profile."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
+import trt_runtime
 from tests.fixtures.tensorrt_test_models import export_info
+from tests.fixtures.tiny_models import VOCAB
+from trt_runtime.backends.base import BaseRunner
+from trt_runtime.backends.onnxruntime.options import OrtOptions
+from trt_runtime.backends.onnxruntime.runner import OrtRunner
 from trt_runtime.backends.tensorrt.profiles import (
     ProfileError,
     ShapeRange,
@@ -21,7 +33,10 @@ from trt_runtime.backends.tensorrt.profiles import (
     resolve_profile,
     select_profile,
 )
-from trt_runtime.backends.tensorrt.runner import profile_limits, validate_for_profile
+from trt_runtime.backends.tensorrt.runner import TensorRTRunner, profile_limits, validate_for_profile
+from trt_runtime.contract.export_dir import ExportInfo, TensorSpec
+from trt_runtime.pipelines.text_classification import TextClassificationPipeline
+from trt_runtime.tokenization import TextTokenizer
 from trt_runtime.validation import InputError
 
 NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -216,3 +231,152 @@ def test_runner_limits_and_validation_over_several_profiles():
     with pytest.raises(InputError, match="over this backend's limit of 16"):
         validate_for_profile({"input_ids": np.ones((17, 10), np.int64), "attention_mask": np.ones((17, 10), np.int64),
                               "token_type_ids": np.zeros((17, 10), np.int64)}, info, profiles)
+
+
+# --- the feed checks of a profile (pure functions; no TensorRT needed) ---------------------------------------
+
+def _profile_info(task: str = "text-classification", max_len: int = 64) -> ExportInfo:
+    shape: tuple[str, ...] = (
+        ("batch_size", "num_choices", "sequence_length")
+        if task == "multiple-choice"
+        else ("batch_size", "sequence_length")
+    )
+    return ExportInfo(
+        architecture="bert",
+        model_type="bert",
+        task=task,
+        quantization="none",
+        opset=17,
+        inputs=[TensorSpec(n, "int64", shape) for n in ("input_ids", "attention_mask", "token_type_ids")],
+        outputs=[TensorSpec("logits", "float32", ("batch_size", 3))],
+        max_sequence_length=max_len,
+        vocab_size=VOCAB,
+        type_vocab_size=2,
+    )
+
+
+def _ones(*shape: int) -> dict[str, np.ndarray]:
+    ids = np.full(shape, 5, dtype=np.int64)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
+PROFILE_CASES = {
+    "batch over the profile": ((9, 10), r"batch of 9 is over this backend's limit of 8; split the batch"),
+    "sequence over the profile, under the export": ((2, 33), r"sequence length 33 is over the limit of 32"),
+    "sequence under the profile": ((2, 3), r"sequence length 3 is under this backend's minimum of 4"),
+}
+
+
+@pytest.mark.parametrize("case", list(PROFILE_CASES))
+def test_feeds_outside_a_tensorrt_profile_are_input_errors(case):
+    info = _profile_info()
+    profile = resolve_profile(info, "input_ids:1x4", "input_ids:4x16", "input_ids:8x32")
+    shape, message = PROFILE_CASES[case]
+    with pytest.raises(InputError, match=message):
+        validate_for_profile(_ones(*shape), info, profile)
+    validate_for_profile(_ones(8, 32), info, profile)  # the corners of the profile pass
+    validate_for_profile(_ones(1, 4), info, profile)
+
+
+def test_choices_outside_a_multiple_choice_profile_are_input_errors():
+    info = _profile_info("multiple-choice")
+    profile = resolve_profile(info, "input_ids:1x1x1", "input_ids:2x2x16", "input_ids:4x3x32")
+    with pytest.raises(
+        InputError, match=r"input input_ids has shape 2x5x10, outside the engine's optimization"
+    ):
+        validate_for_profile(_ones(2, 5, 10), info, profile)
+    assert validate_for_profile(_ones(2, 3, 10), info, profile)["input_ids"].shape == (2, 3, 10)
+
+
+def test_tensorrt_runner_tells_pipelines_its_profile_limits():
+    """The limits a pipeline reads (to batch, truncate and pad) come from the engine's profile."""
+    info = _profile_info()
+    runner = TensorRTRunner.__new__(TensorRTRunner)  # no engine: only the profile-derived attributes
+    runner.info = info
+    runner.profile = resolve_profile(info, "input_ids:1x4", "input_ids:4x16", "input_ids:8x32")
+    assert (runner.max_batch_size, runner.max_sequence_length, runner.min_sequence_length) == (8, 32, 4)
+
+
+class ProfileRunner(BaseRunner):
+    """An ONNX Runtime runner held to a TensorRT profile exactly as TensorRTRunner holds its engine to it:
+    the same `validate_for_profile` before every call, the same limit properties for the pipelines."""
+
+    backend = "onnxruntime"
+    options_class = OrtOptions
+
+    def __init__(self, export_dir: Path, max_batch: int, min_len: int, max_len: int):
+        self.runner = OrtRunner(export_dir, cache=False)
+        super().__init__(export_dir, info=self.runner.info)
+        self.profile = resolve_profile(
+            self.info,
+            min_shapes=f"input_ids:1x{min_len}",
+            max_shapes=f"input_ids:{max_batch}x{max_len}",
+            opt_shapes=f"input_ids:1x{min_len}",
+        )
+        self.limits = profile_limits(self.profile, self.info)
+        self.shapes: list[tuple[int, ...]] = []
+
+    @property
+    def max_batch_size(self) -> int | None:
+        return self.limits["max_batch_size"]
+
+    @property
+    def max_sequence_length(self) -> int | None:
+        return self.limits["max_sequence_length"]
+
+    @property
+    def min_sequence_length(self) -> int:
+        return self.limits["min_sequence_length"]
+
+    def _validate(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        return validate_for_profile(feeds, self.info, self.profile)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.shapes.append(feeds["input_ids"].shape)
+        return self.runner(feeds)
+
+
+def test_pipeline_truncates_to_the_profile_and_pads_up_to_its_minimum(clf_dir):
+    tokenizer = TextTokenizer.from_directory(clf_dir)
+    limited = ProfileRunner(clf_dir, max_batch=2, min_len=12, max_len=16)
+    pipe = TextClassificationPipeline(limited, tokenizer, batch_size=8, top_k=None)
+    free = trt_runtime.pipeline("text-classification", clf_dir, top_k=None)
+    short, long = "a good day", " ".join(["the movie was good"] * 10)
+    with pytest.warns(UserWarning, match="longer than 16 tokens and were truncated"):
+        results = pipe([short, long, short, short, long])
+    assert all(batch <= 2 and 12 <= sequence <= 16 for batch, sequence in limited.shapes), limited.shapes
+    # padding up to the profile's minimum is masked out: the short texts score as without a profile
+    for got, expected in zip(results[::2], free([short, short, short])):
+        assert [r["label"] for r in got] == [r["label"] for r in expected]
+        np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in expected], atol=1e-4)
+
+
+
+
+@st.composite
+def profile_cases(draw: st.DrawFn) -> tuple[dict[str, np.ndarray], ExportInfo, dict[str, ShapeRange]]:
+    info = _profile_info(draw(st.sampled_from(["text-classification", "multiple-choice"])), max_len=16)
+    rank = len(info.inputs[0].shape)
+    low = [draw(st.integers(1, 3)) for _ in range(rank)]
+    high = [lo + draw(st.integers(0, 3)) for lo in low]
+    high[-1] = min(high[-1], 16)
+    low[-1] = min(low[-1], high[-1])
+    shape_range = ShapeRange(tuple(low), tuple(low), tuple(high))
+    profile = {spec.name: shape_range for spec in info.inputs}
+    shape = tuple(draw(st.integers(0, 7)) for _ in range(draw(st.integers(rank - 1, rank + 1))))
+    ids = draw(hnp.arrays(np.int64, shape, elements=st.integers(-1, VOCAB)))
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    return feeds, info, profile
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=profile_cases())
+def test_profile_checks_raise_only_input_error_and_pass_only_shapes_inside(case):
+    feeds, info, profile = case
+    try:
+        out = validate_for_profile(feeds, info, profile)
+    except InputError:
+        return
+    shape_range = profile["input_ids"]
+    shape = out["input_ids"].shape
+    assert all(lo <= d <= hi for d, lo, hi in zip(shape, shape_range.min, shape_range.max, strict=True))

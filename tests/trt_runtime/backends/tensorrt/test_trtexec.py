@@ -256,3 +256,16 @@ def test_trtexec_bench_refuses_unknown_extra_flags(tmp_path):
     })
     assert result.returncode == 1 and "has no option --fastest" in result.stderr
     assert not (tmp_path / "calls").exists()  # trtexec never ran
+
+
+def test_summarize_refuses_an_output_inside_the_export_or_over_an_input(tmp_path, capsys):
+    from trt_runtime.backends.tensorrt.trtexec import main
+
+    directory = write_export_dir(tmp_path / "export", ibert_graph_model())
+    times = tmp_path / "times.json"
+    times.write_text("[]")
+    for out, relation, label in ((directory / "summary.json", "lies inside", "DIRECTORY"), (times, "is", "--times")):
+        assert main(["summarize", str(directory), "--times", str(times), "--out", str(out)]) == 2
+        given = directory if label == "DIRECTORY" else times
+        assert capsys.readouterr().err.startswith(f"error: --out {out} {relation} the input {label} {given}: ")
+    assert times.read_text() == "[]" and not (directory / "summary.json").exists()

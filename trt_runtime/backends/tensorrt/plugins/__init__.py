@@ -16,12 +16,15 @@ and triton; AOT implementations from 10.9). The kernels are in
 from __future__ import annotations
 
 from trt_runtime.backends.tensorrt.plugins.specs import PLUGIN_NAMESPACE, PLUGIN_VERSION, PLUGINS, PluginSpec
+from trt_runtime.contract.errors import QbertError
 
 __all__ = ["PLUGINS", "PLUGIN_NAMESPACE", "PLUGIN_VERSION", "PluginSpec", "PluginsUnavailable", "register_plugins"]
 
 
-class PluginsUnavailable(RuntimeError):
+class PluginsUnavailable(QbertError, RuntimeError):
     """The ibert plugins cannot be registered here; the message says what is missing and the way around."""
+
+    code = "plugins-unavailable"
 
 
 def register_plugins() -> list[str]:

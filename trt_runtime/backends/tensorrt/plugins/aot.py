@@ -26,6 +26,7 @@ from typing import Any
 
 from trt_runtime.backends.tensorrt.plugins import kernels
 from trt_runtime.contract import ibert as constants
+from trt_runtime.contract.errors import VALIDATION_FAILED, QbertError
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,11 @@ class CompiledKernel:
     block: int  # elements (IntGELU) or row chunk (IntSoftmax, IntLayerNorm) per program
 
 
-class AotCompileError(RuntimeError):
+class AotCompileError(QbertError, RuntimeError):
     """The kernel could not be compiled into a form TensorRT can launch."""
+
+    code = "aot-compile-failed"
+    exit_code = VALIDATION_FAILED
 
 
 def drop_scratch_params(ptx: str, kernel_name: str, num_params: int) -> str:

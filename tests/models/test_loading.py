@@ -1,5 +1,6 @@
-"""Issue 11, checkpoints: `models.load` detects every bad checkpoint at load with CheckpointError and the fix,
-and never runs code from an untrusted pickle.
+"""models.loading: `models.load` detects every bad checkpoint at load with CheckpointError and the fix (weights
+of the wrong shape, kind or values, a config.json transformers refuses), and never runs code from an untrusted
+pickle.
 
 Covered elsewhere and not repeated: missing and unexpected keys in one message, safetensors read before
 a pickle that is not one, a missing task head (test_models_float).
@@ -216,3 +217,89 @@ def test_bad_config_json_stops_an_export_before_anything_is_written(checkpoint, 
     with pytest.raises(exporter.ExportError, match="--model: .*config.json is not valid JSON .*re-save"):
         exporter.export(checkpoint, tmp_path / "out", log=None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+# --- weights' values and dtypes ---------------------------------------------------------------------------
+
+
+def test_nan_weights_are_refused_naming_the_tensor(checkpoint, tmp_path):
+    """Used to load, and the export then failed validation with "This is a bug in the export"."""
+    state = load_file(checkpoint / "model.safetensors")
+    weight = state["bert.encoder.layer.0.attention.self.query.weight"].clone()
+    weight[0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    state["bert.encoder.layer.0.attention.self.query.weight"] = weight
+    save_file(state, checkpoint / "model.safetensors")
+    message = (
+        f"{checkpoint / 'model.safetensors'}: bert.encoder.layer.0.attention.self.query.weight holds 3 NaN or infinite value(s) of "
+        f"{weight.numel()}; the model would compute NaN. (the checkpoint is damaged or its training diverged: "
+        f"download, re-save or retrain it)"
+    )
+    with pytest.raises(models.CheckpointError) as raised:
+        models.load(checkpoint)
+    assert str(raised.value) == message and raised.value.code == "checkpoint-invalid"
+    with pytest.raises(models.CheckpointError) as raised:
+        exporter.export(checkpoint, tmp_path / "out", log=None)
+    assert str(raised.value) == message
+    assert not (tmp_path / "out").exists()
+
+
+def test_half_precision_weights_are_converted_with_a_warning_as_transformers_converts_them(checkpoint, caplog):
+    """transformers loads an fp16 checkpoint into a float32 model by casting (its own reference below); we do
+    too (fp16 -> fp32 is exact) and say so."""
+    from transformers import BertForSequenceClassification
+
+    state = load_file(checkpoint / "model.safetensors")
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, checkpoint / "model.safetensors")
+    with caplog.at_level("WARNING", logger="models.loading"):
+        model = models.load(checkpoint)
+    warning = [r.getMessage() for r in caplog.records if "were converted" in r.getMessage()]
+    assert len(warning) == 1 and f"{checkpoint / 'model.safetensors'}: " in warning[0] and "stored as float16 were converted to float32" in warning[0]
+    reference = BertForSequenceClassification.from_pretrained(str(checkpoint), dtype=torch.float32)
+    ours = dict(model.named_parameters())
+    for name, parameter in reference.named_parameters():
+        assert parameter.dtype == torch.float32 and torch.equal(ours[name], parameter), name
+
+
+def test_integer_weights_where_the_model_has_floats_are_refused(checkpoint):
+    state = load_file(checkpoint / "model.safetensors")
+    key = "bert.encoder.layer.1.output.dense.weight"
+    state[key] = torch.ones_like(state[key], dtype=torch.int8)
+    save_file(state, checkpoint / "model.safetensors")
+    with pytest.raises(models.CheckpointError) as raised:
+        models.load(checkpoint)
+    assert str(raised.value) == (
+        f"{checkpoint / 'model.safetensors'}: {key} is stored as int8, the model computes it as float32; a weight of another kind cannot "
+        f"be cast to it. (save the checkpoint with floating-point weights (model.save_pretrained of the float model))"
+    )
+
+
+def test_a_missing_head_is_refused_by_the_exporter_with_the_exporters_fix(tmp_path):
+    """models.load suggests init_missing_head=True, which the exporter does not offer (and which would export a
+    random head): the exporter's message names the task the checkpoint was trained for instead."""
+    directory, _ = save_tiny(tmp_path / "encoder", "bert", "feature-extraction")
+    with pytest.raises(models.CheckpointError) as raised:
+        exporter.export(directory, tmp_path / "out", task="text-classification", log=None)
+    message = str(raised.value)
+    assert message.startswith(f"{directory / 'model.safetensors'} does not fit") and "missing keys: classifier.bias, classifier.weight" in message
+    assert message.endswith(
+        "(the checkpoint has no trained text-classification head: export the task it was trained for (--task auto "
+        "reads it from config.json's architectures: feature-extraction), or fine-tune the head first and export "
+        "that checkpoint)"
+    )
+    assert "init_missing_head" not in message and not (tmp_path / "out").exists()
+
+
+def test_an_unknown_activation_is_refused_naming_the_field(checkpoint):
+    """transformers builds the layers with ACT2FN[config.hidden_act]: a bare KeyError 'swishy' before."""
+    from transformers.activations import ACT2FN
+
+    config = json.loads((checkpoint / "config.json").read_text())
+    (checkpoint / "config.json").write_text(json.dumps({**config, "hidden_act": "swishy"}))
+    with pytest.raises(KeyError):
+        ACT2FN["swishy"]
+    with pytest.raises(models.CheckpointError) as raised:
+        models.load(checkpoint)
+    assert str(raised.value).startswith(
+        f"{checkpoint / 'config.json'}: hidden_act 'swishy' is not an activation transformers has; choose one of gelu,"
+    )
+    assert str(raised.value).endswith("(BERT checkpoints use 'gelu')")
