@@ -18,4 +18,10 @@ def wheel(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def export_python(tmp_path_factory, wheel) -> Path:
     """python of a fresh venv with the wheel installed for exporting (torch first: the local CPU build)."""
-    return make_venv(tmp_path_factory.mktemp("export-venv") / "venv", LOCAL_TORCH, str(wheel))
+    return make_venv(tmp_path_factory.mktemp("export-venv") / "venv", LOCAL_TORCH, f"{wheel}[export]")
+
+
+@pytest.fixture(scope="session")
+def runtime_python(tmp_path_factory, wheel) -> Path:
+    """python of a fresh venv with only `qbert-deploy[runtime]` (a serving box: no torch, no transformers)."""
+    return make_venv(tmp_path_factory.mktemp("runtime-venv") / "venv", f"{wheel}[runtime]")

@@ -52,3 +52,24 @@ def test_qdq_export_from_another_directory_calibrates_on_the_shipped_corpus(expo
     assert calibration["data"] == "calibration_data/calibration.txt (shipped)"
     assert calibration["num_samples"] == 64
     assert list(elsewhere.iterdir()) == []  # nothing written where the command ran
+
+
+@pytest.mark.parametrize(
+    ("command", "module"),
+    [("qbert-export", "exporter"), ("qbert-runtime", "trt_runtime"), ("qbert-calibrate", "models.quantization.calibrate")],
+)
+def test_console_scripts_are_the_module_commands(export_python, tmp_path, command, module):
+    script = str(export_python.parent / command)
+    helped = run([script, "--help"], cwd=tmp_path)
+    assert helped.stdout == run([str(export_python), "-m", module, "--help"], cwd=tmp_path).stdout
+    assert helped.stdout.startswith("usage: ")
+    wrong = run([script, "--no-such-flag"], cwd=tmp_path, check=False)
+    assert wrong.returncode == 2 and ": error: " in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_console_script_exit_codes(export_python, tmp_path):
+    missing = tmp_path / "missing"
+    ran = run([str(export_python.parent / "qbert-runtime"), "run", str(missing), "a text"], cwd=tmp_path, check=False)
+    assert ran.returncode == 2 and ran.stderr.startswith("error: ") and str(missing) in ran.stderr
+    exported = run([str(export_python.parent / "qbert-export"), "--model", str(missing), "--output", str(tmp_path / "out")], cwd=tmp_path, check=False)
+    assert exported.returncode == 2 and "error: " in exported.stderr and not (tmp_path / "out").exists()
