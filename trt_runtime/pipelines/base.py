@@ -204,17 +204,22 @@ class Pipeline:
     def _stream(self, inputs: Iterable[Any], options: dict[str, Any], call: CallSettings) -> Iterator[Any]:
         rows = (inputs[i] for i in range(len(inputs))) if not isinstance(inputs, Iterator) else inputs  # type: ignore[index, arg-type]
         chunk: list[Any] = []
+        start = 0
         for item in rows:
             chunk.append(item)
             if len(chunk) == call.batch_size:
-                yield from self._call_list(chunk, options, call)
+                yield from self._call_list(chunk, options, call, start)
+                start += len(chunk)
                 chunk = []
         if chunk:
-            yield from self._call_list(chunk, options, call)
+            yield from self._call_list(chunk, options, call, start)
 
-    def _call_list(self, inputs: list[Any], options: dict[str, Any], call: CallSettings) -> list[Any]:
+    def _call_list(self, inputs: list[Any], options: dict[str, Any], call: CallSettings, start: int = 0) -> list[Any]:
         options = dict(options)
-        items, single = self._items(inputs, options)
+        try:
+            items, single = self._items(inputs, options)
+        except InputError as e:  # "input i" counts within this batch: say where the batch starts
+            raise (InputError(f"{e} (input numbers count from input {start} of the stream)") if start else e) from None
         results = self._run(items, {**self._merge(options, self.defaults), CALL: call})
         return list(self._shape(results, single, options))
 
