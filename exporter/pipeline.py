@@ -388,8 +388,12 @@ def _clean_up(raw: onnx.ModelProto, model: models.TaskModel, say: Log) -> onnx.M
     graph_ops.name_nodes(graph)
     onnx_model = gs.export_onnx(graph)
     add_ibert_functions(onnx_model)
-    onnx_model.producer_name = "qbert-deploy exporter"
-    onnx_model.producer_version = _version("qbert-deploy")
+    # As torch's exporter writes them (it made this graph; our passes keep its op-by-op structure), because
+    # onnxruntime.transformers' optimizer (optimum's ORTOptimizer) checks the producer against its model
+    # type's, "pytorch" for bert/roberta (onnxruntime/transformers/optimizer.py MODEL_TYPES). Who exported it
+    # with what is in the export.json copy in metadata_props (`_set_metadata`: tool_versions).
+    onnx_model.producer_name = "pytorch"
+    onnx_model.producer_version = torch.__version__
     return onnx_model
 
 
