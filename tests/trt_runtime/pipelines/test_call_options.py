@@ -93,6 +93,9 @@ def test_generator_and_key_dataset_stream_results(classification):
     first = next(streamed)
     assert len(pulled) == 2  # one batch read
     assert_results_close([first, *streamed], list(theirs((text for text in TEXTS), batch_size=2)))
+    bad = ours((text for text in [*TEXTS[:3], "  "]), batch_size=2)
+    with pytest.raises(InputError, match="input 1 .*count from input 2 of the stream"):
+        list(bad)
     rows = [{"text": text, "id": i} for i, text in enumerate(TEXTS)]
     assert_results_close(list(ours(KeyDataset(rows, "text"), top_k=2)), list(theirs(KeyDataset(rows, "text"), top_k=2)))
 
