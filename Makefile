@@ -30,7 +30,9 @@ lint: setup  ## ruff
 typecheck: setup  ## mypy, trt_runtime against tensorrt-stubs
 	$(VENV)/bin/mypy models exporter trt_runtime
 
-test: setup lint typecheck  ## lint, type-check and the test suite (GPU tests skip without a GPU)
+# the suite includes tests/packaging (slow): the wheel installed into fresh venvs under the temp dir, `[export]`
+# exporting qdq from another directory on the shipped corpus, `[runtime]` alone (no torch) serving exports
+test: setup lint typecheck  ## lint, type-check and the test suite (GPU tests skip without a GPU; fresh-venv install tests included)
 	$(PY) -m pytest -q
 
 # The quantization settings are the recipe's defaults (models/quantization/recipe.py), not restated here;

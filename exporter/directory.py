@@ -14,8 +14,8 @@ the two renames of the fallback swap, first puts the previous export back from `
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-import shutil
 from pathlib import Path
 
 from exporter.errors import ExportError
@@ -25,6 +25,8 @@ from trt_runtime.contract.files import (
     atomic_directory,
     check_output_outside_inputs,
     check_replaceable_directory,
+    ensure_directory,
+    write_bytes_atomic,
 )
 from trt_runtime.contract.files import recover_interrupted as files_recover_interrupted
 
@@ -87,12 +89,73 @@ def recover_interrupted(out_dir: Path) -> list[Path]:
     return files_recover_interrupted(out_dir, is_export_directory)
 
 
+#: sentence-transformers' description of the model (modules.json lists the module directories, e.g.
+#: 1_Pooling/, 2_Normalize/, 2_Dense/), copied so that `SentenceTransformer(export_dir, backend="onnx")` pools
+#: and normalizes as the checkpoint does (issue 20)
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+
+
 def copy_checkpoint_files(model_dir: Path, directory: Path) -> list[str]:
-    """config.json and whatever tokenizer files the checkpoint has; returns the names copied."""
+    """config.json, whatever tokenizer files the checkpoint has, and sentence-transformers' module files;
+    returns the names copied (relative paths)."""
+    root = checkpoint_root(model_dir)
     copied = []
-    for name in (CONFIG_JSON, *TOKENIZER_FILES):
-        source = model_dir / name
-        if source.is_file():
-            shutil.copyfile(source, directory / name)
+    for name in (CONFIG_JSON, *TOKENIZER_FILES, *SENTENCE_TRANSFORMERS_FILES):
+        if (model_dir / name).exists():
+            copy_regular_file(model_dir / name, directory, name, root)
+            copied.append(name)
+    for module in sentence_transformers_modules(model_dir):
+        source = model_dir / module
+        for path in sorted(source.rglob("*")):  # rglob lists links without entering linked directories
+            if path.is_dir() and not path.is_symlink():
+                continue
+            name = path.relative_to(model_dir).as_posix()
+            copy_regular_file(path, directory, name, root)
             copied.append(name)
     return copied
+
+
+def checkpoint_root(model_dir: Path) -> Path:
+    """What counts as inside the checkpoint: its directory, or for a Hugging Face cache snapshot
+    (models--org--name/snapshots/<rev>/, whose files link to ../../blobs/) the model's cache folder."""
+    resolved = model_dir.resolve()
+    if resolved.parent.name == "snapshots" and (resolved.parent.parent / "blobs").is_dir():
+        return resolved.parent.parent
+    return resolved
+
+
+def sentence_transformers_modules(model_dir: Path) -> list[str]:
+    """The module directories that the checkpoint's modules.json names and that exist ("" is the model itself)."""
+    path = model_dir / "modules.json"
+    if not path.exists():
+        return []
+    try:
+        modules = json.loads(path.read_text(encoding="utf-8"))
+        paths = [str(module.get("path", "")) for module in modules]
+    except (ValueError, AttributeError, TypeError) as e:
+        raise ExportError(f"{path} is not sentence-transformers' modules.json (a list of modules): {e}") from None
+    inside = []
+    for module in paths:
+        if not module:
+            continue
+        if Path(module).is_absolute() or ".." in Path(module).parts:
+            raise ExportError(f"{path} names the module path {module!r}, outside the checkpoint; refusing to copy it")
+        if (model_dir / module).is_dir():
+            inside.append(module)
+    return inside
+
+
+def copy_regular_file(source: Path, directory: Path, name: str, root: Path) -> None:
+    """Copy the file `source` to `directory / name` (through trt_runtime.contract.files). A link is copied as
+    the file it points to only while that stays inside the checkpoint (`root`); one that leaves it, or that
+    points to anything but a regular file, is refused."""
+    target = source.resolve()
+    if not target.is_relative_to(root):
+        raise ExportError(
+            f"{source} is a link to {target}, outside the checkpoint {root}; refusing to copy it into the export "
+            "(replace the link with the file itself)"
+        )
+    if not target.is_file():
+        raise ExportError(f"{source} is not a regular file; refusing to copy it into the export")
+    ensure_directory((directory / name).parent, root=directory)
+    write_bytes_atomic(directory / name, target.read_bytes(), root=directory)

@@ -413,8 +413,12 @@ def _clean_up(raw: onnx.ModelProto, model: models.TaskModel, say: Log) -> onnx.M
         op_counts = {op: sum(n.op_type == op for n in onnx_model.graph.node) for op in used}
         say(f"  integer graph: {', '.join(f'{n} {op}' for op, n in op_counts.items())}; {len(named)} integer values "
             "named after their modules")
-    onnx_model.producer_name = "qbert-deploy exporter"
-    onnx_model.producer_version = _version("qbert-deploy")
+    # As torch's exporter writes them (it made this graph; our passes keep its op-by-op structure), because
+    # onnxruntime.transformers' optimizer (optimum's ORTOptimizer) checks the producer against its model
+    # type's, "pytorch" for bert/roberta (onnxruntime/transformers/optimizer.py MODEL_TYPES). Who exported it
+    # with what is in the export.json copy in metadata_props (`_set_metadata`: tool_versions).
+    onnx_model.producer_name = "pytorch"
+    onnx_model.producer_version = torch.__version__
     return onnx_model
 
 

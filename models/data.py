@@ -29,6 +29,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,9 @@ from trt_runtime.contract.text import text_problem
 
 Text = str | tuple[str, str]
 
-CALIBRATION_DATA_DIR = Path(__file__).resolve().parent.parent / "calibration_data"
+# package data (calibration_data/__init__.py): the same lookup from a checkout and from an installed wheel;
+# wheels install unpacked, so the resource root is a real directory
+CALIBRATION_DATA_DIR = Path(str(files("calibration_data")))
 CALIBRATION_FILE = CALIBRATION_DATA_DIR / "calibration.txt"
 #: how calibration files and export.json name the shipped default data
 SHIPPED_DATA_NAME = "calibration_data/calibration.txt"
@@ -108,7 +111,7 @@ def _all_labelled() -> tuple[LabelledSentence, ...]:
     for source in SOURCES:
         path = LABELLED_DIR / f"{source}.tsv"
         if not path.exists():
-            raise DataError(f"{path} not found: the shipped corpus is part of the repository checkout (calibration_data/)")
+            raise DataError(f"{path} not found: the shipped corpus is package data of qbert-deploy; reinstall it")
         rows.extend(read_labelled_tsv(path, source))
     return tuple(rows)
 
@@ -206,7 +209,7 @@ def load_texts(path: str | os.PathLike | None = None) -> list[Text]:
             raise DataError(f"{path} holds no .txt or .jsonl files; put calibration text there or pass a file")
         texts = [text for file in files for text in load_texts(file)]
     elif not path.exists():
-        hint = " (the shipped corpus comes with the repository checkout)" if path == CALIBRATION_FILE else ""
+        hint = " (the shipped corpus is package data of qbert-deploy; reinstall it)" if path == CALIBRATION_FILE else ""
         raise DataError(f"{path} not found{hint}")
     elif path.suffix == ".txt":
         texts = _read_txt(path)

@@ -26,8 +26,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done, 1 a check failed (e.g. `build --check`), 2 bad arguments or input."""
     parser, commands = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    literal: list[str] = []
+    # `--` ends the options: what follows goes to a command that takes it as is (run's texts), unparsed
+    # (argparse would drop the `--` and then parse "-5 degrees" after it as an option)
+    if "--" in argv[1:] and getattr(commands.get(argv[0]), "TAKES_LITERALS", False):
+        cut = argv.index("--")
+        argv, literal = argv[:cut], argv[cut + 1 :]
     args = parser.parse_args(argv)
+    if literal:
+        args.literal_texts = literal
     return int(commands[args.command].main(args) or 0)
 
 

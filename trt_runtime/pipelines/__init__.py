@@ -53,33 +53,39 @@ def pipeline_class(task: str) -> type[Pipeline]:
 
 
 def pipeline(
-    task: str | None,
-    directory: str | os.PathLike,
+    task: str | None = None,
+    model: str | os.PathLike | None = None,
     backend: str = "auto",
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    directory: str | os.PathLike | None = None,
     **options: Any,
 ) -> Pipeline:
-    """A pipeline for `task` (None: export.json's task) over the export in `directory`.
+    """A pipeline for `task` (None: export.json's task) over the export directory `model`, called as
+    transformers' `pipeline(task, model=...)` is (`directory=` is the same argument by its older name).
 
     options: the task's own options (defaults for every call, e.g. top_k, aggregation_strategy,
-    pooling) and the runner's (e.g. intra_op_num_threads, providers, cache_dir; see trt_runtime.load).
-    export.json is read and checked once, before anything is loaded.
+    pooling), the per-call options as defaults (transformers' truncation, max_length, ... as the task
+    takes them: `Pipeline.call_option_names`), and the runner's (e.g. intra_op_num_threads, providers,
+    cache_dir; see trt_runtime.load). export.json is read and checked once, before anything is loaded.
     """
     from trt_runtime.loader import all_runner_options, open_runner
     from trt_runtime.tokenization import TextTokenizer
 
-    directory = Path(directory)
+    if (model is None) == (directory is None):
+        raise TypeError("pipeline() takes the export directory once: pipeline(task, model=DIR) or pipeline(task, DIR)")
+    directory = Path(model if model is not None else directory)  # type: ignore[arg-type]
     info = read_export_info(directory)
     cls = pipeline_class(task or info.task)
-    task_options = {k: v for k, v in options.items() if k in cls.options}
-    other = {k: v for k, v in options.items() if k not in cls.options}
+    accepted = {*cls.options, *cls.call_option_names()} - {"batch_size"}
+    task_options = {k: v for k, v in options.items() if k in accepted}
+    other = {k: v for k, v in options.items() if k not in accepted}
     known = all_runner_options()
     unknown = sorted(set(other) - known)
     if unknown:
         raise TypeError(
             f"unknown option(s) {', '.join(unknown)} for pipeline({cls.task!r}); it takes "
-            f"{', '.join(cls.options) or 'no task options'}, batch_size and the runner's "
+            f"{', '.join(cls.options) or 'no task options'}, {', '.join(cls.call_option_names())} and the runner's "
             f"{', '.join(sorted(known))}"
         )
     if info.task != cls.task:  # before loading any model

@@ -9,7 +9,8 @@ post-processing sees what an unpadded Hugging Face pipeline sees.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,6 +24,56 @@ from trt_runtime.validation import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, In
 
 SEQUENCE_AXIS = "sequence_length"
 DEFAULT_BATCH_SIZE = 8
+#: transformers' tokenizer keywords that the pipelines honour (how each task takes them: `tokenizer_keywords`)
+TOKENIZER_KEYWORDS = ("truncation", "max_length", "padding")
+TRUNCATIONS = (True, False, "longest_first", "only_first", "only_second", "do_not_truncate")
+PADDINGS = (True, False, "longest", "max_length", "do_not_pad")
+#: where the per-call settings travel in the options that `_run` receives
+CALL = "call settings"
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    """What every task takes per call besides its own options, with transformers' meaning.
+
+    batch_size: rows per model run. truncation: None (default) truncates an input longer than the model
+    takes with a warning; True or a strategy truncates to max_length silently; False raises instead.
+    max_length: the longest encoding (capped at the model's limit). padding: results never depend on it
+    (rows are cut back to their own length) except "max_length", which pads every row to max_length, so
+    token-level results (feature-extraction without pooling) keep the padded positions, as transformers'.
+    """
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    truncation: bool | str | None = None
+    max_length: int | None = None
+    padding: bool | str = False
+
+    @staticmethod
+    def checked(**given: Any) -> dict[str, Any]:
+        """The settings given, checked; the error names the option and the values it takes."""
+        if "batch_size" in given and (
+            isinstance(given["batch_size"], bool) or not isinstance(given["batch_size"], int) or given["batch_size"] < 1
+        ):
+            raise ValueError(f"batch_size must be a positive int, got {given['batch_size']!r}")
+        if given.get("truncation") is not None and given["truncation"] not in TRUNCATIONS:
+            raise ValueError(f"truncation={given['truncation']!r}; choose one of {TRUNCATIONS}")
+        if given.get("max_length") is not None and (
+            isinstance(given["max_length"], bool) or not isinstance(given["max_length"], int) or given["max_length"] < 2
+        ):
+            raise ValueError(f"max_length must be an int >= 2 (room for the special tokens), got {given['max_length']!r}")
+        if "padding" in given and given["padding"] not in PADDINGS:
+            raise ValueError(f"padding={given['padding']!r}; choose one of {PADDINGS}")
+        if given.get("padding") == "max_length" and given.get("max_length") is None:
+            raise ValueError("padding='max_length' needs max_length=N (how long to pad)")
+        return given
+
+
+def is_stream(inputs: Any) -> bool:
+    """A generator or iterator, or a dataset (len + indexing, e.g. transformers' KeyDataset, a datasets.Dataset):
+    what transformers' pipelines answer with an iterator of results instead of a list."""
+    if isinstance(inputs, (str, bytes, Mapping, list, tuple)):
+        return False
+    return isinstance(inputs, Iterator) or (hasattr(inputs, "__len__") and hasattr(inputs, "__getitem__"))
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -78,6 +129,11 @@ class Pipeline:
 
     task: ClassVar[str]
     options: ClassVar[dict[str, Any]] = {}
+    #: how the task takes the tokenizer keywords, as its transformers 5 pipeline does: "keywords" (truncation=,
+    #: max_length=, padding=, like text-classification's **tokenizer_kwargs), the name of a dict option
+    #: ("tokenize_kwargs": feature-extraction, which also takes truncation=; "tokenizer_kwargs": fill-mask),
+    #: or None (token-classification and question-answering truncate or window by themselves)
+    tokenizer_keywords: ClassVar[str | None] = None
 
     def __init__(
         self, runner: BaseRunner, tokenizer: TextTokenizer, *, batch_size: int = DEFAULT_BATCH_SIZE, **options
@@ -101,6 +157,7 @@ class Pipeline:
         self.runner = runner
         self.tokenizer = tokenizer
         self.batch_size = min(batch_size, runner.max_batch_size or batch_size)
+        self.call_defaults = CallSettings(self.batch_size, **self._pop_call_settings(options))
         self.defaults = self._merge(options)
         # the longest encoding the model takes: the export's, a backend's (TensorRT profile), the tokenizer's
         limits = [runner.info.max_sequence_length, runner.max_sequence_length, tokenizer.model_max_length]
@@ -113,12 +170,61 @@ class Pipeline:
         return self.runner.info
 
     def __call__(self, inputs: Any = None, **options: Any) -> Any:
+        """Results for a str (or the task's input), a list of them, or, streamed as an iterator of results
+        computed batch_size inputs at a time, a generator or a dataset (as transformers does)."""
         options = dict(options)
+        call = replace(self.call_defaults, **self._pop_call_settings(options))
+        call = replace(call, batch_size=min(call.batch_size, self.runner.max_batch_size or call.batch_size))
+        if is_stream(inputs):
+            return self._stream(inputs, options, call)
         items, single = self._items(inputs, options)  # may take input keywords (question=, context=) out
         if not items:
             raise InputError(f"no inputs given to the {self.task} pipeline; pass a str or a list of them")
-        results = self._run(items, self._merge(options, self.defaults))
+        results = self._run(items, {**self._merge(options, self.defaults), CALL: call})
         return self._shape(results, single, options)
+
+    @classmethod
+    def call_option_names(cls) -> tuple[str, ...]:
+        """The per-call options the task takes besides its own `options` (transformers' names)."""
+        names = {"keywords": TOKENIZER_KEYWORDS, "tokenize_kwargs": ("truncation", "tokenize_kwargs")}
+        style = cls.tokenizer_keywords
+        return ("batch_size", *names.get(style or "", (style,) if style else ()))
+
+    def _pop_call_settings(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Take the call options out of `options` as CallSettings fields (a dict option's keys included)."""
+        taken = {name: options.pop(name) for name in self.call_option_names() if name in options}
+        style = self.tokenizer_keywords
+        if style in ("tokenize_kwargs", "tokenizer_kwargs") and style in taken:
+            given = dict(taken.pop(style) or {})
+            unknown = sorted(set(given) - set(TOKENIZER_KEYWORDS))
+            if unknown:
+                raise TypeError(f"{style} {', '.join(unknown)}: this pipeline honours {', '.join(TOKENIZER_KEYWORDS)}")
+            if "truncation" in given and "truncation" in taken:  # transformers' own check
+                raise ValueError(f"truncation parameter defined twice (given as keyword argument as well as in {style})")
+            taken.update(given)
+        return CallSettings.checked(**taken)
+
+    def _stream(self, inputs: Iterable[Any], options: dict[str, Any], call: CallSettings) -> Iterator[Any]:
+        rows = (inputs[i] for i in range(len(inputs))) if not isinstance(inputs, Iterator) else inputs  # type: ignore[index, arg-type]
+        chunk: list[Any] = []
+        start = 0
+        for item in rows:
+            chunk.append(item)
+            if len(chunk) == call.batch_size:
+                yield from self._call_list(chunk, options, call, start)
+                start += len(chunk)
+                chunk = []
+        if chunk:
+            yield from self._call_list(chunk, options, call, start)
+
+    def _call_list(self, inputs: list[Any], options: dict[str, Any], call: CallSettings, start: int = 0) -> list[Any]:
+        options = dict(options)
+        try:
+            items, single = self._items(inputs, options)
+        except InputError as e:  # "input i" counts within this batch: say where the batch starts
+            raise (InputError(f"{e} (input numbers count from input {start} of the stream)") if start else e) from None
+        results = self._run(items, {**self._merge(options, self.defaults), CALL: call})
+        return list(self._shape(results, single, options))
 
     # --- for subclasses -----------------------------------------------------------------------------
 
@@ -157,16 +263,34 @@ class Pipeline:
         max_length: int | None = None,
         stride: int = 0,
         windows: bool = False,
+        call: CallSettings | None = None,
     ) -> list[Encoding]:
         """Encode with special tokens, truncating to the model's limit with a warning, or (windows=True)
-        keeping the rest in `.overflowing` windows that overlap by `stride` tokens."""
+        keeping the rest in `.overflowing` windows that overlap by `stride` tokens; `call`: the caller's
+        truncation, max_length and padding (CallSettings)."""
+        requested = call.truncation if call else None
+        if isinstance(requested, str) and requested != "do_not_truncate":
+            truncation = requested
+        pads = call is not None and call.padding not in (False, "do_not_pad")
+        # transformers' tokenizers: max_length truncates unless padding is asked for without truncation=,
+        # where it is only the length to pad to
+        if call and call.max_length and not (pads and requested is None):
+            max_length = call.max_length
         limit = min(max_length or self.max_length, self.max_length)
         try:
             encodings = self.tokenizer.encode(texts, max_length=limit, truncation=truncation, stride=stride)
         except ValueError as e:
             raise InputError(f"cannot fit the input into {limit} tokens: {e}") from None
         truncated = [i for i, e in enumerate(encodings) if e.overflowing]
-        if truncated and not windows:
+        if truncated and requested in (False, "do_not_truncate"):
+            raise InputError(
+                f"input {truncated[0]} is longer than {limit} tokens and truncation={requested!r}; "
+                f"pass truncation=True (or a shorter text)"
+            )
+        if call and call.padding == "max_length" and call.max_length:
+            for encoding in encodings:  # rows longer than that stay as they are
+                encoding.pad(min(call.max_length, self.max_length), pad_id=self.tokenizer.pad_token_id)
+        if truncated and not windows and requested is None:
             warnings.warn(
                 f"{len(truncated)} input(s) (first: input {truncated[0]}) are longer than {limit} tokens "
                 f"and were truncated; the model did not see the rest",
@@ -175,15 +299,17 @@ class Pipeline:
             )
         return encodings
 
-    def run_rows(self, encodings: Sequence[Encoding]) -> list[dict[str, np.ndarray]]:
-        """Run every encoding (one row each) in batches; per-row outputs, cut to the row's own length."""
+    def run_rows(self, encodings: Sequence[Encoding], call: CallSettings | None = None) -> list[dict[str, np.ndarray]]:
+        """Run every encoding (one row each) in batches (of call.batch_size rows); per-row outputs, cut to
+        the row's own length."""
+        batch_size = call.batch_size if call else self.batch_size
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))  # less padding per batch
         names = [spec.name for spec in self.runner.input_specs]
         sequence_outputs = {
             spec.name for spec in self.info.outputs if len(spec.shape) > 1 and spec.shape[1] == SEQUENCE_AXIS
         }
         rows: list[dict[str, np.ndarray]] = [{} for _ in encodings]
-        for batch in batches(order, self.batch_size):
+        for batch in batches(order, batch_size):
             feeds = pad_rows([encodings[i] for i in batch], self.tokenizer.pad_token_id, names, self.min_length)
             outputs = self.runner(feeds)
             for position, index in enumerate(batch):

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from trt_runtime.pipelines.base import Pipeline
+from trt_runtime.pipelines.base import CALL, Pipeline
 from trt_runtime.validation import InputError
 
 POOLINGS = (None, "mean", "cls")
@@ -24,6 +24,7 @@ POOLINGS = (None, "mean", "cls")
 class FeatureExtractionPipeline(Pipeline):
     task = "feature-extraction"
     options = {"pooling": None, "normalize": False, "return_tensors": False}
+    tokenizer_keywords = "tokenize_kwargs"
 
     def _items(self, inputs: Any, options: dict[str, Any]) -> tuple[list[Any], Any]:
         # transformers' FeatureExtractionPipeline has no text pairs: only a list is a batch
@@ -46,14 +47,16 @@ class FeatureExtractionPipeline(Pipeline):
                 "normalize=True needs a sentence embedding: pass pooling='mean' or pooling='cls'"
             )
         results = []
-        for row in self.run_rows(self.encode(items)):
+        encodings = self.encode(items, call=options[CALL])
+        for encoding, row in zip(encodings, self.run_rows(encodings, options[CALL])):
             hidden = row["last_hidden_state"].astype(
                 np.float32
             )  # [tokens, hidden]: this row only, no padding
             if pooling is None:
                 result: np.ndarray = hidden[None]
             else:
-                result = hidden.mean(axis=0) if pooling == "mean" else hidden[0]
+                real = hidden[: sum(encoding.attention_mask)]  # padding="max_length" rows: pads left out
+                result = real.mean(axis=0) if pooling == "mean" else hidden[0]
                 if normalize:
                     result = result / max(float(np.linalg.norm(result)), 1e-12)
             results.append(result if options["return_tensors"] else result.tolist())

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from trt_runtime.pipelines.base import Pipeline, softmax, top_k_option
+from trt_runtime.pipelines.base import CALL, Pipeline, softmax, top_k_option
 from trt_runtime.validation import InputError
 
 logger = logging.getLogger(__name__)
@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 class FillMaskPipeline(Pipeline):
     task = "fill-mask"
     options = {"top_k": 5, "targets": None}
+    tokenizer_keywords = "tokenizer_kwargs"
 
     def _target_ids(self, targets: Any) -> np.ndarray | None:
         if targets is None:
@@ -60,7 +61,7 @@ class FillMaskPipeline(Pipeline):
         target_ids = self._target_ids(options["targets"])
         if target_ids is not None:
             top_k = min(top_k, len(target_ids))
-        encodings = self.encode(items)
+        encodings = self.encode(items, call=options[CALL])
         for i, encoding in enumerate(encodings):
             if mask_id not in encoding.ids:
                 raise InputError(
@@ -68,7 +69,7 @@ class FillMaskPipeline(Pipeline):
                     f"{self.max_length} tokens; put {self.tokenizer.mask_token} at the word to predict"
                 )
         results = []
-        for encoding, row in zip(encodings, self.run_rows(encodings)):
+        for encoding, row in zip(encodings, self.run_rows(encodings, options[CALL])):
             ids = np.array(encoding.ids, dtype=np.int64)
             positions = np.flatnonzero(ids == mask_id)
             single_mask = len(positions) == 1

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from trt_runtime.pipelines.base import Pipeline, batches, check_text, pad_rows, softmax
+from trt_runtime.pipelines.base import CALL, Pipeline, batches, check_text, pad_rows, softmax
 from trt_runtime.validation import InputError
 
 
@@ -38,6 +38,7 @@ def _question(item: Any, what: str) -> tuple[str, list[str]]:
 class MultipleChoicePipeline(Pipeline):
     task = "multiple-choice"
     options: ClassVar[dict[str, Any]] = {}
+    tokenizer_keywords = "keywords"  # a text-pair classifier: as text-classification
 
     def _items(self, inputs: Any, options: dict[str, Any]) -> tuple[list[Any], Any]:
         prompt, choices = options.pop("prompt", None), options.pop("choices", None)
@@ -63,8 +64,9 @@ class MultipleChoicePipeline(Pipeline):
         for index, (_, choices) in enumerate(items):
             by_count.setdefault(len(choices), []).append(index)
         for count, indices in by_count.items():
-            for batch in batches(indices, max(1, self.batch_size // count)):
-                encodings = self.encode([(items[i][0], choice) for i in batch for choice in items[i][1]])
+            for batch in batches(indices, max(1, options[CALL].batch_size // count)):
+                pairs = [(items[i][0], choice) for i in batch for choice in items[i][1]]
+                encodings = self.encode(pairs, call=options[CALL])
                 flat = pad_rows(encodings, self.tokenizer.pad_token_id, names, self.min_length)
                 feeds = {name: array.reshape(len(batch), count, -1) for name, array in flat.items()}
                 outputs = self.runner(feeds)["logits"]

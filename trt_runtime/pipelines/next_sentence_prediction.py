@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from trt_runtime.pipelines.base import Pipeline, check_text, softmax
+from trt_runtime.pipelines.base import CALL, Pipeline, check_text, softmax
 from trt_runtime.validation import InputError
 
 IS_NEXT = 0
@@ -30,6 +30,7 @@ def _pair(item: Any, what: str) -> tuple[str, str]:
 class NextSentencePredictionPipeline(Pipeline):
     task = "next-sentence-prediction"
     options: ClassVar[dict[str, Any]] = {}
+    tokenizer_keywords = "keywords"  # a text-pair classifier: as text-classification
 
     def _items(self, inputs: Any, options: dict[str, Any]) -> tuple[list[Any], Any]:
         if isinstance(inputs, list):
@@ -38,7 +39,7 @@ class NextSentencePredictionPipeline(Pipeline):
 
     def _run(self, items: list[Any], options: dict[str, Any]) -> list[Any]:
         results = []
-        for row in self.run_rows(self.encode(items)):
+        for row in self.run_rows(self.encode(items, call=options[CALL]), options[CALL]):
             probabilities = softmax(row["logits"].astype(np.float32))
             results.append(
                 {"is_next": bool(np.argmax(probabilities) == IS_NEXT), "score": float(probabilities[IS_NEXT])}

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Encoding
 
-from trt_runtime.pipelines.base import Pipeline, check_text, top_k_option
+from trt_runtime.pipelines.base import CALL, Pipeline, check_text, top_k_option
 from trt_runtime.validation import InputError
 
 DEFAULT_MAX_SEQ_LEN = 384
@@ -142,7 +142,7 @@ class QuestionAnsweringPipeline(Pipeline):
                     f"{max_seq_len} tokens; shorten the question or raise max_seq_len"
                 )
         flat = [window for example in windows for window in example]
-        rows = iter(self.run_rows(flat))
+        rows = iter(self.run_rows(flat, options[CALL]))
         results = []
         for (_, context), example_windows in zip(items, windows):
             answers: list[dict[str, Any]] = []

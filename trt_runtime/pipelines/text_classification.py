@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from trt_runtime.pipelines.base import Pipeline, check_text, labels_of, sigmoid, softmax, top_k_option
+from trt_runtime.pipelines.base import CALL, Pipeline, check_text, labels_of, sigmoid, softmax, top_k_option
 from trt_runtime.tokenization import Text
 from trt_runtime.validation import InputError
 
@@ -52,6 +52,7 @@ def _text_or_pair(item: Any, what: str) -> Text:
 class TextClassificationPipeline(Pipeline):
     task = "text-classification"
     options = {"top_k": BEST_ONLY, "function_to_apply": None}
+    tokenizer_keywords = "keywords"
 
     def _items(self, inputs: Any, options: dict[str, Any]) -> tuple[list[Any], Any]:
         if isinstance(inputs, list):
@@ -81,7 +82,7 @@ class TextClassificationPipeline(Pipeline):
         if not best_only:
             top_k = top_k_option(top_k)
         results: list[Any] = []
-        for row in self.run_rows(self.encode(items)):
+        for row in self.run_rows(self.encode(items, call=options[CALL]), options[CALL]):
             logits = row["logits"].astype(np.float32)
             scores = (
                 softmax(logits)

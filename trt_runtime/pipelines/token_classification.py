@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Encoding
 
-from trt_runtime.pipelines.base import Pipeline, labels_of, softmax
+from trt_runtime.pipelines.base import CALL, Pipeline, labels_of, softmax
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
 
@@ -46,9 +46,9 @@ class TokenClassificationPipeline(Pipeline):
                 f"choose one of {', '.join(STRATEGIES)}"
             )
         ignore = ["O"] if options["ignore_labels"] is None else list(options["ignore_labels"])
-        encodings = self.encode(items)
+        encodings = self.encode(items, call=options[CALL])
         results = []
-        for sentence, encoding, row in zip(items, encodings, self.run_rows(encodings)):
+        for sentence, encoding, row in zip(items, encodings, self.run_rows(encodings, options[CALL])):
             scores = softmax(row["logits"].astype(np.float32))
             labels = labels_of(self.info, scores.shape[-1])
             tokens = self._pre_entities(sentence, encoding, scores, strategy)
