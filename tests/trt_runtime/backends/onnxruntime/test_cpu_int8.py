@@ -6,14 +6,10 @@ bind mount where the machine allows it); and the ONNX Runtime backend's choice o
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +19,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import trt_runtime
+from tests.fixtures.filesystems import read_only_mount
 from tests.fixtures.runtime_exports import save_checkpoint
 from tests.fixtures.tiny_models import padded_batch
 from trt_runtime.backends.base import CacheStatus
@@ -552,25 +549,6 @@ def test_without_the_onnx_package_the_exported_graph_runs_and_a_prebuilt_graph_s
     assert prebuilt.choice.graph == "cpu-int8" and prebuilt.choice.cache is CacheStatus.PREBUILT
 
 
-@contextlib.contextmanager
-def read_only_bind_mount(source: Path, target: Path) -> Iterator[Path]:
-    """`source` mounted read-only at `target` (mount --bind, then remount,ro,bind), as a Docker image layer or
-    a Kubernetes volume serves an export; skips the test where this machine does not allow mounting."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("a read-only bind mount needs root and mount(8); not available here")
-    target.mkdir()
-    bound = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True, text=True)
-    if bound.returncode != 0:
-        pytest.skip(f"mounting is not permitted here: {bound.stderr.strip()}")
-    try:
-        remount = subprocess.run(["mount", "-o", "remount,ro,bind", str(target)], capture_output=True, text=True)
-        if remount.returncode != 0:
-            pytest.skip(f"remounting read-only is not permitted here: {remount.stderr.strip()}")
-        yield target
-    finally:
-        subprocess.run(["umount", str(target)], check=False, capture_output=True)
-
-
 def test_a_read_only_export_serves_the_cpu_int8_graph_at_full_speed_and_nothing_is_written(tiny_exports, tmp_path):
     source = _fresh_copy(tiny_exports[1], tmp_path / "qdq")
     prebuilt = _fresh_copy(tiny_exports[1], tmp_path / "prebuilt")
@@ -579,8 +557,8 @@ def test_a_read_only_export_serves_the_cpu_int8_graph_at_full_speed_and_nothing_
     feeds = _feeds()
     expected = reference(feeds)["last_hidden_state"]
     before = {source: _snapshot(source), prebuilt: _snapshot(prebuilt)}
-    with read_only_bind_mount(source, tmp_path / "ro") as mounted, read_only_bind_mount(
-        prebuilt, tmp_path / "ro-prebuilt"
+    with read_only_mount(tmp_path / "ro", source) as mounted, read_only_mount(
+        tmp_path / "ro-prebuilt", prebuilt
     ) as mounted_prebuilt:
         with pytest.raises(OSError):
             (mounted / "probe").write_text("x")  # it really is read-only
