@@ -3,6 +3,8 @@ cache makes a reinstall fast, but a venv with torch still takes about a minute).
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,12 +18,16 @@ def wheel(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def export_python(tmp_path_factory, wheel) -> Path:
+def export_python(tmp_path_factory, wheel) -> Iterator[Path]:
     """python of a fresh venv with the wheel installed for exporting (torch first: the local CPU build)."""
-    return make_venv(tmp_path_factory.mktemp("export-venv") / "venv", LOCAL_TORCH, f"{wheel}[export]")
+    venv = tmp_path_factory.mktemp("export-venv") / "venv"
+    yield make_venv(venv, LOCAL_TORCH, f"{wheel}[export]")
+    shutil.rmtree(venv, ignore_errors=True)  # about 2 GB with torch: not kept with pytest's last temp dirs
 
 
 @pytest.fixture(scope="session")
-def runtime_python(tmp_path_factory, wheel) -> Path:
+def runtime_python(tmp_path_factory, wheel) -> Iterator[Path]:
     """python of a fresh venv with only `qbert-deploy[runtime]` (a serving box: no torch, no transformers)."""
-    return make_venv(tmp_path_factory.mktemp("runtime-venv") / "venv", f"{wheel}[runtime]")
+    venv = tmp_path_factory.mktemp("runtime-venv") / "venv"
+    yield make_venv(venv, f"{wheel}[runtime]")
+    shutil.rmtree(venv, ignore_errors=True)
