@@ -19,6 +19,7 @@ as Python does for every submodule, so the module is callable and forwards to th
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import sys
 import types
@@ -101,6 +102,12 @@ class _CallableModule(types.ModuleType):
         from models.quantization.qdq.calibrate import calibrate
 
         return calibrate(*args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:  # inspect.signature(models.quantization.calibrate): the function's
+        from models.quantization.qdq.calibrate import calibrate
+
+        return inspect.signature(calibrate)
 
 
 if __name__ == "__main__":

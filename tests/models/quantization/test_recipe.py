@@ -50,8 +50,10 @@ def test_defaults_are_the_documented_ones(mode, expected):
 def test_the_toolkits_defaults_are_the_recipes():
     """calibrate(), compute_amax() and calibrate_integer() called without a method calibrate as the recipe says
     (before 0.2: max and 99.99 in the qdq toolkit, 99.999 in the exporter)."""
-    from models.quantization import calibrate, calibrate_integer, compute_amax
+    import models.quantization.calibrate as command  # as a console script does: the package's `calibrate` is then
+    from models.quantization import calibrate, calibrate_integer, compute_amax  # the command module, callable
 
+    assert calibrate is command
     for function in (calibrate, compute_amax):
         parameters = inspect.signature(function).parameters
         assert (parameters["method"].default, parameters["percentile"].default) == ("percentile", 99.999)
