@@ -227,7 +227,7 @@ def integer_export(tmp_path_factory):
     from tests.fixtures.tiny_models import save_tiny
 
     root = tmp_path_factory.mktemp("integer")
-    checkpoint, _ = save_tiny(root, "ibert", "text-classification")
+    checkpoint, _ = save_tiny(root / "checkpoint", "ibert", "text-classification")
     return exporter.export(checkpoint, root / "export", task="text-classification", quantization="integer",
                            num_calibration_samples=16, validate=False, log=None)
 
