@@ -219,6 +219,9 @@ def format_report(data: Mapping[str, Any]) -> str:
             f"{_GROUP_TITLES[name]:<24} {group['gemms']:>6} {group['int8_gemms']:>6} {group['split_gemms']:>6} "
             f"{_percent(group['int8_work'], group['work']):>10}"
         )
+    if any(data[name]["split_gemms"] for name in GROUPS):
+        lines += ["", "note: `trt_runtime build` builds IntMatMulWide (split) GEMMs as float GEMMs today "
+                  "(trt_runtime/backends/tensorrt/integer_form.py); only IntMatMul runs as an INT8 GEMM there"]
     floats = data["float_gemms"]
     if floats:
         lines += ["", f"float GEMMs ({len(floats)}):"]

@@ -11,6 +11,7 @@ float model's on held-out sentences (models.data.labelled_sentences("test"), nev
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="JSON file of the rows")
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     parser.add_argument("--sentences", type=int, default=256, help="held-out test-split sentences (default 256)")
-    parser.add_argument("--smoothing", type=float, default=None, help="also apply this recipe smoothing strength")
+    parser.add_argument("--num-samples", type=int, default=None, help="calibration samples (default: the recipe's)")
+    parser.add_argument("--smoothing", default=None, help="qdq rows: the recipe's smoothing (ALPHA or auto)")
     args = parser.parse_args(argv)
     checkpoint = Path(args.model) if args.model else demo_checkpoint()
     texts = [row.text for row in labelled_sentences("test")[: args.sentences]]
@@ -62,10 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     float_model = models.load(checkpoint, task="feature-extraction", quantization="none")
     reference = embeddings(float_model, batches, "float")
     results: dict[str, Any] = {"model": str(checkpoint), "sentences": len(texts), "rows": {}}
+    if Path(args.output).exists():  # add to the rows of an earlier run
+        results["rows"] = json.loads(Path(args.output).read_text())["rows"]
     for name in args.rows:
         fields = dict(ROWS[name])
-        if args.smoothing is not None:
+        if args.smoothing is not None and fields["mode"] == "qdq":
             fields["smoothing"] = args.smoothing
+            name = f"{name}+smoothing-{args.smoothing}"
+        if args.num_samples is not None:
+            fields["num_samples"] = args.num_samples
         recipe = QuantizationRecipe(**fields)
         with tempfile.TemporaryDirectory(prefix="int8-placements-") as scratch:
             out = exporter.export(

@@ -22,12 +22,15 @@ input quantizer is kept float are left alone.
     scales = smooth(model, batches, alpha="auto")   # measure, choose alpha per site, apply; before calibrate()
     apply_smoothing(model, scales)                  # what loading a calibration.json with "smoothing" does
 
+Smoothing sites are BERT-style `nn.Linear` layers; SqueezeBERT's grouped 1x1 convolutions are not smoothed.
+
 alpha "auto" chooses, for each site, the alpha of `ALPHAS` (or no smoothing) whose fake-quantized GEMM
 outputs are closest to float (relative squared error) on a sample of the calibration activations.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -38,6 +41,8 @@ from tqdm.auto import tqdm
 
 from models.quantization.qdq.nn import QuantLinear
 from models.quantization.qdq.quantized_model import named_quantizers
+
+logger = logging.getLogger(__name__)
 
 #: alphas "auto" tries at each site (besides no smoothing)
 ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -170,8 +175,9 @@ def smooth(
     linear name -> s. alpha: the migration strength in [0, 1], or "auto" (per site, see the module docstring).
     Run before calibration: the activation quantizers then calibrate on the smoothed inputs."""
     sites = smoothing_sites(model)
-    if not sites:
-        raise ValueError("smoothing: the model has no smoothing sites (quantized query/key/value, FFN linears)")
+    if not sites:  # SqueezeBERT's grouped convolutions, or every site kept float
+        logger.info("smoothing: no quantized query/key/value or FFN linear layers; nothing smoothed")
+        return {}
     modules = dict(model.named_modules())
     generator = torch.Generator().manual_seed(0)
     collectors = {site.name: _Collector(generator) for site in sites}
