@@ -2,7 +2,7 @@
 
     from models.quantization.recipe import QuantizationRecipe
 
-    recipe = QuantizationRecipe.default("qdq")           # percentile 99.999, residual adds + FFN output input float
+    recipe = QuantizationRecipe.default("qdq")           # percentile 99.999, residual adds float, smoothing auto
     recipe = QuantizationRecipe(mode="qdq", calibration_method="max", num_samples=128)
     recipe = recipe.replace(keep_float=())               # QDQBERT's full placement
     exporter.export("ckpt", "out", recipe=recipe)
