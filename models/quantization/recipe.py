@@ -2,7 +2,7 @@
 
     from models.quantization.recipe import QuantizationRecipe
 
-    recipe = QuantizationRecipe.default("qdq")           # percentile 99.999, residual adds float, smoothing auto
+    recipe = QuantizationRecipe.default("qdq")           # percentile 99.999, residual adds + FFN output input float
     recipe = QuantizationRecipe(mode="qdq", calibration_method="max", num_samples=128)
     recipe = recipe.replace(keep_float=())               # QDQBERT's full placement
     exporter.export("ckpt", "out", recipe=recipe)
@@ -45,7 +45,7 @@ CALIBRATION_METHODS: dict[str, tuple[str, ...]] = {
     "qdq": ("percentile", "max", "mse", "entropy"),
     "integer": ("minmax", "ema"),
 }
-#: the percentile of the "percentile" method. 99.999 measured best on real text with the residual adds and the FFN output input float
+#: the percentile of the "percentile" method. 99.999 measured best on real text with DEFAULT_KEEP_FLOAT
 #: (all-MiniLM-L6-v2 sentence cosine to float 0.990, against 0.964 at 99.99: docs/qdq.md, "Accuracy");
 #: pytorch-quantization's own default, 99.99, is kept only by the low-level calibrator API
 #: (`HistogramCalibrator.compute_amax`, `TensorQuantizer.load_calib_amax`), for its callers
@@ -63,13 +63,12 @@ RESIDUAL_ADDS = "*.add_*_input_quantizer"
 SENSITIVE_SITES = {"ffn-output-input": FFN_OUTPUT_INPUT, "softmax-output": SOFTMAX_OUTPUT, "residual-adds": RESIDUAL_ADDS}
 #: qdq sites kept in float by default: with every site quantized, all-MiniLM-L6-v2's outlier features
 #: (FFN outputs up to ~200 where most values are below 1) share one int8 scale per residual add, and
-#: sentence embeddings fall to ~0.85 cosine of float; with the residual adds float and DEFAULT_SMOOTHING
-#: every linear GEMM is INT8 at 0.997 (the FFN output input float as well, without smoothing: 66.7 % INT8,
-#: 0.990; docs/qdq.md, "INT8 share of the GEMM work")
-DEFAULT_KEEP_FLOAT = ("residual-adds",)
-#: qdq SmoothQuant-style migration (models.quantization.smoothing), alpha chosen per site: what lets the FFN
-#: output projection's input be INT8 (docs/qdq.md); "none" switches it off
-DEFAULT_SMOOTHING = "auto"
+#: sentence embeddings fall to ~0.83 cosine of float for every calibrator; with these two float they
+#: reach 0.99 (docs/qdq.md). With `smoothing="auto"` the FFN output input can be INT8 too (every linear
+#: GEMM INT8, cosine 0.997, docs/qdq.md "INT8 share"), but ONNX Runtime's CPU INT8 graph
+#: (trt_runtime/backends/onnxruntime/cpu_int8.py) does not fuse attention across the smoothing division
+#: yet, so that is not the default
+DEFAULT_KEEP_FLOAT = ("residual-adds", "ffn-output-input")
 
 #: I-BERT's force_dequant: which integer nonlinearities run in float
 FORCE_DEQUANT_VALUES = ("none", "gelu", "softmax", "layernorm", "nonlinear")
@@ -107,6 +106,7 @@ class _Option:
     repeatable: bool = False  # action="append"; the field is a tuple
     none_word: str | None = None  # repeatable: this value, alone, gives () ("--wide-activations none")
     empty_flag: tuple[str, str] | None = None  # repeatable: (flag, help) of a switch that gives () instead
+    omit_when_none: bool = False  # to_dict leaves it out when None (records stay as before the field existed)
 
     def names(self) -> str:
         return " / ".join(self.flags + ((self.empty_flag[0],) if self.empty_flag else ()))
@@ -131,8 +131,7 @@ class QuantizationRecipe:
     mode: "none" (float32), "qdq" (QDQBERT fake quantization) or "integer" (I-BERT integer-only).
     calibration_method: `CALIBRATION_METHODS[mode]` (default: the first), or "percentile-<p>".
     percentile: qdq, for the "percentile" method (default DEFAULT_PERCENTILE).
-    smoothing: qdq: SmoothQuant-style migration strength in [0, 1] (as a string), "auto" or "none"
-        (models.quantization.smoothing; default DEFAULT_SMOOTHING).
+    smoothing: qdq: SmoothQuant-style migration strength, "auto" or None (models.quantization.smoothing).
     keep_float: qdq: quantizer sites left in float: names of SENSITIVE_SITES, fnmatch patterns over quantizer
         names, or "re:" + a regex (default DEFAULT_KEEP_FLOAT); () quantizes every site (QDQBERT's placement).
     force_dequant: integer: I-BERT's FORCE_DEQUANT_VALUES (None: the checkpoint's, else "none").
@@ -170,10 +169,10 @@ class QuantizationRecipe:
         f"{' '.join(DEFAULT_WIDE_ACTIVATIONS)}; none for an I-BERT checkpoint saved with quant_mode=true)",
     )
     smoothing: str | None = _option(
-        flags=("--smoothing",), modes=("qdq",), key="smoothing", metavar="ALPHA",
+        flags=("--smoothing",), modes=("qdq",), key="smoothing", metavar="ALPHA", omit_when_none=True,
         help="qdq: SmoothQuant-style migration of activation outliers into the weights before calibration "
         "(models.quantization.smoothing): a migration strength in [0, 1], or auto (chosen per site on the "
-        f"calibration data) or none (default: {DEFAULT_SMOOTHING})",
+        "calibration data); with --keep-float residual-adds every linear GEMM is INT8 (docs/qdq.md) (default: none)",
     )
     calibration_data: str | None = _option(
         flags=("--calibration-data",), modes=QUANTIZED_MODES, key="data", metavar="PATH",
@@ -265,6 +264,8 @@ class QuantizationRecipe:
         for name, option in _options().items():
             if self.mode in option.modes:
                 value = getattr(self, name)
+                if value is None and option.omit_when_none:
+                    continue
                 data[option.key] = list(value) if isinstance(value, tuple) else value
         if "data" in data and data["data"] is None:
             data["data"] = SHIPPED_DATA_LABEL
@@ -296,8 +297,6 @@ class QuantizationRecipe:
             values[name] = tuple(value) if isinstance(value, list) else value
         if mode != "qdq":  # records before 0.2 wrote "percentile": null for integer exports
             values.pop("percentile", None)
-        elif "smoothing" not in data:  # records before smoothing existed: those exports were not smoothed
-            values["smoothing"] = "none"
         return cls(mode=mode, **values)
 
     # --- command lines ------------------------------------------------------------------------------------
@@ -431,12 +430,12 @@ def _strings(name: str, value: str | Iterable[str]) -> tuple[str, ...]:
     return items
 
 
-def _check_smoothing(value: str | float | None) -> str:
-    """None: DEFAULT_SMOOTHING; "none", "auto", or a migration strength in [0, 1], kept as its string ("0.5")."""
-    if value is None:
-        return DEFAULT_SMOOTHING
-    if value in ("none", "auto"):
-        return str(value)
+def _check_smoothing(value: str | float | None) -> str | None:
+    """None or "none": no smoothing; "auto"; or a migration strength in [0, 1], kept as its string ("0.5")."""
+    if value is None or value == "none":
+        return None
+    if value == "auto":
+        return "auto"
     try:
         alpha = float(value)
     except (TypeError, ValueError):

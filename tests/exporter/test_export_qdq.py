@@ -232,7 +232,7 @@ def test_default_keeps_sensitive_sites_float(tmp_path):
     default = QuantizationRecipe(mode="qdq", num_samples=8, batch_size=8)  # the default sites
     out = exporter.export(directory, tmp_path / "out", task="text-classification", recipe=default, log=None)
     info = read_export_info(out)
-    assert info.calibration["keep_float"] == ["residual-adds"] and info.calibration["smoothing"] == "auto"
+    assert info.calibration["keep_float"] == ["residual-adds", "ffn-output-input"]
     calibration = json.loads((out / "calibration.json").read_text())
     kept = set(calibration["float_quantizers"])
     layers = range(2)
@@ -242,13 +242,14 @@ def test_default_keeps_sensitive_sites_float(tmp_path):
         for site in (
             "attention.output.add_local_input_quantizer", "attention.output.add_residual_input_quantizer",
             "output.add_local_input_quantizer", "output.add_residual_input_quantizer",
+            "output.dense._input_quantizer",
         )
     }
     assert not kept & set(calibration["quantizers"])
     graph = gs.import_onnx(onnx.load(str(out / "model.onnx")))
-    # no activation Q/DQ feeds a residual Add any more; every linear MatMul reads int8 Q/DQ (smoothed)
+    # no activation Q/DQ feeds a residual Add any more; the FFN output MatMul reads a float input
     dq_consumers = [c.op for n in graph.nodes if n.op == "DequantizeLinear" and not isinstance(n.inputs[0], gs.Constant)
                     for c in n.outputs[0].outputs]
-    # per layer: the shared q/k/v input (3 MatMuls: their smoothing divisions merged into one), attention
-    # output, FFN input and FFN output projections (3), and both inputs of the two attention matmuls (4)
-    assert "Add" not in dq_consumers and dq_consumers.count("MatMul") == len(layers) * (3 + 3 + 4)
+    # per layer: the shared q/k/v input (3 MatMuls), attention output and FFN input projections (2), and
+    # both inputs of the two attention matmuls (4); the FFN output projection reads float
+    assert "Add" not in dq_consumers and dq_consumers.count("MatMul") == len(layers) * (3 + 2 + 4)

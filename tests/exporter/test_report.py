@@ -130,24 +130,24 @@ def _export(tmp_path, model_type, task, recipe):
 
 
 QUICK = {"num_samples": 8, "batch_size": 8}
-OLD_DEFAULT = ("residual-adds", "ffn-output-input")
+ADDS = ("residual-adds",)
 ALL_ROLES = ("query", "key", "value", "attention-output", "ffn-input", "ffn-output")
 
 
 @pytest.mark.parametrize(
     ("model_type", "task", "recipe", "int8_roles", "heads"),
     [
-        # the qdq default: residual adds float, every linear input quantized (smoothed)
-        ("bert", "text-classification", QuantizationRecipe(mode="qdq", **QUICK), ALL_ROLES, 2),
-        # the FFN output projection's input kept float (the default before smoothing)
-        ("bert", "feature-extraction", QuantizationRecipe(mode="qdq", keep_float=OLD_DEFAULT, **QUICK), ALL_ROLES[:5], 1),
+        # the qdq default keeps the FFN output projection's input float (DEFAULT_KEEP_FLOAT)
+        ("bert", "text-classification", QuantizationRecipe(mode="qdq", **QUICK), ALL_ROLES[:5], 2),
+        # residual adds float, smoothed: a Div before each smoothed site's QuantizeLinear, every linear INT8
+        ("bert", "feature-extraction", QuantizationRecipe(mode="qdq", keep_float=ADDS, smoothing="auto", **QUICK), ALL_ROLES, 1),
         ("bert", "feature-extraction", QuantizationRecipe(mode="qdq", keep_float=(), **QUICK), ALL_ROLES, 1),
-        ("squeezebert", "feature-extraction", QuantizationRecipe(mode="qdq", keep_float=OLD_DEFAULT, **QUICK), ALL_ROLES[:5], 1),
-        ("squeezebert", "feature-extraction", QuantizationRecipe(mode="qdq", **QUICK), ALL_ROLES, 1),
+        ("squeezebert", "feature-extraction", QuantizationRecipe(mode="qdq", **QUICK), ALL_ROLES[:5], 1),
+        ("squeezebert", "feature-extraction", QuantizationRecipe(mode="qdq", keep_float=ADDS, **QUICK), ALL_ROLES, 1),
         ("bert", "feature-extraction", QuantizationRecipe(mode="none"), (), 1),
     ],
-    ids=["bert-qdq-default", "bert-qdq-ffn-output-float", "bert-qdq-quantize-all", "squeezebert-qdq-ffn-output-float",
-         "squeezebert-qdq-default", "bert-float"],
+    ids=["bert-qdq-default", "bert-qdq-smoothed", "bert-qdq-quantize-all", "squeezebert-qdq-default",
+         "squeezebert-qdq-adds-float", "bert-float"],
 )
 def test_qdq_and_float_exports_report_the_share_counted_from_the_config(tmp_path, model_type, task, recipe, int8_roles, heads):
     share, _ = _export(tmp_path, model_type, task, recipe)
@@ -194,7 +194,6 @@ def test_report_flag_prints_the_report_and_export_json_matches_the_graph(tmp_pat
     directory, _ = save_tiny(tmp_path / "ckpt", "bert", "feature-extraction")
     out = tmp_path / "out"
     argv = ["--model", str(directory), "--output", str(out), "--quantization", "qdq", "--no-validate", "--quiet",
-            "--keep-float", "residual-adds", "--keep-float", "ffn-output-input", "--smoothing", "none",
             "--num-calibration-samples", "8", "--calibration-batch-size", "8", "--report"]
     assert exporter_main(argv) == 0
     printed = capsys.readouterr().out.strip().splitlines()

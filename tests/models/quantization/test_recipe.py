@@ -19,18 +19,17 @@ from models.quantization.errors import CalibrationError, NotCalibratedError, Qua
 from models.quantization.recipe import QuantizationRecipe
 from tests.fixtures import ROOT
 
-#: docs/export.md: qdq percentile (99.999 measured best, docs/qdq.md), residual adds float, SmoothQuant with
-#: alpha chosen per site ("auto", docs/qdq.md), 512 samples in batches of 16 of at most 128 tokens, the shipped data
+#: docs/export.md: qdq percentile (99.999 measured best, docs/qdq.md), residual adds and the FFN output input
+#: float, 512 samples in batches of 16 of at most 128 tokens, the shipped data
 DOCUMENTED_QDQ = {
-    "mode": "qdq", "calibration_method": "percentile", "percentile": 99.999, "smoothing": "auto",
-    "keep_float": ("residual-adds",), "force_dequant": None, "wide_activations": None,
+    "mode": "qdq", "calibration_method": "percentile", "percentile": 99.999,
+    "keep_float": ("residual-adds", "ffn-output-input"), "force_dequant": None, "wide_activations": None,
     "calibration_data": None, "num_samples": 512, "batch_size": 16, "max_length": 128,
 }
 #: docs/integer.md: minmax; force_dequant and wide_activations follow the checkpoint (both 16-bit sites,
 #: none for an I-BERT quant_mode=true checkpoint)
 DOCUMENTED_INTEGER = {
     **DOCUMENTED_QDQ, "mode": "integer", "calibration_method": "minmax", "percentile": None, "keep_float": None,
-    "smoothing": None,
 }
 DOCUMENTED_FLOAT = {name: None for name in DOCUMENTED_QDQ} | {"mode": "none"}
 
@@ -189,7 +188,7 @@ def test_records_round_trip(recipe):
 def test_records_hold_only_what_applies_to_the_mode():
     assert QuantizationRecipe.default("none").to_dict() == {"mode": "none"}
     assert set(QuantizationRecipe.default("qdq").to_dict()) == {
-        "mode", "method", "percentile", "keep_float", "smoothing", "data", "num_samples", "batch_size", "max_length",
+        "mode", "method", "percentile", "keep_float", "data", "num_samples", "batch_size", "max_length",
     }
     assert set(QuantizationRecipe.default("integer").to_dict()) == {
         "mode", "method", "force_dequant", "wide_activations", "data", "num_samples", "batch_size", "max_length",
@@ -200,9 +199,7 @@ def test_records_of_0_1_exports_read_back():
     """export.json's "calibration" as 0.1 wrote it (no mode, no batch_size; integer with "percentile": null)."""
     qdq = {"method": "percentile", "percentile": 99.999, "data": "calibration_data/calibration.txt (shipped)",
            "keep_float": ["residual-adds", "ffn-output-input"], "num_samples": 512, "max_length": 128}
-    assert QuantizationRecipe.from_dict(qdq, mode="qdq") == QuantizationRecipe(  # the 0.1 default, not smoothed
-        mode="qdq", keep_float=("residual-adds", "ffn-output-input"), smoothing="none"
-    )
+    assert QuantizationRecipe.from_dict(qdq, mode="qdq") == QuantizationRecipe.default("qdq")
     integer = {"method": "minmax", "percentile": None, "data": "generated token ids (the checkpoint has no tokenizer)",
                "wide_activations": ["ffn-output-input", "hidden-states"], "num_samples": 8, "max_length": 64}
     assert QuantizationRecipe.from_dict(integer, mode="integer") == QuantizationRecipe(

@@ -152,10 +152,7 @@ def test_smoothed_qdq_export_records_scales_merges_qkv_and_reloads_bitwise(tmp_p
 
 
 def test_recipe_smoothing_field():
-    assert QuantizationRecipe(mode="qdq").to_dict()["smoothing"] == "auto"  # the default (docs/qdq.md)
-    assert QuantizationRecipe(mode="qdq", smoothing="none").smoothing == "none"
-    old = {k: v for k, v in QuantizationRecipe(mode="qdq").to_dict().items() if k != "smoothing"}
-    assert QuantizationRecipe.from_dict(old).smoothing == "none"  # records made before smoothing existed
+    assert "smoothing" not in QuantizationRecipe(mode="qdq").to_dict()  # records without it stay as they were
     recipe = QuantizationRecipe(mode="qdq", smoothing="0.50")
     assert recipe.smoothing == "0.5" and recipe.to_dict()["smoothing"] == "0.5"
     assert QuantizationRecipe.from_dict(recipe.to_dict()) == recipe
