@@ -202,3 +202,16 @@ def test_report_flag_prints_the_report_and_export_json_matches_the_graph(tmp_pat
     assert "\n".join(printed[:-1]) == format_report(recorded)
     assert recorded == int8_share(onnx.load(str(out / "model.onnx"))).to_dict()
     assert printed[0].startswith("INT8 share: encoder linear GEMM work 75.0 % (10 of 12 GEMMs)")
+
+
+def test_export_json_int8_share_is_optional_and_must_be_an_object():
+    from trt_runtime.contract.export_dir import ExportDirError, ExportInfo
+
+    spec = {"name": "input_ids", "dtype": "int64", "shape": ["batch_size", "sequence_length"]}
+    base = {"architecture": "bert", "model_type": "bert", "task": "feature-extraction", "quantization": "qdq",
+            "opset": 17, "inputs": [spec], "outputs": [{**spec, "name": "last_hidden_state"}],
+            "max_sequence_length": 64, "vocab_size": 99}
+    assert ExportInfo.from_dict(base).int8_share is None  # exports made before the report
+    assert ExportInfo.from_dict({**base, "int8_share": {"rule": "r"}}).int8_share == {"rule": "r"}
+    with pytest.raises(ExportDirError, match="int8_share must be an object"):
+        ExportInfo.from_dict({**base, "int8_share": 0.66})
