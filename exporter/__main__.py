@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=_opset, default=MIN_OPSET, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET}")
     parser.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
     parser.add_argument("--quiet", action="store_true", help="print only errors")
+    parser.add_argument(
+        "--report", action="store_true",
+        help="print the INT8 share of the GEMM work (TensorRT's rule, by group) and every float GEMM with its "
+        "reason on stdout, before the output path (exporter.report; export.json records it as int8_share)",
+    )
     QuantizationRecipe.add_arguments(parser)
     return parser
 
@@ -80,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as e:  # an output that cannot be written (read-only, full, immutable, a mount point)
         return report(e)
+    if args.report:
+        from exporter.report import format_report
+        from trt_runtime.contract.export_dir import read_export_info
+
+        share = read_export_info(out).int8_share
+        print(format_report(share) if share else "no INT8 share recorded")
     print(out)
     return 0
 

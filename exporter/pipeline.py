@@ -35,6 +35,7 @@ from exporter.errors import ExportError
 from exporter.ibert_functions import add_ibert_functions
 from exporter.integer_graph import name_integer_values
 from exporter.options import MIN_OPSET, check_opset, resolve_task
+from exporter.report import int8_share, summary_line
 from exporter.sample_inputs import (
     Shape,
     Text,
@@ -162,6 +163,8 @@ def export(
         del raw
 
         info = _export_info(model, arch, signature, limit, calibration_record, onnx_model, opset)
+        info.int8_share = int8_share(onnx_model).to_dict()
+        say(f"  {summary_line(info.int8_share)}")
         step("checking the graph and writing the directory")
         _set_metadata(onnx_model, info)
         onnx_path = graph_ops.save_model(onnx_model, staging)

@@ -12,7 +12,8 @@ included (float weight -> Q -> DQ). This pass, on the folded graph:
 - folds the Transpose that `F.linear` puts between a weight and its MatMul into the int8 initializer and
   moves the DQ axis with it (axis 0 of the [out, in] weight becomes axis 1 of the [in, out] MatMul
   operand), so TensorRT sees DQ -> MatMul with per-channel scales on the output-channel (column) axis;
-- merges Q/DQ pairs that quantize the same tensor with the same scale (the query, key and value
+- merges the smoothing divisions (SmoothQuant, a per-channel Div before the QuantizeLinear) of one tensor
+  by equal scales, then Q/DQ pairs that quantize the same tensor with the same scale (the query, key and value
   projections read one tensor through three equal quantizers): one pair lets TensorRT fuse the three
   GEMMs horizontally.
 """
@@ -164,6 +165,28 @@ def _merge_duplicates(graph: gs.Graph, op: str) -> int:
     return merged
 
 
+def _merge_smoothing_divisions(graph: gs.Graph) -> int:
+    """Merge the Div nodes that divide one tensor by equal constants (SmoothQuant's per-channel scale, shared
+    by the query, key and value projections: models.quantization.smoothing), so their Q/DQ pairs merge too."""
+    groups: dict[tuple, list[gs.Node]] = defaultdict(list)
+    for node in graph.nodes:
+        if node.op == "Div" and len(node.inputs) == 2 and isinstance(node.inputs[1], gs.Constant):
+            divisor = np.asarray(node.inputs[1].values)
+            groups[(id(node.inputs[0]), divisor.dtype.str, divisor.shape, divisor.tobytes())].append(node)
+    merged = 0
+    for nodes in groups.values():
+        for duplicate in nodes[1:]:
+            out = duplicate.outputs[0]
+            if out in graph.outputs:
+                continue
+            for consumer in list(out.outputs):
+                consumer.inputs[consumer.inputs.index(out)] = nodes[0].outputs[0]
+            duplicate.outputs.clear()
+            merged += 1
+    graph.cleanup()
+    return merged
+
+
 def _check_activation_pairs(graph: gs.Graph) -> tuple[int, tuple[str, ...]]:
     pairs, unfused = 0, []
     for node in graph.nodes:
@@ -220,6 +243,7 @@ def check_counts(summary: QdqSummary, weight_quantizers: int, activation_quantiz
 def layout_for_tensorrt(graph: gs.Graph) -> QdqSummary:
     """Rewrite the Q/DQ of a folded, fake-quantized graph in place (see the module docstring)."""
     weights, folded = _store_weights_as_int8(graph)
+    _merge_smoothing_divisions(graph)
     merged = _merge_duplicates(graph, QUANTIZE)
     merged_dq = _merge_duplicates(graph, DEQUANTIZE)
     pairs, unfused = _check_activation_pairs(graph)

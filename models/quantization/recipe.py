@@ -64,7 +64,10 @@ SENSITIVE_SITES = {"ffn-output-input": FFN_OUTPUT_INPUT, "softmax-output": SOFTM
 #: qdq sites kept in float by default: with every site quantized, all-MiniLM-L6-v2's outlier features
 #: (FFN outputs up to ~200 where most values are below 1) share one int8 scale per residual add, and
 #: sentence embeddings fall to ~0.83 cosine of float for every calibrator; with these two float they
-#: reach 0.99 (docs/qdq.md)
+#: reach 0.99 (docs/qdq.md). With `smoothing="auto"` the FFN output input can be INT8 too (every linear
+#: GEMM INT8, cosine 0.997, docs/qdq.md "INT8 share"), but ONNX Runtime's CPU INT8 graph
+#: (trt_runtime/backends/onnxruntime/cpu_int8.py) does not fuse attention across the smoothing division
+#: yet, so that is not the default
 DEFAULT_KEEP_FLOAT = ("residual-adds", "ffn-output-input")
 
 #: I-BERT's force_dequant: which integer nonlinearities run in float
@@ -103,6 +106,7 @@ class _Option:
     repeatable: bool = False  # action="append"; the field is a tuple
     none_word: str | None = None  # repeatable: this value, alone, gives () ("--wide-activations none")
     empty_flag: tuple[str, str] | None = None  # repeatable: (flag, help) of a switch that gives () instead
+    omit_when_none: bool = False  # to_dict leaves it out when None (records stay as before the field existed)
 
     def names(self) -> str:
         return " / ".join(self.flags + ((self.empty_flag[0],) if self.empty_flag else ()))
@@ -127,6 +131,7 @@ class QuantizationRecipe:
     mode: "none" (float32), "qdq" (QDQBERT fake quantization) or "integer" (I-BERT integer-only).
     calibration_method: `CALIBRATION_METHODS[mode]` (default: the first), or "percentile-<p>".
     percentile: qdq, for the "percentile" method (default DEFAULT_PERCENTILE).
+    smoothing: qdq: SmoothQuant-style migration strength, "auto" or None (models.quantization.smoothing).
     keep_float: qdq: quantizer sites left in float: names of SENSITIVE_SITES, fnmatch patterns over quantizer
         names, or "re:" + a regex (default DEFAULT_KEEP_FLOAT); () quantizes every site (QDQBERT's placement).
     force_dequant: integer: I-BERT's FORCE_DEQUANT_VALUES (None: the checkpoint's, else "none").
@@ -163,6 +168,12 @@ class QuantizationRecipe:
         f"{', '.join(WIDE_ACTIVATION_SITE_NAMES)}; 'none' keeps I-BERT's 8 bits everywhere (default: "
         f"{' '.join(DEFAULT_WIDE_ACTIVATIONS)}; none for an I-BERT checkpoint saved with quant_mode=true)",
     )
+    smoothing: str | None = _option(
+        flags=("--smoothing",), modes=("qdq",), key="smoothing", metavar="ALPHA", omit_when_none=True,
+        help="qdq: SmoothQuant-style migration of activation outliers into the weights before calibration "
+        "(models.quantization.smoothing): a migration strength in [0, 1], or auto (chosen per site on the "
+        "calibration data); with --keep-float residual-adds every linear GEMM is INT8 (docs/qdq.md) (default: none)",
+    )
     calibration_data: str | None = _option(
         flags=("--calibration-data",), modes=QUANTIZED_MODES, key="data", metavar="PATH",
         help=".txt (one sample a line, a tab between a pair), .jsonl (text, text_pair) or a directory of "
@@ -198,6 +209,7 @@ class QuantizationRecipe:
         self._set("percentile", percentile)
         if mode == "qdq":
             self._set("keep_float", _check_keep_float(self.keep_float))
+            self._set("smoothing", _check_smoothing(self.smoothing))
         else:
             if self.force_dequant is not None and self.force_dequant not in FORCE_DEQUANT_VALUES:
                 raise RecipeError(
@@ -252,6 +264,8 @@ class QuantizationRecipe:
         for name, option in _options().items():
             if self.mode in option.modes:
                 value = getattr(self, name)
+                if value is None and option.omit_when_none:
+                    continue
                 data[option.key] = list(value) if isinstance(value, tuple) else value
         if "data" in data and data["data"] is None:
             data["data"] = SHIPPED_DATA_LABEL
@@ -414,6 +428,21 @@ def _strings(name: str, value: str | Iterable[str]) -> tuple[str, ...]:
     if not all(isinstance(item, str) and item for item in items):
         raise RecipeError(f"{name} must be strings (names, patterns), got {list(items)!r}")
     return items
+
+
+def _check_smoothing(value: str | float | None) -> str | None:
+    """None or "none": no smoothing; "auto"; or a migration strength in [0, 1], kept as its string ("0.5")."""
+    if value is None or value == "none":
+        return None
+    if value == "auto":
+        return "auto"
+    try:
+        alpha = float(value)
+    except (TypeError, ValueError):
+        alpha = math.nan
+    if isinstance(value, bool) or not 0.0 <= alpha <= 1.0:
+        raise RecipeError(f"--smoothing {value!r}: give a migration strength in [0, 1] (e.g. 0.5), auto or none")
+    return f"{alpha:g}"
 
 
 def _check_keep_float(value: str | Iterable[str] | None) -> tuple[str, ...]:

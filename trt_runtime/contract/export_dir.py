@@ -98,6 +98,10 @@ class ExportInfo:
     force_dequant: str | None = None  # integer mode only
     calibration: dict[str, Any] | None = None  # {"method": ..., "data": ..., "num_samples": ..., ...}
     custom_ops: list[str] = field(default_factory=list)  # e.g. ["ibert::IntGELU"]
+    #: the INT8 share of the graph's GEMM work (exporter.report; exports before 0.3 have none): {"rule",
+    #: "linear" / "attention" / "heads": {"gemms", "int8_gemms", "split_gemms", "work", "int8_work",
+    #: "split_work"}, "float_gemms": [{"node", "group", "work", "reason"}]}
+    int8_share: dict[str, Any] | None = None
     onnx_sha256: str | None = None
     tool_versions: dict[str, str] = field(default_factory=dict)
     created: str | None = None
@@ -309,6 +313,8 @@ def _schema_problems(info: ExportInfo) -> list[str]:
             bad_dim = any(not isinstance(dim, str) and not (is_int(dim) and dim >= 0) for dim in spec.shape)
             if not spec.name or bad_dim:
                 problems.append(f"{kind} {spec.name!r} has a bad name or shape {list(spec.shape)}")
+    if info.int8_share is not None and not isinstance(info.int8_share, dict):
+        problems.append(f"int8_share must be an object, got {type(info.int8_share).__name__}")
     if info.id2label is not None and not isinstance(info.id2label, dict):
         problems.append(f"id2label must be an object, got {type(info.id2label).__name__}")
     if info.onnx_sha256 is not None and not (

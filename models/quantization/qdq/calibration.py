@@ -9,8 +9,9 @@ models.quantization.calibration_file).
       "recipe": {"mode": "qdq", "method": "percentile", "percentile": 99.999, "keep_float": [...], ...},
       "quantizers": {"bert.encoder.layer.0.attention.self.query._input_quantizer": 4.21,
                      "bert.encoder.layer.0.attention.self.query._weight_quantizer": [0.12, 0.09, ...], ...},
-      "float_quantizers": ["bert.encoder.layer.0.output.dense._input_quantizer", ...]  # disabled (keep_float)
-    }
+      "float_quantizers": ["bert.encoder.layer.0.output.dense._input_quantizer", ...],  # disabled (keep_float)
+      "smoothing": {"bert.encoder.layer.0.output.dense": [1.3, 0.2, ...], ...}  # only when smoothed (recipe
+    }                                                  # smoothing): each linear's scales s, applied on load
 
 Quantizers are keyed by module name; per-channel amax is a flat list (one value per output channel).
 Applying a file refuses one made for another model (architecture or shapes), with unknown or missing
@@ -39,6 +40,7 @@ from models.quantization.calibration_file import (
 )
 from models.quantization.errors import CalibrationError
 from models.quantization.qdq.quantized_model import named_quantizers, set_amax, weight_of
+from models.quantization.smoothing import apply_smoothing, smoothing_state
 
 
 def quantized_weights_sha256(model: nn.Module) -> str:
@@ -66,7 +68,8 @@ def calibration_dict(model: nn.Module, recipe: Mapping[str, Any] | None = None) 
         values = quantizer.amax.detach().float().cpu()
         amax[name] = values.item() if quantizer.axis is None else values.flatten().tolist()
     header = file_header(model, "qdq", model_identity(model, quantized_weights_sha256(model)), recipe)
-    return {**header, "quantizers": amax, "float_quantizers": disabled}
+    smoothing = smoothing_state(model)
+    return {**header, "quantizers": amax, "float_quantizers": disabled, **({"smoothing": smoothing} if smoothing else {})}
 
 
 def save_calibration(
@@ -94,6 +97,7 @@ def apply_qdq_calibration(model: nn.Module, data: dict[str, Any], where: str) ->
         raise CalibrationError(
             f"{where} is malformed ('model' must be an object, 'float_quantizers' a list); {CALIBRATE_HINT}"
         )
+    _apply_recorded_smoothing(model, data.get("smoothing"), where)  # the recorded weights are the smoothed ones
     check_identity(model_identity(model, quantized_weights_sha256(model)), recorded, where)
     amax: dict[str, Any] = data["quantizers"]
     disabled = {str(name) for name in float_quantizers}
@@ -129,6 +133,17 @@ def apply_qdq_calibration(model: nn.Module, data: dict[str, Any], where: str) ->
     info = {k: v for k, v in data.items() if k not in ("quantizers", "float_quantizers", "model")}
     setattr(model, CALIBRATION_INFO_ATTR, info)
     return data
+
+
+def _apply_recorded_smoothing(model: nn.Module, recorded: Any, where: str) -> None:
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict) or not all(isinstance(v, list) for v in recorded.values()):
+        raise CalibrationError(f"{where}: 'smoothing' must map linear layer names to lists of scales; {CALIBRATE_HINT}")
+    try:
+        apply_smoothing(model, {name: torch.tensor(values, dtype=torch.float32) for name, values in recorded.items()})
+    except (ValueError, TypeError) as e:
+        raise CalibrationError(f"{where}: {e}; load the file into a freshly loaded model of its checkpoint") from None
 
 
 register_mode("qdq", apply_qdq_calibration)

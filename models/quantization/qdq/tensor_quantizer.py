@@ -67,6 +67,8 @@ class TensorQuantizer(nn.Module):
             self.register_parameter("_amax", None)
         else:
             self.register_buffer("_amax", None)
+        # SmoothQuant's per-channel divisor of the input (models.quantization.smoothing); None: none
+        self.register_buffer("_smoothing_scale", None)
         if quant_desc.amax is not None:
             self.amax = quant_desc.amax
 
@@ -218,7 +220,18 @@ class TensorQuantizer(nn.Module):
 
     # -- forward -----------------------------------------------------------------------------------
 
+    @property
+    def smoothing_scale(self) -> torch.Tensor | None:
+        """Per-channel (last axis) divisor applied before quantization; the layer's weight carries its product."""
+        return self._smoothing_scale
+
+    @smoothing_scale.setter
+    def smoothing_scale(self, value: torch.Tensor) -> None:
+        self._smoothing_scale = value.detach().to(torch.float32).reshape(-1).clone()
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self._smoothing_scale is not None:  # part of the function even for a float (disabled) site
+            inputs = inputs / self._smoothing_scale.to(inputs.dtype)
         if self._disabled:
             return inputs
         if self._if_calib:
@@ -275,6 +288,8 @@ class TensorQuantizer(nn.Module):
             value = state_dict[key]
             if self._amax is None or self._amax.shape != value.shape:
                 self.amax = value
+        if prefix + "_smoothing_scale" in state_dict and self._smoothing_scale is None:
+            self.smoothing_scale = state_dict[prefix + "_smoothing_scale"]  # a smoothed checkpoint's weights carry s
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )

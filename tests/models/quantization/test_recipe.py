@@ -209,8 +209,8 @@ def test_records_of_0_1_exports_read_back():
     )
     with pytest.raises(RecipeError, match="no 'mode'"):
         QuantizationRecipe.from_dict(qdq)
-    with pytest.raises(RecipeError, match="fields this release does not know: smoothing"):
-        QuantizationRecipe.from_dict({**qdq, "mode": "qdq", "smoothing": 0.5})
+    with pytest.raises(RecipeError, match="fields this release does not know: sensitivity"):
+        QuantizationRecipe.from_dict({**qdq, "mode": "qdq", "sensitivity": 0.5})
 
 
 def parse(argv: list[str], **kwargs) -> QuantizationRecipe:
