@@ -14,29 +14,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from trt_runtime.contract.export_dir import ExportInfo, TensorSpec
+from tests.fixtures.export_infos import text_model_info
+from trt_runtime.contract.export_dir import ExportInfo
 from trt_runtime.validation import InputError, validate_feeds
 
 SEQ = ("batch_size", "sequence_length")
 
 
 def make_info(task: str = "text-classification", token_types: bool = True, max_len: int = 16) -> ExportInfo:
-    shape: tuple[str, ...] = (
-        ("batch_size", "num_choices", "sequence_length") if task == "multiple-choice" else SEQ
-    )
-    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if token_types else [])
-    return ExportInfo(
-        architecture="bert",
-        model_type="bert",
-        task=task,
-        quantization="none",
-        opset=17,
-        inputs=[TensorSpec(name, "int64", shape) for name in names],
-        outputs=[TensorSpec("logits", "float32", ("batch_size", 3))],
-        max_sequence_length=max_len,
-        vocab_size=50,
-        type_vocab_size=2 if token_types else 1,
-    )
+    return text_model_info(task, token_types, max_len)
 
 
 def good_feeds(batch: int = 2, seq: int = 5) -> dict[str, np.ndarray]:
@@ -286,24 +272,7 @@ def test_validate_feeds_on_plausible_int_feeds(feeds):
 # --- property-based: nothing but InputError escapes, and what passes is safe to run --------------------------
 
 def _info(task: str, token_types: bool, max_len: int, vocab: int, types: int) -> ExportInfo:
-    shape: tuple[str, ...] = (
-        ("batch_size", "num_choices", "sequence_length")
-        if task == "multiple-choice"
-        else ("batch_size", "sequence_length")
-    )
-    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if token_types else [])
-    return ExportInfo(
-        architecture="bert",
-        model_type="bert",
-        task=task,
-        quantization="none",
-        opset=17,
-        inputs=[TensorSpec(name, "int64", shape) for name in names],
-        outputs=[TensorSpec("logits", "float32", ("batch_size", 2))],
-        max_sequence_length=max_len,
-        vocab_size=vocab,
-        type_vocab_size=types if token_types else 1,
-    )
+    return text_model_info(task, token_types, max_len, vocab_size=vocab, type_vocab_size=types, labels=2)
 
 
 INFOS = st.builds(

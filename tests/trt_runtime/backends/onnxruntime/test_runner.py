@@ -445,6 +445,17 @@ def test_an_onnxruntime_failure_at_run_time_is_a_documented_error_naming_the_fil
 THREADS, REQUESTS, PROCESSES = 8, 50, 4
 
 
+def one_at_a_time(call: Callable[[int], Any], count: int) -> dict[int, Any]:
+    """call(i) for every i in turn, an InputError kept as the answer (what the threads must reproduce)."""
+    serial: dict[int, Any] = {}
+    for i in range(count):
+        try:
+            serial[i] = call(i)
+        except InputError as e:
+            serial[i] = e
+    return serial
+
+
 def hammer(call: Callable[[int], Any], requests: list[int]) -> dict[tuple[int, int], Any]:
     """Each of THREADS threads makes the calls in `requests` (indices into its inputs), all threads released
     at once; returns (thread, call) -> result (or the exception it raised)."""
@@ -497,12 +508,7 @@ def test_shared_ort_runner_gives_serial_answers():
     def call(i: int) -> Any:
         return runner(pool[i])["logits"]
 
-    serial: dict[int, Any] = {}
-    for i in range(len(pool)):
-        try:
-            serial[i] = call(i)
-        except InputError as e:
-            serial[i] = e
+    serial = one_at_a_time(call, len(pool))
     requests = [i % len(pool) for i in range(REQUESTS)]
     results = hammer(call, requests)
     assert len(results) == THREADS * REQUESTS
@@ -548,12 +554,7 @@ def test_shared_pipeline_gives_serial_answers(task):
             warnings.simplefilter("ignore", UserWarning)
             return pipe(value, **options)
 
-    serial: dict[int, Any] = {}
-    for i in range(len(inputs)):
-        try:
-            serial[i] = call(i)
-        except InputError as e:
-            serial[i] = e
+    serial = one_at_a_time(call, len(inputs))
     assert any(isinstance(v, InputError) for v in serial.values())
     results = hammer(call, [i % len(inputs) for i in range(REQUESTS)])
     assert len(results) == THREADS * REQUESTS

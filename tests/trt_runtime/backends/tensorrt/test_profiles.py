@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import trt_runtime
+from tests.fixtures.export_infos import text_model_info
 from tests.fixtures.tensorrt_test_models import export_info
 from tests.fixtures.tiny_models import VOCAB
 from trt_runtime.backends.base import BaseRunner
@@ -34,7 +35,7 @@ from trt_runtime.backends.tensorrt.profiles import (
     select_profile,
 )
 from trt_runtime.backends.tensorrt.runner import TensorRTRunner, profile_limits, validate_for_profile
-from trt_runtime.contract.export_dir import ExportInfo, TensorSpec
+from trt_runtime.contract.export_dir import ExportInfo
 from trt_runtime.pipelines.text_classification import TextClassificationPipeline
 from trt_runtime.tokenization import TextTokenizer
 from trt_runtime.validation import InputError
@@ -236,23 +237,7 @@ def test_runner_limits_and_validation_over_several_profiles():
 # --- the feed checks of a profile (pure functions; no TensorRT needed) ---------------------------------------
 
 def _profile_info(task: str = "text-classification", max_len: int = 64) -> ExportInfo:
-    shape: tuple[str, ...] = (
-        ("batch_size", "num_choices", "sequence_length")
-        if task == "multiple-choice"
-        else ("batch_size", "sequence_length")
-    )
-    return ExportInfo(
-        architecture="bert",
-        model_type="bert",
-        task=task,
-        quantization="none",
-        opset=17,
-        inputs=[TensorSpec(n, "int64", shape) for n in ("input_ids", "attention_mask", "token_type_ids")],
-        outputs=[TensorSpec("logits", "float32", ("batch_size", 3))],
-        max_sequence_length=max_len,
-        vocab_size=VOCAB,
-        type_vocab_size=2,
-    )
+    return text_model_info(task, max_len=max_len, vocab_size=VOCAB)
 
 
 def _ones(*shape: int) -> dict[str, np.ndarray]:
