@@ -55,7 +55,12 @@ from benchmarks.eval.steps import (
     runtime_predictions,
 )
 from benchmarks.eval.tasks import TASKS, examples, task_of
-from trt_runtime.contract.files import write_bytes_atomic, write_json_atomic
+from trt_runtime.contract.files import (
+    OutputOverlapError,
+    check_output_outside_inputs,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_NAME = "eval-vader"
@@ -442,6 +447,12 @@ def main(argv: list[str] | None = None) -> int:
 
         args.base = demo_checkpoint()
     base = Path(args.base)
+    try:  # the stage cache and the results are written: never into the checkpoint they are made from
+        for output, label in ((args.cache, "--cache"), (args.results, "--results")):
+            check_output_outside_inputs(output, {"--base": base}, output_label=label)
+    except OutputOverlapError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     per_task = 6 - args.no_qat - args.no_integer
     step = Stages(per_task * len(args.tasks) + 1, started)
     say(f"accuracy evaluation: {', '.join(args.tasks)} on {base}; cache {args.cache}")

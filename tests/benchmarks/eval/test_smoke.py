@@ -237,3 +237,16 @@ def test_regression_scores_and_per_layer_sensitivity(tiny_base, tmp_path):
         assert row["default sites"]["quantizers"] == 15
         assert row["every site"]["rms_change"] > 0
     assert (tmp_path / "results" / "eval-vader-layers.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_outputs_inside_the_checkpoint_are_refused_before_any_work(tmp_path, capsys):
+    """The stage cache and the results are written; inside the checkpoint they would change what they are made
+    from (issue 21's output guards): exit 2, naming both, nothing written."""
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    for flag in ("--cache", "--results"):
+        code = main(["--base", str(checkpoint), flag, str(checkpoint / "out"), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and f"{flag} {checkpoint / 'out'} lies inside the input --base {checkpoint}" in err
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["config.json"]
