@@ -211,13 +211,9 @@ def test_derived_graph_is_fused_int8_without_qdq(tiny_exports):
     for node in model.graph.node:
         if node.op_type in ("QAttention", "MatMulIntegerToFloat"):
             values = weights[node.input[1]]
-            assert values.dtype == np.int8 and np.abs(values).max() <= limit, (
-                f"{limit}-bit weights on this CPU"
-            )
+            assert values.dtype == np.int8 and np.abs(values).max() <= limit, f"{limit}-bit weights on this CPU"
             largest = max(largest, int(np.abs(values.astype(np.int32)).max()))
-    assert largest > 63 if limit == 127 else largest <= 63, (
-        f"largest |weight| {largest} on a CPU whose limit is {limit}"
-    )
+    assert largest > 63 if limit == 127 else largest <= 63, f"largest |weight| {largest} on a CPU whose limit is {limit}"
 
 
 def _cpu_adds_in_int32() -> bool:
@@ -303,9 +299,7 @@ def _graph_files(directory: Path) -> list[Path]:
 
 
 def _snapshot(directory: Path) -> dict[str, tuple[int, int]]:
-    return {
-        str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.stat().st_size) for p in directory.rglob("*")
-    }
+    return {str(p.relative_to(directory)): (p.stat().st_mtime_ns, p.stat().st_size) for p in directory.rglob("*")}
 
 
 def test_cpu_graph_is_cached_once_with_its_record_and_reused(tiny_exports, tmp_path):
@@ -330,9 +324,7 @@ def test_cpu_graph_is_cached_once_with_its_record_and_reused(tiny_exports, tmp_p
     second = OrtRunner(export_dir)
     assert second.graph_path == derived and second.choice.cache is CacheStatus.REUSED
     assert derived.stat().st_mtime_ns == stamp
-    assert not [p for p in derived.parent.iterdir() if p.name.startswith(".") and p.name != ".lock"], (
-        "no temporary"
-    )
+    assert not [p for p in derived.parent.iterdir() if p.name.startswith(".") and p.name != ".lock"], "no temporary"
     feeds = _feeds()
     np.testing.assert_array_equal(second(feeds)["last_hidden_state"], first(feeds)["last_hidden_state"])
 
@@ -341,17 +333,10 @@ def _another_qdq_graph(tmp_path: Path) -> bytes:
     """The CPU INT8 graph of another tiny qdq export (other weights, same shapes)."""
     import exporter
 
-    save_checkpoint(
-        tmp_path / "other-checkpoint", "bert", "feature-extraction", initializer_range=0.2, seed=7
-    )
+    save_checkpoint(tmp_path / "other-checkpoint", "bert", "feature-extraction", initializer_range=0.2, seed=7)
     other = exporter.export(
-        tmp_path / "other-checkpoint",
-        tmp_path / "other",
-        task="feature-extraction",
-        quantization="qdq",
-        num_calibration_samples=32,
-        validate=False,
-        log=None,
+        tmp_path / "other-checkpoint", tmp_path / "other", task="feature-extraction", quantization="qdq",
+        num_calibration_samples=32, validate=False, log=None,
     )
     runner = OrtRunner(other)
     assert runner.graph_path is not None
@@ -381,9 +366,7 @@ RECORD_MISMATCHES = {
         f"made with onnxruntime_version 1.0.0, this runtime needs {ort.__version__}",
     ),
     "another CPU": (
-        lambda r: r["made_with"].update(
-            int8_dot_products_exact=not r["made_with"]["int8_dot_products_exact"]
-        ),
+        lambda r: r["made_with"].update(int8_dot_products_exact=not r["made_with"]["int8_dot_products_exact"]),
         "made with int8_dot_products_exact",
     ),
     "another recipe": (lambda r: r["made_with"]["recipe"].update(activations="static"), "made with recipe"),
@@ -445,17 +428,11 @@ def test_a_prebuilt_graph_that_no_longer_matches_is_rebuilt_in_the_cache_with_a_
     (export_dir / CPU_INT8_ONNX).write_bytes(_another_qdq_graph(tmp_path))  # e.g. copied from another export
     with caplog.at_level(logging.WARNING):
         runner = OrtRunner(export_dir)
-    assert (
-        f"not using {export_dir / CPU_INT8_ONNX}" in caplog.text
-        and "not the file its record describes" in caplog.text
-    )
+    assert f"not using {export_dir / CPU_INT8_ONNX}" in caplog.text and "not the file its record describes" in caplog.text
     assert runner.choice.cache is CacheStatus.REBUILT and CPU_INT8_ONNX in runner.choice.cache_detail
     assert runner.graph_path in _graph_files(_cache(export_dir))
     again = OrtRunner(export_dir)  # the cached one now; the stale prebuilt one is still named
-    assert (
-        again.choice.cache is CacheStatus.REUSED
-        and "the prebuilt one was not used" in again.choice.cache_detail
-    )
+    assert again.choice.cache is CacheStatus.REUSED and "the prebuilt one was not used" in again.choice.cache_detail
 
 
 def test_build_target_refuses_an_export_of_another_mode(tiny_exports, capsys):
@@ -473,19 +450,14 @@ def test_cache_dir_and_the_environment_variable_serve_many_exports(tiny_exports,
     monkeypatch.setenv("QBERT_CACHE_DIR", str(shared))
     runners = [OrtRunner(qdq_dir), OrtRunner(float_dir)]
     assert [r.choice.graph for r in runners] == ["cpu-int8", "cpu-float"]
-    assert all(
-        r.choice.cache is CacheStatus.CREATED and "QBERT_CACHE_DIR" not in r.choice.cache_detail
-        for r in runners
-    )
+    assert all(r.choice.cache is CacheStatus.CREATED and "QBERT_CACHE_DIR" not in r.choice.cache_detail for r in runners)
     assert {p.name for p in shared.iterdir()} == {_cache(qdq_dir).name, _cache(float_dir).name}
     assert _graph_files(_cache(qdq_dir, shared)) == [runners[0].graph_path]
     assert not (qdq_dir / CACHE_DIR).exists() and not (float_dir / CACHE_DIR).exists()
     assert OrtRunner(qdq_dir).choice.cache is CacheStatus.REUSED
     # the option wins over the environment
     explicit = OrtRunner(qdq_dir, cache_dir=named)
-    assert explicit.choice.cache is CacheStatus.CREATED and explicit.graph_path in _graph_files(
-        _cache(qdq_dir, named)
-    )
+    assert explicit.choice.cache is CacheStatus.CREATED and explicit.graph_path in _graph_files(_cache(qdq_dir, named))
 
 
 def test_cache_off_derives_in_memory_and_writes_nothing(tiny_exports, tmp_path):
@@ -509,10 +481,7 @@ def test_a_symlinked_cache_is_never_written_through(tiny_exports, tmp_path, capl
         runner = OrtRunner(export_dir)
     assert runner.choice.graph == "cpu-int8" and runner.choice.cache is CacheStatus.IN_MEMORY
     assert runner.choice.session_cache is CacheStatus.IN_MEMORY
-    assert (
-        "is a symbolic link" in runner.choice.cache_detail
-        and str(export_dir / CACHE_DIR) in runner.choice.cache_detail
-    )
+    assert "is a symbolic link" in runner.choice.cache_detail and str(export_dir / CACHE_DIR) in runner.choice.cache_detail
     assert "deriving the CPU INT8 graph" in caplog.text and "in memory" in caplog.text
     assert list(elsewhere.iterdir()) == [], "nothing was written into the link's target"
     # with a cache directory named, it is used instead
@@ -568,10 +537,7 @@ def test_without_the_onnx_package_the_exported_graph_runs_and_a_prebuilt_graph_s
     monkeypatch.setitem(sys.modules, "trt_runtime.backends.onnxruntime.cpu_int8", None)
     monkeypatch.delattr(package, "cpu_int8")
     runner = OrtRunner(export_dir, cache=False)
-    assert (
-        runner.graph_path == export_dir / MODEL_ONNX
-        and "pip install onnx sympy" in runner.choice.graph_reason
-    )
+    assert runner.graph_path == export_dir / MODEL_ONNX and "pip install onnx sympy" in runner.choice.graph_reason
     assert "needs the onnx and sympy packages" in caplog.text
     with pytest.raises(ImportError, match="pip install onnx sympy"):
         OrtRunner(export_dir, cache=False, graph="cpu-int8")
@@ -583,9 +549,7 @@ def test_without_the_onnx_package_the_exported_graph_runs_and_a_prebuilt_graph_s
     assert prebuilt.choice.graph == "cpu-int8" and prebuilt.choice.cache is CacheStatus.PREBUILT
 
 
-def test_a_read_only_export_serves_the_cpu_int8_graph_at_full_speed_and_nothing_is_written(
-    tiny_exports, tmp_path
-):
+def test_a_read_only_export_serves_the_cpu_int8_graph_at_full_speed_and_nothing_is_written(tiny_exports, tmp_path):
     source = _fresh_copy(tiny_exports[1], tmp_path / "qdq")
     prebuilt = _fresh_copy(tiny_exports[1], tmp_path / "prebuilt")
     assert _build(prebuilt, "cpu-int8") == 0
@@ -593,10 +557,9 @@ def test_a_read_only_export_serves_the_cpu_int8_graph_at_full_speed_and_nothing_
     feeds = _feeds()
     expected = reference(feeds)["last_hidden_state"]
     before = {source: _snapshot(source), prebuilt: _snapshot(prebuilt)}
-    with (
-        read_only_mount(tmp_path / "ro", source) as mounted,
-        read_only_mount(tmp_path / "ro-prebuilt", prebuilt) as mounted_prebuilt,
-    ):
+    with read_only_mount(tmp_path / "ro", source) as mounted, read_only_mount(
+        tmp_path / "ro-prebuilt", prebuilt
+    ) as mounted_prebuilt:
         with pytest.raises(OSError):
             (mounted / "probe").write_text("x")  # it really is read-only
         # no cache_dir: derived in memory, the CPU INT8 graph (not the slow exported one)
@@ -608,23 +571,16 @@ def test_a_read_only_export_serves_the_cpu_int8_graph_at_full_speed_and_nothing_
         assert explicit.choice.cache is CacheStatus.IN_MEMORY
         # a cache directory elsewhere: written there
         cached = trt_runtime.load(mounted, backend="onnxruntime", cache_dir=tmp_path / "cache")
-        assert (
-            cached.choice.cache is CacheStatus.CREATED and cached.choice.session_cache is CacheStatus.CREATED
-        )
+        assert cached.choice.cache is CacheStatus.CREATED and cached.choice.session_cache is CacheStatus.CREATED
         np.testing.assert_array_equal(cached(feeds)["last_hidden_state"], expected)
         # built beforehand into the export (e.g. in the image build): used as it is
         built = trt_runtime.load(mounted_prebuilt, backend="onnxruntime")
-        assert (
-            built.choice.cache is CacheStatus.PREBUILT and built.choice.session_cache is CacheStatus.IN_MEMORY
-        )
+        assert built.choice.cache is CacheStatus.PREBUILT and built.choice.session_cache is CacheStatus.IN_MEMORY
         np.testing.assert_array_equal(built(feeds)["last_hidden_state"], expected)
         pipe = trt_runtime.pipeline("feature-extraction", mounted, "onnxruntime", pooling="mean")
         assert pipe.runner.choice.graph == "cpu-int8" and len(pipe("john lives in paris")) == 32
         # the default CPU backend (loader.CPU_BACKENDS) serves the read-only export too, writing nothing
-        assert (
-            len(trt_runtime.pipeline("feature-extraction", mounted, pooling="mean")("john lives in paris"))
-            == 32
-        )
+        assert len(trt_runtime.pipeline("feature-extraction", mounted, pooling="mean")("john lives in paris")) == 32
     assert _snapshot(source) == before[source] and _snapshot(prebuilt) == before[prebuilt], "nothing written"
 
 
