@@ -215,6 +215,18 @@ def _remove_unused_initializers(graph: onnx.GraphProto) -> None:
 # --- 1b. smoothing divisions folded back into the weights -----------------------------------------
 
 
+def _takes_constant_weight(node: onnx.NodeProto, x: str, inits: dict[str, onnx.TensorProto]) -> bool:
+    """Whether `node` is x @ W with W a constant 2-D float weight (a linear layer reading x)."""
+    weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+    return (
+        weight is not None
+        and node.domain in ("", "ai.onnx")
+        and node.input[0] == x
+        and weight.data_type == TensorProto.FLOAT
+        and len(weight.dims) == 2
+    )
+
+
 def fold_smoothing_divisions(model: onnx.ModelProto, scales: dict[str, float] | None = None) -> int:
     """x / s -> MatMul(W) becomes MatMul(x, W / s[:, None]) (in place); the number of divisions folded.
     `scales` (`Dequantized.scales`, updated in place): the calibrated scale of x / s moves to x, times max s
@@ -256,25 +268,17 @@ def fold_smoothing_divisions(model: onnx.ModelProto, scales: dict[str, float] | 
         if constant not in inits or x in inits or not users or node.output[0] in outputs:
             continue
         divisor = numpy_helper.to_array(inits[constant])
-        weights = [inits.get(user.input[1]) if len(user.input) == 2 else None for user in users]
-        if not all(
-            user.op_type == "MatMul"
-            and user.domain in ("", "ai.onnx")
-            and user.input[0] == node.output[0]
-            and weight is not None
-            and weight.data_type == TensorProto.FLOAT
-            and len(weight.dims) == 2
-            for user, weight in zip(users, weights)
-        ):
+        if not all(_takes_constant_weight(user, node.output[0], inits) for user in users):
             continue
-        k = int(weights[0].dims[0])  # type: ignore[union-attr]
+        weights = [inits[user.input[1]] for user in users]
+        k = int(weights[0].dims[0])
         if (
             divisor.dtype != np.float32
             or divisor.ndim == 0
             or divisor.shape[-1] != k
             or divisor.size != k
             or k < 2
-            or any(int(w.dims[0]) != k for w in weights)  # type: ignore[union-attr]
+            or any(int(w.dims[0]) != k for w in weights)
             or not np.all(np.isfinite(divisor))
             or np.any(divisor == 0)
         ):
