@@ -65,9 +65,8 @@ SENSITIVE_SITES = {"ffn-output-input": FFN_OUTPUT_INPUT, "softmax-output": SOFTM
 #: (FFN outputs up to ~200 where most values are below 1) share one int8 scale per residual add, and
 #: sentence embeddings fall to ~0.83 cosine of float for every calibrator; with these two float they
 #: reach 0.99 (docs/qdq.md). With `smoothing="auto"` the FFN output input can be INT8 too (every linear
-#: GEMM INT8, cosine 0.997, docs/qdq.md "INT8 share"), but ONNX Runtime's CPU INT8 graph
-#: (trt_runtime/backends/onnxruntime/cpu_int8.py) does not fuse attention across the smoothing division
-#: yet, so that is not the default
+#: GEMM INT8, cosine 0.997, docs/qdq.md "INT8 share"); not the default until `make eval` confirms it
+#: (the CPU INT8 graph folds the smoothing divisions back, trt_runtime/backends/onnxruntime/cpu_int8.py)
 DEFAULT_KEEP_FLOAT = ("residual-adds", "ffn-output-input")
 
 #: I-BERT's force_dequant: which integer nonlinearities run in float

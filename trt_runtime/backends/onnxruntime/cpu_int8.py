@@ -8,7 +8,11 @@ from the same export, with the same weights:
 
 1. Q/DQ out: every weight DequantizeLinear becomes a float initializer (the export's int8 weights times
    their scales: exactly the weights the export computes with); every activation Q/DQ pair is removed
-   and its calibrated scale remembered by the float tensor it quantized.
+   and its calibrated scale remembered by the float tensor it quantized. SmoothQuant-style smoothing
+   divisions (a constant per-channel Div before the Q/K/V projections, the FFN input and the FFN output
+   projection; models.quantization.smoothing) are folded back into the weights they feed
+   (`fold_smoothing_divisions`): the attention fusion does not look through them, and per-row dynamic
+   activation scales do not need them.
 2. Fusions: onnxruntime.transformers' BERT optimizer on that float graph (Attention with the Q, K and V
    projections in one GEMM, SkipLayerNormalization with the bias add, BiasGelu). Attention keeps the
    raw 0/1 attention mask, so left padding and masks with holes stay right.
@@ -206,6 +210,111 @@ def _remove_unused_initializers(graph: onnx.GraphProto) -> None:
     kept = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
+
+
+# --- 1b. smoothing divisions folded back into the weights -----------------------------------------
+
+
+def _takes_constant_weight(node: onnx.NodeProto, x: str, inits: dict[str, onnx.TensorProto]) -> bool:
+    """Whether `node` is x @ W with W a constant 2-D float weight (a linear layer reading x)."""
+    weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+    return (
+        weight is not None
+        and node.domain in ("", "ai.onnx")
+        and node.input[0] == x
+        and weight.data_type == TensorProto.FLOAT
+        and len(weight.dims) == 2
+    )
+
+
+def fold_smoothing_divisions(model: onnx.ModelProto, scales: dict[str, float] | None = None) -> int:
+    """x / s -> MatMul(W) becomes MatMul(x, W / s[:, None]) (in place); the number of divisions folded.
+    `scales` (`Dequantized.scales`, updated in place): the calibrated scale of x / s moves to x, times max s
+    (for `Recipe.activations="static"`: a per-tensor grid that clips no channel of x more than the export's
+    grid clipped x / s).
+
+    What it undoes: a qdq export with SmoothQuant-style migration (models.quantization.smoothing) divides
+    the input of the Q/K/V projections (one division shared by the three), of the FFN input and of the FFN
+    output projection by constant per-input-channel scales s, in front of the activation QuantizeLinear,
+    and multiplies the weight rows by the same s. Once the Q/DQ pairs are out, that Div sits between the
+    LayerNorm and the projections, where onnxruntime.transformers' attention fusion does not look for it:
+    no QAttention. The CPU's per-row dynamic activation scales do not need the migration, and the fold
+    gives back the unsmoothed function (to float rounding).
+
+    Folded: a Div by a constant per-channel divisor (shape [K] or [1, ..., K]; a Mul by a constant of that
+    shape the same way, as its reciprocal) whose every consumer is a MatMul that takes it as its input and
+    has a constant 2-D float weight of K rows. Anything else (scalar divisors such as attention's 1/sqrt(d)
+    or GELU's 1/sqrt(2), a Div that also feeds another op or is a graph output) is left as it is.
+
+    The weights the export quantized (per output column, `on_int8_grid`) are put back on an 8-bit grid per
+    output column after the fold, so that `quantize_gemms` still finds them quantized: the same rounding
+    `quantize_weight` would apply there with 8 bits (with 7 it rounds once more, as for any export weight).
+    Every folded weight is a new initializer: a weight that some other node shares keeps its value."""
+    graph = model.graph
+    inits = _initializers(graph)
+    consumers = _consumers(graph)
+    outputs = {o.name for o in graph.output}
+    names = set(inits) | {name for node in graph.node for name in (*node.input, *node.output)}
+    rename: dict[str, str] = {}  # (Div output) -> the tensor it divided
+    drop: set[int] = set()
+    folded = 0
+    for node in graph.node:
+        if node.op_type not in ("Div", "Mul") or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+            continue
+        x, constant = node.input
+        if node.op_type == "Mul" and x in inits:
+            x, constant = constant, x
+        users = consumers.get(node.output[0], [])
+        if constant not in inits or x in inits or not users or node.output[0] in outputs:
+            continue
+        divisor = numpy_helper.to_array(inits[constant])
+        if not all(_takes_constant_weight(user, node.output[0], inits) for user in users):
+            continue
+        weights = [inits[user.input[1]] for user in users]
+        k = int(weights[0].dims[0])
+        if (
+            divisor.dtype != np.float32
+            or divisor.ndim == 0
+            or divisor.shape[-1] != k
+            or divisor.size != k
+            or k < 2
+            or any(int(w.dims[0]) != k for w in weights)
+            or not np.all(np.isfinite(divisor))
+            or np.any(divisor == 0)
+        ):
+            continue
+        # the smoothing scale s of x / s (a Mul multiplies by 1 / s); the weight rows are divided by it
+        smoothing = divisor.astype(np.float64).reshape(k, 1)
+        if node.op_type == "Mul":
+            smoothing = 1.0 / smoothing
+        for user in users:
+            weight = numpy_helper.to_array(inits[user.input[1]])
+            value = (weight.astype(np.float64) / smoothing).astype(np.float32)
+            if on_int8_grid(weight):
+                grid = quantize_weight(value, 8)
+                value = (grid.values.astype(np.float32) * grid.scale).astype(np.float32)
+            name, i = f"{user.input[1]}.unsmoothed", 1
+            while name in names:
+                i += 1
+                name = f"{user.input[1]}.unsmoothed_{i}"
+            names.add(name)
+            graph.initializer.append(numpy_helper.from_array(value, name))
+            user.input[1] = name
+        if scales is not None and node.output[0] in scales:
+            moved = scales.pop(node.output[0]) * float(np.abs(smoothing).max())
+            scales[x] = max(moved, scales.get(x, 0.0))
+        rename[node.output[0]] = x
+        drop.add(id(node))
+        folded += 1
+    kept = [node for node in graph.node if id(node) not in drop]
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    del graph.node[:]
+    graph.node.extend(kept)
+    _remove_unused_initializers(graph)
+    return folded
 
 
 # --- 2. fusions ------------------------------------------------------------------------------------
@@ -645,6 +754,7 @@ def derive(
     check_int8_applies(export_dir, info)
     dequantized = dequantize_qdq(model if model is not None else load_exported_model(export_dir))
     model = dequantized.model
+    unsmoothed = fold_smoothing_divisions(model, dequantized.scales)
     config = read_config(export_dir)
     if recipe.fuse and info.architecture in FUSABLE_ARCHITECTURES:
         model = fuse_transformer(
@@ -653,12 +763,14 @@ def derive(
     model, summary = quantize_gemms(model, dequantized.scales, recipe)
     split_skip_layer_norms(model)
     logger.info(
-        "CPU INT8 graph of %s (%s): %d weights and %d activation Q/DQ pairs taken out; %d QAttention and "
-        "%d int8 MatMul (inputs: %d static, %d dynamic per tensor, %d per row); %d linear layers left float",
+        "CPU INT8 graph of %s (%s): %d weights and %d activation Q/DQ pairs taken out, %d smoothing divisions "
+        "folded into the weights; %d QAttention and %d int8 MatMul (inputs: %d static, %d dynamic per tensor, "
+        "%d per row); %d linear layers left float",
         export_dir,
         recipe.tag,
         dequantized.weights,
         dequantized.activation_pairs,
+        unsmoothed,
         summary.attention,
         summary.matmuls,
         summary.static,

@@ -16,7 +16,7 @@ from trt_runtime.contract.errors import QbertError
 from trt_runtime.contract.export_dir import ExportInfo
 
 #: bumped when the CPU INT8 derivation changes, so that older graphs are not reused
-RECIPE_VERSION = 2  # 2: SkipLayerNormalization split back (cpu_int8 step 4)
+RECIPE_VERSION = 3  # 2: SkipLayerNormalization split back (cpu_int8 step 4); 3: smoothing divisions folded (1b)
 #: bumped when the fused float derivation changes
 FLOAT_RECIPE_VERSION = 1
 #: architectures whose float graph onnxruntime.transformers' "bert" optimizer knows how to fuse

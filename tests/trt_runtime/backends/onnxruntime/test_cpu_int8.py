@@ -582,3 +582,165 @@ def test_a_read_only_export_serves_the_cpu_int8_graph_at_full_speed_and_nothing_
         # the default CPU backend (loader.CPU_BACKENDS) serves the read-only export too, writing nothing
         assert len(trt_runtime.pipeline("feature-extraction", mounted, pooling="mean")("john lives in paris")) == 32
     assert _snapshot(source) == before[source] and _snapshot(prebuilt) == before[prebuilt], "nothing written"
+
+
+# --- SmoothQuant-style smoothing divisions folded back into the weights --------------------------------
+
+
+def _divided_matmuls_model(
+    divisor: np.ndarray, weights: list[np.ndarray], op: str = "Div"
+) -> onnx.ModelProto:
+    """x -> op(x, divisor) -> one MatMul per weight (each a graph output)."""
+    k = weights[0].shape[0]
+    nodes = [helper.make_node(op, ["x", "s"], ["smoothed"], name="smoothing")]
+    outputs = []
+    for i, weight in enumerate(weights):
+        nodes.append(helper.make_node("MatMul", ["smoothed", f"w{i}"], [f"y{i}"], name=f"linear{i}"))
+        outputs.append(
+            helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["batch", "sequence", weight.shape[1]])
+        )
+    graph = helper.make_graph(
+        nodes,
+        "smoothed-linears",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", k])],
+        outputs,
+        [numpy_helper.from_array(divisor, "s")]
+        + [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, feeds
+    )
+
+
+@pytest.mark.parametrize("op", ["Div", "Mul"])
+def test_a_per_channel_division_is_folded_into_the_matmuls_it_feeds(op):
+    """Two linear layers behind one per-channel Div (as the Q/K/V projections are): the Div goes, the
+    function stays (float weights: to float rounding, against ONNX Runtime on the original graph); a weight
+    the export quantized comes back on a per-column int8 grid within half a step of W / s."""
+    rng = np.random.default_rng(3)
+    k, n = 16, 8
+    s = rng.uniform(0.2, 5.0, k).astype(np.float32)
+    float_weight = rng.standard_normal((k, n)).astype(np.float32)
+    grid_weight = _int8_grid_weight(rng, k, n)
+    model = _divided_matmuls_model(s, [float_weight, grid_weight], op)
+    x = rng.standard_normal((2, 3, k)).astype(np.float32)
+    expected = _run(model, {"x": x})
+    assert cpu_int8.fold_smoothing_divisions(model) == 1
+    assert [node.op_type for node in model.graph.node] == ["MatMul", "MatMul"]
+    assert all(node.input[0] == "x" for node in model.graph.node)
+    got = _run(model, {"x": x})
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-5, atol=1e-5 * np.abs(expected[0]).max())
+    folded = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}[
+        model.graph.node[1].input[1]
+    ]
+    unsmoothed = grid_weight.astype(np.float64) / (s if op == "Div" else 1.0 / s.astype(np.float64))[:, None]
+    half_step = np.abs(unsmoothed).max(axis=0) / 127 / 2
+    assert cpu_int8.on_int8_grid(folded) and np.all(np.abs(folded - unsmoothed) <= half_step * 1.001)
+
+
+def test_divisions_that_do_not_feed_only_constant_weight_matmuls_are_left_alone():
+    rng = np.random.default_rng(4)
+    k, n = 16, 8
+    weight = rng.standard_normal((k, n)).astype(np.float32)
+    scalar = _divided_matmuls_model(np.array(2.0, np.float32), [weight])  # e.g. GELU's / sqrt(2)
+    also_added = _divided_matmuls_model(rng.uniform(0.5, 2.0, k).astype(np.float32), [weight])
+    also_added.graph.node.append(helper.make_node("Add", ["smoothed", "x"], ["residual"], name="residual"))
+    also_added.graph.output.append(helper.make_tensor_value_info("residual", TensorProto.FLOAT, None))
+    activation_weight = _divided_matmuls_model(rng.uniform(0.5, 2.0, k).astype(np.float32), [weight])
+    activation_weight.graph.input.append(helper.make_tensor_value_info("w0", TensorProto.FLOAT, [k, n]))
+    del activation_weight.graph.initializer[1:]  # w0 is an input, not a constant
+    for model in (scalar, also_added, activation_weight):
+        before = model.SerializeToString()
+        assert cpu_int8.fold_smoothing_divisions(model) == 0
+        assert model.SerializeToString() == before
+
+
+#: the smoothed exports' placements: the default (residual adds and the FFN output projection's input float:
+#: Q/K/V and FFN input smoothed), and every linear layer's input quantized (the FFN output projection smoothed too)
+SMOOTHED_PLACEMENTS = {"default": None, "residual-adds": ("residual-adds",)}
+
+
+@pytest.fixture(scope="module")
+def smoothed_exports(tiny_exports):
+    """placement -> a qdq export of the tiny model smoothed at a fixed alpha (so that every site is smoothed)."""
+    import exporter
+    from models.quantization import QuantizationRecipe
+
+    float_dir, _ = tiny_exports
+    exports = {}
+    for placement, keep_float in SMOOTHED_PLACEMENTS.items():
+        recipe = QuantizationRecipe(mode="qdq", num_samples=32, smoothing="0.5", keep_float=keep_float)
+        out = exporter.export(
+            float_dir.parent / "checkpoint",
+            float_dir.parent / f"qdq-smoothed-{placement}",
+            task="feature-extraction",
+            recipe=recipe,
+            validate=False,
+            log=None,
+        )
+        exports[placement] = Path(out)
+    return exports
+
+
+def _smoothing_divisions(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The Div nodes by a constant with more than one element (per channel)."""
+    inits = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    return [
+        n
+        for n in model.graph.node
+        if n.op_type == "Div" and n.input[1] in inits and inits[n.input[1]].size > 1
+    ]
+
+
+@pytest.mark.parametrize("activations", ["row", "static"])
+@pytest.mark.parametrize("placement", list(SMOOTHED_PLACEMENTS))
+def test_a_smoothed_export_derives_fused_qattention_close_to_the_export_and_to_float(
+    tiny_exports, smoothed_exports, placement, activations
+):
+    """The smoothing divisions folded back: QAttention fused again, no per-channel Div left, and the answers
+    within the unsmoothed tests' tolerance of float (and, where the exported Q/DQ graph itself is that close
+    to float, of the exported graph; with the FFN output projection's input quantized per tensor the
+    exported graph is 0.04 from float on this tiny random model, the CPU graph with per-row scales 0.017)."""
+    float_dir, _ = tiny_exports
+    export_dir = smoothed_exports[placement]
+    exported = onnx.load(str(export_dir / MODEL_ONNX))
+    divisions = _smoothing_divisions(exported)
+    quantizing = {n.input[0] for n in exported.graph.node if n.op_type == "QuantizeLinear"}
+    # per layer: one shared by Q, K and V, the FFN input (and the FFN output projection); before QuantizeLinear
+    assert len(divisions) == (4 if placement == "default" else 6)
+    assert all(d.output[0] in quantizing for d in divisions)
+    model = cpu_int8.derive(
+        export_dir, read_export_info(export_dir), cpu_int8.Recipe(activations=activations)
+    )
+    ops = [node.op_type for node in model.graph.node]
+    assert ops.count("QAttention") == 2 and ops.count("MatMulIntegerToFloat") == 6
+    assert "MatMul" not in ops and "Attention" not in ops and not _smoothing_divisions(model)
+    feeds = _feeds(left_padding=True)
+    mask = feeds["attention_mask"].astype(bool)
+
+    def run(graph: onnx.ModelProto | str) -> np.ndarray:
+        session = ort.InferenceSession(
+            graph if isinstance(graph, str) else graph.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        names = {i.name for i in session.get_inputs()}
+        return session.run(["last_hidden_state"], {k: v for k, v in feeds.items() if k in names})[0][mask]
+
+    ours, as_exported = run(model), run(str(export_dir / MODEL_ONNX))
+    reference = OrtRunner(float_dir)(feeds)["last_hidden_state"][mask]
+    assert 1e-5 < _relative_l2(ours, reference) < RELATIVE_L2_TOLERANCE
+    if placement == "default":
+        assert _relative_l2(ours, as_exported) < RELATIVE_L2_TOLERANCE
+
+
+def test_an_unsmoothed_exports_graph_has_nothing_to_fold(tiny_exports):
+    """The scalar Div / Mul of an unsmoothed export (attention's 1/sqrt(d), GELU's) stay: its derived graph is
+    the one it was before the fold existed."""
+    _, qdq_dir = tiny_exports
+    dequantized = cpu_int8.dequantize_qdq(cpu_int8.load_exported_model(qdq_dir))
+    before, scales = dequantized.model.SerializeToString(), dict(dequantized.scales)
+    assert cpu_int8.fold_smoothing_divisions(dequantized.model, dequantized.scales) == 0
+    assert dequantized.model.SerializeToString() == before and dequantized.scales == scales
