@@ -456,6 +456,19 @@ def one_at_a_time(call: Callable[[int], Any], count: int) -> dict[int, Any]:
     return serial
 
 
+def assert_answers_as_serial(
+    results: dict[tuple[int, int], Any], serial: dict[int, Any], same: Callable[[Any, Any, str], None]
+) -> None:
+    """Every threaded call answered as the same request did alone: the same InputError, or `same` answers."""
+    assert len(results) == THREADS * REQUESTS
+    for (thread, n), (request, got) in results.items():
+        expected = serial[request]
+        if isinstance(expected, InputError):
+            assert isinstance(got, InputError) and str(got) == str(expected), (thread, n, got)
+        else:
+            same(got, expected, f"thread {thread} call {n} (input {request})")
+
+
 def hammer(call: Callable[[int], Any], requests: list[int]) -> dict[tuple[int, int], Any]:
     """Each of THREADS threads makes the calls in `requests` (indices into its inputs), all threads released
     at once; returns (thread, call) -> result (or the exception it raised)."""
@@ -511,14 +524,11 @@ def test_shared_ort_runner_gives_serial_answers():
     serial = one_at_a_time(call, len(pool))
     requests = [i % len(pool) for i in range(REQUESTS)]
     results = hammer(call, requests)
-    assert len(results) == THREADS * REQUESTS
-    for (thread, n), (request, got) in results.items():
-        expected = serial[request]
-        if isinstance(expected, InputError):
-            assert isinstance(got, InputError) and str(got) == str(expected), (thread, n, got)
-        else:
-            assert isinstance(got, np.ndarray), (thread, n, got)
-            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6, err_msg=f"thread {thread} call {n}")
+    def same(got: Any, expected: Any, where: str) -> None:
+        assert isinstance(got, np.ndarray), (where, got)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6, err_msg=where)
+
+    assert_answers_as_serial(results, serial, same)
 
 
 TEXTS = [
@@ -557,13 +567,10 @@ def test_shared_pipeline_gives_serial_answers(task):
     serial = one_at_a_time(call, len(inputs))
     assert any(isinstance(v, InputError) for v in serial.values())
     results = hammer(call, [i % len(inputs) for i in range(REQUESTS)])
-    assert len(results) == THREADS * REQUESTS
-    for (thread, n), (request, got) in results.items():
-        expected = serial[request]
-        if isinstance(expected, InputError):
-            assert isinstance(got, InputError) and str(got) == str(expected), (thread, n, got)
-        else:
-            assert got == expected, f"thread {thread} call {n} (input {request}): {got} != {expected}"
+    def same(got: Any, expected: Any, where: str) -> None:
+        assert got == expected, f"{where}: {got} != {expected}"
+
+    assert_answers_as_serial(results, serial, same)
 
 
 # --- many threads and processes making runners on one fresh qdq export at once (issue 21) ------------------
