@@ -84,12 +84,6 @@ class Int8Share:
     def group(self, name: str) -> list[GemmPrecision]:
         return [g for g in self.gemms if g.group == name]
 
-    def share(self, name: str, precision: tuple[str, ...] = ("int8", "split")) -> float | None:
-        """The share of the group's work in these precisions; None for a group the graph does not have."""
-        members = self.group(name)
-        total = sum(g.work for g in members)
-        return sum(g.work for g in members if g.precision in precision) / total if total else None
-
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"rule": RULE}
         for name in GROUPS:

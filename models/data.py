@@ -39,6 +39,8 @@ from models.errors import DataError
 from trt_runtime.contract.text import text_problem
 
 Text = str | tuple[str, str]
+#: the batch keys a model's forward takes (batches may carry others, e.g. labels, offsets)
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 # package data (calibration_data/__init__.py): the same lookup from a checkout and from an installed wheel;
 # wheels install unpacked, so the resource root is a real directory

@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
+from models.data import MODEL_INPUTS
 from models.loading import load_config, load_weights, read_state_dict
 from models.quantization.qdq.quantized_model import check_calibrated
 from models.tasks import TaskModel, task_class
@@ -45,7 +46,6 @@ from trt_runtime.contract.files import atomic_directory
 logger = logging.getLogger(__name__)
 
 Batch = Mapping[str, torch.Tensor]
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 # Hugging Face class names, so that config.json's `architectures` names the task (models.load reads
 # the task from it) and transformers' Auto classes load the checkpoint too.

@@ -42,12 +42,12 @@ from benchmarks.eval.recipe import (
     ptq_variants,
 )
 from benchmarks.eval.tasks import Examples, Task, examples, inference_batches, training_batches
+from models.data import MODEL_INPUTS
 from trt_runtime.contract.errors import QbertError
 from trt_runtime.contract.files import sha256_file, write_bytes_atomic, write_json_atomic
 
 Say = Callable[[str], None]
 STAGE_JSON = "eval-stage.json"
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 LAYER_PATTERN = re.compile(r"\.layers?\.(\d+)\.")
 
 

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from models.data import MODEL_INPUTS
 from models.quantization.qdq.nn import QuantLinear
 from models.quantization.qdq.quantized_model import named_quantizers
 
@@ -51,7 +52,6 @@ SAMPLE_ROWS = 4096
 #: modelopt's guards: channels with (almost) zero range keep scale 1; scales stay within [1e-4, 1e4]
 EPSILON = 1.0 / (1 << 31)
 SCALE_RANGE = (1e-4, 1e4)
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 _SITE_PATTERNS = (
     (re.compile(r"^(?P<layer>.*\.layers?\.\d+)\.attention\.self\.(query|key|value)$"), "qkv"),

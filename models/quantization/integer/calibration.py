@@ -85,7 +85,6 @@ INTEGER_CALIBRATE_HINT = (
     "calibrate it for integer mode: python -m exporter --model DIR --quantization integer --output OUT writes "
     "OUT/calibration.json, or calibrate_integer(model, batches) then save_integer_calibration(model, path)"
 )
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def reset_integer_state(model: nn.Module) -> None:

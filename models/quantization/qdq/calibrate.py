@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from models.data import MODEL_INPUTS
 from models.quantization.calibration_file import CALIBRATION_INFO_ATTR
 from models.quantization.qdq.quantized_model import named_quantizers, weight_of
 from models.quantization.qdq.tensor_quantizer import TensorQuantizer
@@ -39,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 METHODS = CALIBRATION_METHODS["qdq"]
 DEFAULT_METHOD = METHODS[0]
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def calibrate(
