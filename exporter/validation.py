@@ -127,15 +127,16 @@ class OutputDiff:
     violation: str | None
 
 
-def ort_session(path: str | os.PathLike, runtime_default: bool = False):
-    """A CPU ONNX Runtime session: no graph optimizations (the file's own semantics), or the runtime's default."""
+def ort_session(model: str | os.PathLike | bytes, runtime_default: bool = False):
+    """A CPU ONNX Runtime session on a file or a serialized model: no graph optimizations (the file's own
+    semantics), or the runtime's default."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # warnings about nodes it does not fuse are noise here
     if not runtime_default:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"])
 
 
 def ort_runner(path: str | os.PathLike, runtime_default: bool = False) -> Runner:
@@ -274,16 +275,6 @@ def _with_outputs(path: str | os.PathLike, names: Sequence[str]) -> bytes:
     return model.SerializeToString()
 
 
-def _session(model: bytes, runtime_default: bool):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if not runtime_default:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
 def _integer_difference(name: str, got: np.ndarray, expected: np.ndarray) -> str | None:
     if got.shape != expected.shape:
         return f"{name}: shape {got.shape} != PyTorch's {expected.shape}"
@@ -324,9 +315,10 @@ def compare_integer(
                     "the integer graph has none of the module outputs PyTorch produced (names like "
                     f"{next(iter(capture.values), '?')}): a bug in the export's value names"
                 )
-            sessions[False] = _session(_with_outputs(onnx_path, names), runtime_default=False)
-            sessions[True] = _session(_with_outputs(onnx_path, names[-1:]), runtime_default=True)
+            sessions[False] = ort_session(_with_outputs(onnx_path, names), runtime_default=False)
+            sessions[True] = ort_session(_with_outputs(onnx_path, names[-1:]), runtime_default=True)
         exact = [n for n in names if n not in capture.after_float_site]
+        floats = torch_outputs(float_model, signature, feeds) if capture.after_float_site and float_model else {}
         problems = []
         counts = []
         for runtime_default, session in sessions.items():
@@ -339,7 +331,6 @@ def compare_integer(
             if first:
                 problems.append(f"{shape}, with {level}: the first module whose integers differ is {first}")
                 continue
-            floats = torch_outputs(float_model, signature, feeds) if capture.after_float_site and float_model else {}
             for output in signature.output_names:
                 got, reference = np.asarray(results[output]), expected[output]
                 tolerance = FLOAT_SITES_TOLERANCE if floats else INTEGER_HEADS_TOLERANCE

@@ -270,7 +270,6 @@ def load_weights(
             str(own[keys[0]].dtype).removeprefix("torch."), _summarize(keys),
         )
     load_quantization_state(model, state)
-    load_quantization_state(model, state)
 
 
 def _check_weight(

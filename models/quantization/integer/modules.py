@@ -159,11 +159,6 @@ def symmetric_scale(num_bits: int, x_min: np.ndarray, x_max: np.ndarray) -> Scal
     return np.atleast_1d(np.maximum(bound, _F32(1e-8)) / _F32(2 ** (num_bits - 1) - 1))
 
 
-def signed_range(num_bits: int) -> tuple[int, int]:
-    """FixedPointMul's clamp: [-2**(b-1), 2**(b-1) - 1]."""
-    return ref.signed_range(num_bits)
-
-
 def symmetric_range(num_bits: int) -> tuple[int, int]:
     """SymmetricQuantFunction's clamp, as Hugging Face has it: [-(2**(b-1) - 1), 2**(b-1) - 2]."""
     n = 2 ** (num_bits - 1) - 1

@@ -56,14 +56,6 @@ _MASK31 = 2**31 - 1
 # int64 building blocks, one for one with the reference
 
 
-def quantize_input(x: Tensor, input_scale: Tensor | float) -> Tensor:
-    """round_half_to_even(x / input_scale) in float32, clipped to the int32 range, as int64 (the float
-    interface of the TensorRT plugins; the integer ops take integers)."""
-    scale = torch.as_tensor(input_scale, dtype=torch.float32, device=x.device)
-    quotient = torch.round(x.to(torch.float32) / scale).clamp(float(ref.INT32_MIN), float(2**31))
-    return quotient.to(torch.int64).clamp(ref.INT32_MIN, ref.INT32_MAX)
-
-
 def _floor_div(a: Tensor, b: Tensor | int) -> Tensor:
     return torch.div(a, b, rounding_mode="floor")
 

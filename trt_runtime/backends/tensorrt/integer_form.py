@@ -35,6 +35,7 @@ import numpy as np
 import onnx
 from onnx import AttributeProto, FunctionProto, ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
+from trt_runtime.backends.tensorrt.plugins.specs import PLUGINS
 from trt_runtime.contract import ibert
 
 #: the ops of the exported integer graph that the TensorRT form rewrites away
@@ -304,8 +305,8 @@ class _Form:
     def nonlinear(self, node: NodeProto) -> None:
         a = _attrs(node)
         x = self.twin_of(node.input[0], a["input_scale"], node.output[0])
-        spec = _plugin_attributes(node.op_type)
-        keep = {name: a[name] for name in spec if name in a}
+        # the attributes of the op's TensorRT plugin (its float interface: trt_runtime.contract.ibert.ibert_op)
+        keep = {name: a[name] for name, _ in PLUGINS[node.op_type].attributes if name in a}
         if not self.use_plugins:
             keep.update({name: a[name] for name in _constant_names(node.op_type)})
         output = self.fresh(node.output[0])
@@ -313,13 +314,6 @@ class _Form:
             helper.make_node(node.op_type, [x, *node.input[1:]], [output], name=node.name, domain=ibert.DOMAIN, **keep)
         )
         self.twin[node.output[0]] = output
-
-
-def _plugin_attributes(op_type: str) -> tuple[str, ...]:
-    """The attributes of the TensorRT plugin of `op_type` (its float interface: trt_runtime.contract.ibert.ibert_op)."""
-    from trt_runtime.backends.tensorrt.plugins.specs import PLUGINS
-
-    return tuple(name for name, _ in PLUGINS[op_type].attributes)
 
 
 def _remove_dead(nodes: list[NodeProto], outputs: set[str]) -> list[NodeProto]:
@@ -491,7 +485,7 @@ def emulate(model: ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.
             with np.errstate(over="ignore", invalid="ignore"):
                 return (ibert.ibert_op(op_type, x, weight, bias, **attributes),)
 
-        names = [name for name, _ in _plugin_spec(op_type)]
+        names = [name for name, _ in PLUGINS[op_type].attributes]
         signature = ", ".join(["self", "x", "weight=None", "bias=None", *[f"{n}=None" for n in names]])
         namespace: dict[str, Any] = {"impl": run}
         exec(f"def _run({signature}):\n    return impl(self, x, weight, bias, " + ", ".join(f"{n}={n}" for n in names) + ")", namespace)
@@ -508,12 +502,6 @@ def emulate(model: ModelProto, feeds: Mapping[str, np.ndarray]) -> dict[str, np.
 
 
 _EMULATION_DOMAIN = "tensorrt_emulation"
-
-
-def _plugin_spec(op_type: str) -> tuple[tuple[str, str], ...]:
-    from trt_runtime.backends.tensorrt.plugins.specs import PLUGINS
-
-    return PLUGINS[op_type].attributes
 
 
 def _emulated_int8_gemms(model: ModelProto) -> ModelProto:
