@@ -22,9 +22,11 @@ logger = logging.getLogger(__name__)
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 # State that calibration produces or that is derived from the weights: absent from float checkpoints,
-# so never "missing". (pytorch-quantization/QDQBERT `_amax`; I-BERT's integer weights, scales and ranges.)
+# so never "missing". (pytorch-quantization/QDQBERT `_amax`; SmoothQuant's per-channel divisors, which a
+# smoothed checkpoint's weights carry; I-BERT's integer weights, scales and ranges.)
 CALIBRATION_STATE_SUFFIXES = (
     "_amax",
+    "_smoothing_scale",
     "weight_integer",
     "bias_integer",
     "fc_scaling_factor",

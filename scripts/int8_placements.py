@@ -29,9 +29,10 @@ from trt_runtime.contract.export_dir import CALIBRATION_JSON, read_export_info
 from trt_runtime.contract.files import write_json_atomic
 
 ROWS: dict[str, dict[str, Any]] = {
-    "qdq-default": {"mode": "qdq"},
-    "qdq-ffn-output-quantized": {"mode": "qdq", "keep_float": ("residual-adds",)},
-    "qdq-quantize-all": {"mode": "qdq", "keep_float": ()},
+    "qdq-default": {"mode": "qdq"},  # SmoothQuant auto, residual adds float
+    "qdq-unsmoothed": {"mode": "qdq", "smoothing": "none"},  # residual adds + FFN output input float
+    "qdq-ffn-output-quantized": {"mode": "qdq", "smoothing": "none", "keep_float": ("residual-adds",)},
+    "qdq-quantize-all": {"mode": "qdq", "smoothing": "none", "keep_float": ()},
     "integer-default": {"mode": "integer"},
     "integer-8-bit": {"mode": "integer", "wide_activations": ()},
     "integer-wide-ffn-output-input": {"mode": "integer", "wide_activations": ("ffn-output-input",)},
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     parser.add_argument("--sentences", type=int, default=256, help="held-out test-split sentences (default 256)")
     parser.add_argument("--num-samples", type=int, default=None, help="calibration samples (default: the recipe's)")
-    parser.add_argument("--smoothing", default=None, help="qdq rows: the recipe's smoothing (ALPHA or auto)")
+    parser.add_argument("--smoothing", default=None, help="qdq rows: override the row's smoothing (ALPHA, auto or none)")
     args = parser.parse_args(argv)
     checkpoint = Path(args.model) if args.model else demo_checkpoint()
     texts = [row.text for row in labelled_sentences("test")[: args.sentences]]

@@ -31,6 +31,7 @@ from benchmarks.eval.recipe import (
     integer_variants,
     ptq_variants,
     qat_variant,
+    unsmoothed_variant,
 )
 from benchmarks.eval.report import (
     markdown,
@@ -108,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the qdq PTQ calibrators to compare (default: all)",
     )
     parser.add_argument("--no-integer", action="store_true", help="leave out the I-BERT integer rows")
-    parser.add_argument("--no-qat", action="store_true", help="leave out the QAT rows")
+    parser.add_argument("--no-qat", action="store_true", help="leave out the QAT rows (qdq and integer)")
     parser.add_argument("--no-sensitivity", action="store_true", help="leave out the per-layer sensitivity")
     parser.add_argument(
         "--exported-graph",
@@ -211,15 +212,21 @@ def run_task(
     best = analysis["best_calibrator"]
 
     checkpoints: dict[str, tuple[Path, str]] = {"float": (float_dir, float_key)}
-    variants: list[Variant] = [float_variant(), *ptq_variants(args.calibrators), all_sites_variant(best)]
+    variants: list[Variant] = [
+        float_variant(), *ptq_variants(args.calibrators), unsmoothed_variant(best), all_sites_variant(best)
+    ]
     if not args.no_qat:
         step(f"{task_name}: QAT from {best}")
         checkpoints["qat"] = qat_checkpoint(ws, float_dir, float_key, best)
         variants.append(qat_variant(best))
     if not args.no_integer:
-        step(f"{task_name}: integer-mode QAT")
-        checkpoints["integer-qat"] = integer_qat_checkpoint(ws, float_dir, float_key)
-        variants += integer_variants()
+        integer = integer_variants()
+        if args.no_qat:
+            integer = [variant for variant in integer if variant.checkpoint != "integer-qat"]
+        else:
+            step(f"{task_name}: integer-mode QAT")
+            checkpoints["integer-qat"] = integer_qat_checkpoint(ws, float_dir, float_key)
+        variants += integer
 
     step(f"{task_name}: exports ({len(variants)})")
     exports: dict[str, Path] = {}
@@ -280,9 +287,9 @@ def run_task(
                 "quantization": variant.quantization,
                 "calibration_method": variant.method,
                 "percentile": variant.percentile,
-                "keep_float": list(variant.keep_float)
-                if variant.keep_float is not None
-                else "exporter default",
+                "keep_float": "exporter default"  # the rows that measure the exporter's defaults
+                if variant.keep_float is None and variant.smoothing is None
+                else list(variant.quantization_recipe(recipe).keep_float or ()),
                 "recipe": variant.quantization_recipe(recipe).to_dict(),  # every setting, defaults resolved
                 "export_dir": str(exports[variant.name]),
                 **scored,

@@ -119,14 +119,16 @@ class Variant:
     percentile: float | None = None
     keep_float: tuple[str, ...] | None = None  # qdq: None = the recipe's default sites
     group: str = ""  # float | ptq | qat | integer
+    smoothing: str | None = None  # qdq: None = the recipe's default (SmoothQuant auto)
 
     def quantization_recipe(self, recipe: Recipe) -> QuantizationRecipe:
         """How this row is quantized: the project's recipe with this row's calibrator and the eval's sizes."""
         if self.quantization == "none":
             return QuantizationRecipe.default("none")
-        return calibration_recipe(recipe, self.quantization).replace(
-            calibration_method=self.method, percentile=self.percentile, keep_float=self.keep_float
-        )
+        changes: dict[str, Any] = {"calibration_method": self.method, "percentile": self.percentile}
+        if self.quantization == "qdq":
+            changes.update(smoothing=self.smoothing, keep_float=self.keep_float)
+        return calibration_recipe(recipe, self.quantization).replace(**changes)
 
 
 def calibration_recipe(recipe: Recipe, mode: str) -> QuantizationRecipe:
@@ -172,6 +174,21 @@ def all_sites_variant(best: str) -> Variant:
         percentile,
         keep_float=(),
         group="ptq",
+    )
+
+
+def unsmoothed_variant(best: str) -> Variant:
+    """The default before smoothing: no SmoothQuant, the FFN output projection's input float too."""
+    method, percentile = calibrator(best)
+    return Variant(
+        f"ptq-{best}-unsmoothed",
+        f"PTQ {best.replace('-', ' ')}, no smoothing (FFN output input float)",
+        "qdq",
+        "float",
+        method,
+        percentile,
+        group="ptq",
+        smoothing="none",
     )
 
 

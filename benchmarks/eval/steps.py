@@ -357,7 +357,7 @@ def dev_analysis(
 ) -> dict[str, Any]:
     """On a seeded dev sample, in PyTorch fake quantization with the exporter's calibration data:
 
-    - every calibrator with the exporter's default float sites: the task metric and how far the outputs
+    - every calibrator with the exporter's default float sites and smoothing: the task metric and how far the outputs
       move from float's; the best calibrator is the one whose outputs move least (RMS change), which does
       not depend on label noise and uses no test data;
     - per-layer sensitivity with the best calibrator: one encoder layer quantized at a time (the rest
@@ -369,7 +369,8 @@ def dev_analysis(
     from models.quantization.recipe import DEFAULT_PERCENTILE
 
     r = ws.recipe
-    default_float_sites = calibration_recipe(r, "qdq").keep_float or ()
+    default_recipe = calibration_recipe(r, "qdq")
+    default_float_sites = default_recipe.keep_float or ()
     key = r.key(
         *CALIBRATION_FIELDS,
         "dev_samples",
@@ -381,6 +382,7 @@ def dev_analysis(
             "float": float_key,
             "sensitivity": sensitivity,
             "keep_float": list(default_float_sites),
+            "smoothing": default_recipe.smoothing,
             "calibrators": list(calibrators),
         },
     )
@@ -424,6 +426,11 @@ def dev_analysis(
     quantizers = named_quantizers(model)
     default_sites = set(quantizers) - set(select_quantizers(model, list(default_float_sites)))
     batches = calibration_set(ws)
+    if default_recipe.smoothing != "none":  # as the exporter does, before calibration (the float function is kept)
+        from models.quantization.smoothing import smooth
+
+        smooth(model, batches, "auto" if default_recipe.smoothing == "auto" else float(default_recipe.smoothing),
+               progress=ws.progress)
     chosen = [c for c in CALIBRATORS if c[0] in calibrators]
     if not chosen:
         raise EvalError(

@@ -106,7 +106,7 @@ def calibrate_model(
                 kept = keep_float(model, recipe.keep_float)
             except ValueError as e:  # a pattern that matches no quantizer of this model
                 raise RecipeError(f"--keep-float: {e}") from None
-        if recipe.smoothing is not None:  # before calibration: the quantizers calibrate on the smoothed inputs
+        if recipe.smoothing != "none":  # before calibration: the quantizers calibrate on the smoothed inputs
             from models.quantization.smoothing import smooth
 
             smooth(model, batches, "auto" if recipe.smoothing == "auto" else float(recipe.smoothing), progress=progress)

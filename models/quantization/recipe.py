@@ -2,7 +2,7 @@
 
     from models.quantization.recipe import QuantizationRecipe
 
-    recipe = QuantizationRecipe.default("qdq")           # percentile 99.999, residual adds + FFN output input float
+    recipe = QuantizationRecipe.default("qdq")           # percentile 99.999, SmoothQuant auto, residual adds float
     recipe = QuantizationRecipe(mode="qdq", calibration_method="max", num_samples=128)
     recipe = recipe.replace(keep_float=())               # QDQBERT's full placement
     exporter.export("ckpt", "out", recipe=recipe)
@@ -60,14 +60,25 @@ SOFTMAX_OUTPUT = "*.matmul_a_input_quantizer"
 #: both inputs of every residual add
 RESIDUAL_ADDS = "*.add_*_input_quantizer"
 #: QDQBERT's accuracy-sensitive sites by name, for `keep_float`
-SENSITIVE_SITES = {"ffn-output-input": FFN_OUTPUT_INPUT, "softmax-output": SOFTMAX_OUTPUT, "residual-adds": RESIDUAL_ADDS}
-#: qdq sites kept in float by default: with every site quantized, all-MiniLM-L6-v2's outlier features
-#: (FFN outputs up to ~200 where most values are below 1) share one int8 scale per residual add, and
-#: sentence embeddings fall to ~0.83 cosine of float for every calibrator; with these two float they
-#: reach 0.99 (docs/qdq.md). With `smoothing="auto"` the FFN output input can be INT8 too (every linear
-#: GEMM INT8, cosine 0.997, docs/qdq.md "INT8 share"); not the default until `make eval` confirms it
-#: (the CPU INT8 graph folds the smoothing divisions back, trt_runtime/backends/onnxruntime/cpu_int8.py)
-DEFAULT_KEEP_FLOAT = ("residual-adds", "ffn-output-input")
+#: SqueezeBERT's FFN output projection input (a grouped 1x1 convolution's), which smoothing does not reach
+CONV_FFN_OUTPUT_INPUT = r"re:.*\.layers?\.\d+\.output\.conv1d\._input_quantizer"
+SENSITIVE_SITES = {
+    "ffn-output-input": FFN_OUTPUT_INPUT, "conv-ffn-output-input": CONV_FFN_OUTPUT_INPUT,
+    "softmax-output": SOFTMAX_OUTPUT, "residual-adds": RESIDUAL_ADDS,
+}
+#: qdq's default migration: SmoothQuant-style smoothing with alpha chosen per site on the calibration data
+#: (models.quantization.smoothing); "none" turns it off
+DEFAULT_SMOOTHING = "auto"
+#: qdq sites kept in float by default, with smoothing (the default): both inputs of every residual add, so
+#: every linear GEMM and both attention matmuls are INT8 (all-MiniLM-L6-v2: sentence cosine to float 0.997;
+#: `make eval` binary accuracy: docs/eval.md), and SqueezeBERT's FFN output convolution's input, which smoothing
+#: does not reach. With every site quantized, all-MiniLM-L6-v2's outlier features (FFN outputs up to ~200 where
+#: most values are below 1) share one int8 scale per residual add, and sentence embeddings fall to ~0.83 cosine
+#: of float for every calibrator (docs/qdq.md)
+DEFAULT_KEEP_FLOAT = ("residual-adds", "conv-ffn-output-input")
+#: ... and without smoothing (`smoothing="none"`): the FFN output projection's input too (its GELU outliers
+#: cost 0.014 of cosine unsmoothed), the default before smoothing was: 66.7 % of the linear GEMM work INT8
+DEFAULT_KEEP_FLOAT_UNSMOOTHED = ("residual-adds", "ffn-output-input")
 
 #: I-BERT's force_dequant: which integer nonlinearities run in float
 FORCE_DEQUANT_VALUES = ("none", "gelu", "softmax", "layernorm", "nonlinear")
@@ -105,7 +116,6 @@ class _Option:
     repeatable: bool = False  # action="append"; the field is a tuple
     none_word: str | None = None  # repeatable: this value, alone, gives () ("--wide-activations none")
     empty_flag: tuple[str, str] | None = None  # repeatable: (flag, help) of a switch that gives () instead
-    omit_when_none: bool = False  # to_dict leaves it out when None (records stay as before the field existed)
 
     def names(self) -> str:
         return " / ".join(self.flags + ((self.empty_flag[0],) if self.empty_flag else ()))
@@ -130,9 +140,11 @@ class QuantizationRecipe:
     mode: "none" (float32), "qdq" (QDQBERT fake quantization) or "integer" (I-BERT integer-only).
     calibration_method: `CALIBRATION_METHODS[mode]` (default: the first), or "percentile-<p>".
     percentile: qdq, for the "percentile" method (default DEFAULT_PERCENTILE).
-    smoothing: qdq: SmoothQuant-style migration strength, "auto" or None (models.quantization.smoothing).
+    smoothing: qdq: SmoothQuant-style migration strength, "auto" or "none" (default DEFAULT_SMOOTHING;
+        models.quantization.smoothing).
     keep_float: qdq: quantizer sites left in float: names of SENSITIVE_SITES, fnmatch patterns over quantizer
-        names, or "re:" + a regex (default DEFAULT_KEEP_FLOAT); () quantizes every site (QDQBERT's placement).
+        names, or "re:" + a regex (default DEFAULT_KEEP_FLOAT, or DEFAULT_KEEP_FLOAT_UNSMOOTHED with smoothing
+        "none"); () quantizes every site (QDQBERT's placement).
     force_dequant: integer: I-BERT's FORCE_DEQUANT_VALUES (None: the checkpoint's, else "none").
     wide_activations: integer: WIDE_ACTIVATION_SITE_NAMES requantized to 16 bits; () is I-BERT's 8 bits
         everywhere; None: the checkpoint's default (DEFAULT_WIDE_ACTIVATIONS; () for an I-BERT checkpoint
@@ -154,7 +166,7 @@ class QuantizationRecipe:
         empty_flag=("--quantize-all", "qdq: quantize every site (QDQBERT's full placement; fastest in TensorRT, least accurate)"),
         help="qdq: leave these quantizer sites in float (repeatable): "
         f"{', '.join(SENSITIVE_SITES)}, an fnmatch pattern over quantizer names or re:REGEX "
-        f"(default: {' '.join(DEFAULT_KEEP_FLOAT)})",
+        f"(default: {' '.join(DEFAULT_KEEP_FLOAT)}; with --smoothing none: {' '.join(DEFAULT_KEEP_FLOAT_UNSMOOTHED)})",
     )
     force_dequant: str | None = _option(
         flags=("--force-dequant",), modes=("integer",), key="force_dequant", choices=FORCE_DEQUANT_VALUES,
@@ -168,10 +180,11 @@ class QuantizationRecipe:
         f"{' '.join(DEFAULT_WIDE_ACTIVATIONS)}; none for an I-BERT checkpoint saved with quant_mode=true)",
     )
     smoothing: str | None = _option(
-        flags=("--smoothing",), modes=("qdq",), key="smoothing", metavar="ALPHA", omit_when_none=True,
+        flags=("--smoothing",), modes=("qdq",), key="smoothing", metavar="ALPHA",
         help="qdq: SmoothQuant-style migration of activation outliers into the weights before calibration "
-        "(models.quantization.smoothing): a migration strength in [0, 1], or auto (chosen per site on the "
-        "calibration data); with --keep-float residual-adds every linear GEMM is INT8 (docs/qdq.md) (default: none)",
+        "(models.quantization.smoothing): auto (chosen per site on the calibration data), a migration strength "
+        "in [0, 1], or none (then the FFN output projection's input stays float by default) "
+        f"(default: {DEFAULT_SMOOTHING})",
     )
     calibration_data: str | None = _option(
         flags=("--calibration-data",), modes=QUANTIZED_MODES, key="data", metavar="PATH",
@@ -207,8 +220,8 @@ class QuantizationRecipe:
         self._set("calibration_method", method)
         self._set("percentile", percentile)
         if mode == "qdq":
-            self._set("keep_float", _check_keep_float(self.keep_float))
             self._set("smoothing", _check_smoothing(self.smoothing))
+            self._set("keep_float", _check_keep_float(self.keep_float, self.smoothing))
         else:
             if self.force_dequant is not None and self.force_dequant not in FORCE_DEQUANT_VALUES:
                 raise RecipeError(
@@ -263,8 +276,6 @@ class QuantizationRecipe:
         for name, option in _options().items():
             if self.mode in option.modes:
                 value = getattr(self, name)
-                if value is None and option.omit_when_none:
-                    continue
                 data[option.key] = list(value) if isinstance(value, tuple) else value
         if "data" in data and data["data"] is None:
             data["data"] = SHIPPED_DATA_LABEL
@@ -296,6 +307,8 @@ class QuantizationRecipe:
             values[name] = tuple(value) if isinstance(value, list) else value
         if mode != "qdq":  # records before 0.2 wrote "percentile": null for integer exports
             values.pop("percentile", None)
+        elif "smoothing" not in data:  # records from before smoothing existed: none
+            values["smoothing"] = "none"
         return cls(mode=mode, **values)
 
     # --- command lines ------------------------------------------------------------------------------------
@@ -379,6 +392,7 @@ class QuantizationRecipe:
 _DEPENDENT: dict[str, tuple[str, ...]] = {
     "mode": tuple(f.name for f in fields(QuantizationRecipe) if f.name != "mode"),
     "calibration_method": ("percentile",),
+    "smoothing": ("keep_float",),
 }
 
 
@@ -429,12 +443,12 @@ def _strings(name: str, value: str | Iterable[str]) -> tuple[str, ...]:
     return items
 
 
-def _check_smoothing(value: str | float | None) -> str | None:
-    """None or "none": no smoothing; "auto"; or a migration strength in [0, 1], kept as its string ("0.5")."""
-    if value is None or value == "none":
-        return None
-    if value == "auto":
-        return "auto"
+def _check_smoothing(value: str | float | None) -> str:
+    """None: DEFAULT_SMOOTHING; "none"; "auto"; or a migration strength in [0, 1], kept as its string ("0.5")."""
+    if value is None:
+        return DEFAULT_SMOOTHING
+    if value in ("none", "auto"):
+        return str(value)
     try:
         alpha = float(value)
     except (TypeError, ValueError):
@@ -444,9 +458,9 @@ def _check_smoothing(value: str | float | None) -> str | None:
     return f"{alpha:g}"
 
 
-def _check_keep_float(value: str | Iterable[str] | None) -> tuple[str, ...]:
+def _check_keep_float(value: str | Iterable[str] | None, smoothing: str) -> tuple[str, ...]:
     if value is None:
-        return DEFAULT_KEEP_FLOAT
+        return DEFAULT_KEEP_FLOAT_UNSMOOTHED if smoothing == "none" else DEFAULT_KEEP_FLOAT
     patterns = _strings("keep_float (--keep-float)", value)
     for pattern in patterns:
         if pattern.startswith("re:"):

@@ -153,15 +153,17 @@ def _fake_quantize(x: torch.Tensor, amax: torch.Tensor, dim: int | None) -> torc
     return torch.fake_quantize_per_channel_affine(x, scale, zero, dim, -127, 127)
 
 
-def _quantized_error(x: torch.Tensor, weights: list[torch.Tensor], scale: torch.Tensor | None) -> float:
-    """Relative squared error of the int8 GEMMs x W^T of a site, smoothed by `scale` (None: not smoothed)."""
+def _quantized_error(
+    x: torch.Tensor, weights: list[torch.Tensor], references: list[torch.Tensor], scale: torch.Tensor | None
+) -> float:
+    """Relative squared error of the int8 GEMMs x W^T of a site (`references`: the float x W^T of each weight),
+    smoothed by `scale` (None: not smoothed)."""
     error = total = 0.0
     xs = x if scale is None else x / scale
     xq = _fake_quantize(xs, xs.abs().amax(), None)
-    for weight in weights:
+    for weight, reference in zip(weights, references):
         ws = weight if scale is None else weight * scale
         wq = _fake_quantize(ws, ws.abs().amax(dim=1), 0)
-        reference = x @ weight.T
         error += float((xq @ wq.T - reference).pow(2).sum())
         total += float(reference.pow(2).sum())
     return error / max(total, 1e-30)
@@ -174,11 +176,15 @@ def smooth(
     """Measure each site's input on `batches` (float model), choose the scales and apply them; returns
     linear name -> s. alpha: the migration strength in [0, 1], or "auto" (per site, see the module docstring).
     Run before calibration: the activation quantizers then calibrate on the smoothed inputs."""
-    sites = smoothing_sites(model)
-    if not sites:  # SqueezeBERT's grouped convolutions, or every site kept float
-        logger.info("smoothing: no quantized query/key/value or FFN linear layers; nothing smoothed")
-        return {}
     modules = dict(model.named_modules())
+    sites = smoothing_sites(model)
+    smoothed = [site for site in sites if modules[site.linears[0]].input_quantizer.smoothing_scale is not None]
+    if smoothed:  # a checkpoint saved smoothed (after QAT, say): its weights already carry its scales
+        logger.info("smoothing: %d site(s) keep the smoothing their checkpoint was saved with", len(smoothed))
+        sites = [site for site in sites if site not in smoothed]
+    if not sites:  # SqueezeBERT's grouped convolutions, every site kept float, or all smoothed already
+        logger.info("smoothing: no unsmoothed quantized query/key/value or FFN linear layers; nothing smoothed")
+        return {}
     generator = torch.Generator().manual_seed(0)
     collectors = {site.name: _Collector(generator) for site in sites}
     handles = [modules[site.linears[0]].register_forward_pre_hook(collectors[site.name]) for site in sites]
@@ -209,9 +215,10 @@ def smooth(
         if alpha == "auto":
             sample = collector.sample()
             weights = [linear.weight.detach().float() for linear in linears]
+            references = [sample @ weight.T for weight in weights]  # the float GEMMs, once for every candidate
             candidates: dict[float | None, torch.Tensor | None] = {None: None}
             candidates.update({a: smoothing_scales(collector.amax, weight_amax, a) for a in ALPHAS})
-            best = min(candidates, key=lambda a: _quantized_error(sample, weights, candidates[a]))
+            best = min(candidates, key=lambda a: _quantized_error(sample, weights, references, candidates[a]))
             if best is None:
                 continue
             scale = candidates[best]

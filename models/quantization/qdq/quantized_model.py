@@ -24,6 +24,7 @@ from models.quantization.recipe import SENSITIVE_SITES  # QDQBERT's sensitive si
 logger = logging.getLogger(__name__)
 
 AMAX_SUFFIX = "._amax"
+SMOOTHING_SCALE_KEY = "_smoothing_scale"  # TensorQuantizer's buffer of SmoothQuant's divisors
 
 
 def named_quantizers(model: nn.Module) -> dict[str, TensorQuantizer]:
@@ -113,12 +114,21 @@ def load_amax_state(model: nn.Module, state: Mapping[str, torch.Tensor], where: 
 def load_quantization_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     """The one entry point for quantization state found in a checkpoint (called by `models.load`).
 
-    qdq: `<quantizer>._amax` (QDQBERT / our QAT checkpoints) go into the TensorQuantizers. Other keys
+    qdq: `<quantizer>._amax` (QDQBERT / our QAT checkpoints) and `<quantizer>._smoothing_scale` (a smoothed
+    model saved after QAT) go into the TensorQuantizers. Other keys
     (I-BERT's integer-mode buffers: scaling factors, ranges) belong to the integer modules, which take
     them with the rest of their state; they are skipped here.
     """
+    if getattr(model, "quantization", "qdq") != "qdq":
+        return
+    # a smoothed checkpoint (QAT after SmoothQuant): its weights are W diag(s), its input quantizers divide by s
+    quantizers = named_quantizers(model)
+    for key, value in state.items():
+        name = key.removesuffix("." + SMOOTHING_SCALE_KEY)
+        if name != key and name in quantizers and quantizers[name].smoothing_scale is None:
+            quantizers[name].smoothing_scale = value
     amax_state = {k: v for k, v in state.items() if k.endswith(AMAX_SUFFIX)}
-    if getattr(model, "quantization", "qdq") != "qdq" or not amax_state:
+    if not amax_state:
         return
     source = getattr(model, "source_dir", None)
     load_amax_state(model, amax_state, where=str(source) if source else "checkpoint")
@@ -144,15 +154,18 @@ def _matcher(pattern: str):
 
 
 def select_quantizers(model: nn.Module, patterns: str | Iterable[str]) -> dict[str, TensorQuantizer]:
-    """Quantizers whose names match any pattern (fnmatch, or a regex after "re:"); unmatched patterns are errors."""
+    """Quantizers whose names match any pattern (fnmatch, or a regex after "re:"); unmatched patterns are errors,
+    except the names of SENSITIVE_SITES: a site this architecture does not have ("conv-ffn-output-input" is
+    SqueezeBERT's) selects nothing."""
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     quantizers = named_quantizers(model)
     chosen: dict[str, TensorQuantizer] = {}
     for pattern in patterns:
+        site = pattern in SENSITIVE_SITES
         pattern = SENSITIVE_SITES.get(pattern, pattern)
         match = _matcher(pattern)
         hits = {name: q for name, q in quantizers.items() if match(name)}
-        if not hits:
+        if not hits and not (site and quantizers):
             example = next(iter(quantizers), "(the model has no quantizers: load it with quantization='qdq')")
             raise ValueError(
                 f"pattern {pattern!r} matches no quantizer; names look like {example!r} "
@@ -166,7 +179,7 @@ def keep_float(model: nn.Module, patterns: str | Iterable[str]) -> list[str]:
     """Disable (keep in float) the quantizers whose names match; returns their names.
 
     Patterns are fnmatch patterns, regular expressions prefixed with "re:", or the names of
-    `SENSITIVE_SITES`: "ffn-output-input", "softmax-output", "residual-adds".
+    `SENSITIVE_SITES`: "ffn-output-input", "conv-ffn-output-input", "softmax-output", "residual-adds".
     """
     chosen = select_quantizers(model, patterns)
     for quantizer in chosen.values():

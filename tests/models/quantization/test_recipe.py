@@ -19,17 +19,19 @@ from models.quantization.errors import CalibrationError, NotCalibratedError, Qua
 from models.quantization.recipe import QuantizationRecipe
 from tests.fixtures import ROOT
 
-#: docs/export.md: qdq percentile (99.999 measured best, docs/qdq.md), residual adds and the FFN output input
-#: float, 512 samples in batches of 16 of at most 128 tokens, the shipped data
+#: docs/export.md: qdq percentile (99.999 measured best, docs/qdq.md), SmoothQuant auto, the residual adds float
+#: (and SqueezeBERT's FFN output convolution's input, which smoothing does not reach), 512 samples in batches
+#: of 16 of at most 128 tokens, the shipped data
 DOCUMENTED_QDQ = {
-    "mode": "qdq", "calibration_method": "percentile", "percentile": 99.999,
-    "keep_float": ("residual-adds", "ffn-output-input"), "force_dequant": None, "wide_activations": None,
+    "mode": "qdq", "calibration_method": "percentile", "percentile": 99.999, "smoothing": "auto",
+    "keep_float": ("residual-adds", "conv-ffn-output-input"), "force_dequant": None, "wide_activations": None,
     "calibration_data": None, "num_samples": 512, "batch_size": 16, "max_length": 128,
 }
 #: docs/integer.md: minmax; force_dequant and wide_activations follow the checkpoint (both 16-bit sites,
 #: none for an I-BERT quant_mode=true checkpoint)
 DOCUMENTED_INTEGER = {
     **DOCUMENTED_QDQ, "mode": "integer", "calibration_method": "minmax", "percentile": None, "keep_float": None,
+    "smoothing": None,
 }
 DOCUMENTED_FLOAT = {name: None for name in DOCUMENTED_QDQ} | {"mode": "none"}
 
@@ -45,6 +47,26 @@ def test_defaults_are_the_documented_ones(mode, expected):
     assert fields_of(QuantizationRecipe.default(mode)) == expected
     assert QuantizationRecipe(mode=mode) == QuantizationRecipe.default(mode)
     assert QuantizationRecipe() == QuantizationRecipe.default("none")
+
+
+def test_without_smoothing_the_ffn_output_input_stays_float():
+    """docs/qdq.md: unsmoothed, the FFN output projection's input is kept float by default (the default before
+    smoothing); an explicit keep_float is kept as given; changing the smoothing derives the default again."""
+    unsmoothed = QuantizationRecipe(mode="qdq", smoothing="none")
+    assert unsmoothed.keep_float == ("residual-adds", "ffn-output-input")
+    assert QuantizationRecipe(mode="qdq", smoothing="none", keep_float=()).keep_float == ()
+    assert QuantizationRecipe(mode="qdq", smoothing="0.5").keep_float == ("residual-adds", "conv-ffn-output-input")
+    assert QuantizationRecipe.default("qdq").replace(smoothing="none") == unsmoothed
+    assert unsmoothed.replace(smoothing="auto") == QuantizationRecipe.default("qdq")
+
+
+def test_records_from_before_smoothing_read_back_unsmoothed():
+    """A qdq record without "smoothing" (export.json / calibration.json written before it existed) was not smoothed."""
+    record = QuantizationRecipe(mode="qdq", smoothing="none").to_dict()
+    assert record["smoothing"] == "none"
+    del record["smoothing"]
+    assert QuantizationRecipe.from_dict(record).smoothing == "none"
+    assert QuantizationRecipe.from_dict(QuantizationRecipe.default("qdq").to_dict()) == QuantizationRecipe.default("qdq")
 
 
 def test_the_toolkits_defaults_are_the_recipes():
@@ -190,7 +212,7 @@ def test_records_round_trip(recipe):
 def test_records_hold_only_what_applies_to_the_mode():
     assert QuantizationRecipe.default("none").to_dict() == {"mode": "none"}
     assert set(QuantizationRecipe.default("qdq").to_dict()) == {
-        "mode", "method", "percentile", "keep_float", "data", "num_samples", "batch_size", "max_length",
+        "mode", "method", "percentile", "smoothing", "keep_float", "data", "num_samples", "batch_size", "max_length",
     }
     assert set(QuantizationRecipe.default("integer").to_dict()) == {
         "mode", "method", "force_dequant", "wide_activations", "data", "num_samples", "batch_size", "max_length",
@@ -201,7 +223,7 @@ def test_records_of_0_1_exports_read_back():
     """export.json's "calibration" as 0.1 wrote it (no mode, no batch_size; integer with "percentile": null)."""
     qdq = {"method": "percentile", "percentile": 99.999, "data": "calibration_data/calibration.txt (shipped)",
            "keep_float": ["residual-adds", "ffn-output-input"], "num_samples": 512, "max_length": 128}
-    assert QuantizationRecipe.from_dict(qdq, mode="qdq") == QuantizationRecipe.default("qdq")
+    assert QuantizationRecipe.from_dict(qdq, mode="qdq") == QuantizationRecipe(mode="qdq", smoothing="none")
     integer = {"method": "minmax", "percentile": None, "data": "generated token ids (the checkpoint has no tokenizer)",
                "wide_activations": ["ffn-output-input", "hidden-states"], "num_samples": 8, "max_length": 64}
     assert QuantizationRecipe.from_dict(integer, mode="integer") == QuantizationRecipe(

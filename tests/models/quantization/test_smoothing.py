@@ -152,7 +152,7 @@ def test_smoothed_qdq_export_records_scales_merges_qkv_and_reloads_bitwise(tmp_p
 
 
 def test_recipe_smoothing_field():
-    assert "smoothing" not in QuantizationRecipe(mode="qdq").to_dict()  # records without it stay as they were
+    assert QuantizationRecipe(mode="qdq").to_dict()["smoothing"] == "auto"  # the default (docs/qdq.md)
     recipe = QuantizationRecipe(mode="qdq", smoothing="0.50")
     assert recipe.smoothing == "0.5" and recipe.to_dict()["smoothing"] == "0.5"
     assert QuantizationRecipe.from_dict(recipe.to_dict()) == recipe
@@ -161,3 +161,27 @@ def test_recipe_smoothing_field():
             QuantizationRecipe(mode="qdq", smoothing=bad)
     with pytest.raises(ValueError, match="qdq only"):
         QuantizationRecipe(mode="integer", smoothing="auto")
+
+
+def test_a_checkpoint_saved_smoothed_keeps_its_scales_when_calibrated_again(tmp_path, tiny):
+    """QAT saves a smoothed qdq model (weights W diag(s), the quantizers' s); calibrating it again with the
+    default recipe (smoothing auto), as the exporter does, must not smooth twice: the float function stays the
+    original model's and the scales stay the saved ones."""
+    from models.qat import save_checkpoint
+    from models.quantization import calibrate_model
+
+    directory, reference = tiny
+    batches = _batches()
+    model = models.load(directory, task="feature-extraction", quantization="qdq")
+    scales = smooth(model, batches, ALPHA, progress=False)
+    save_checkpoint(model, directory, tmp_path / "smoothed")
+    again = models.load(tmp_path / "smoothed", task="feature-extraction", quantization="qdq")
+    calibrate_model(again, batches, QuantizationRecipe(mode="qdq", num_samples=12, batch_size=4), progress=False)
+    modules = dict(again.named_modules())
+    for name, scale in scales.items():
+        assert torch.equal(modules[name].input_quantizer.smoothing_scale, scale)
+    set_quantization(again, False)
+    with torch.no_grad():
+        got = again(**batches[0])["last_hidden_state"].double()
+        want = reference(**batches[0]).last_hidden_state.double()
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-5

@@ -55,6 +55,7 @@ a derived artefact like the ONNX Runtime backend's (`trt_runtime.backends.artefa
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -91,6 +92,8 @@ _COMPILE_LOCK = threading.Lock()
 DEVICE = "CPU"
 #: bumped when the record's meaning changes, so that older caches are rebuilt
 RECORD_VERSION = 2
+#: a cache entry that verifies but whose blob OpenVINO would not import (LOADED_FROM_CACHE false)
+_BLOB_REFUSED = "OpenVINO did not import its blob"
 INSTALL_HINT = "pip install qbert-deploy[openvino] (or pip install openvino)"
 
 
@@ -245,9 +248,12 @@ class OpenVinoRunner(BaseRunner):
 
     def cache_name(self) -> str:
         """The compiled-model cache's directory name in the cache location: OpenVINO's hash covers the model
-        file's path (a blob compiled from another path is not imported), and the precision is not in it (a
-        blob compiled for f32, imported for bf16, answers NaN), so both are in the name."""
-        return f"openvino-{self.precision}-{_sha256_text(os.path.realpath(self.model_path))[:8]}"
+        file's path (a blob compiled from another path is not imported) and the compile properties (threads,
+        hint: a runner with other ones would not import the blob and would write its own beside it), and the
+        precision is not in it (a blob compiled for f32, imported for bf16, answers NaN), so all are in the name:
+        each configuration keeps its own entry."""
+        key = json.dumps({"model": os.path.realpath(self.model_path), "config": self._config}, sort_keys=True, default=str)
+        return f"openvino-{self.precision}-{_sha256_text(key)[:8]}"
 
     def _compile(self, cache: bool, cache_dir: str | os.PathLike | None) -> tuple[Any, CacheStatus, str]:
         if not cache:
@@ -262,11 +268,14 @@ class OpenVinoRunner(BaseRunner):
                 compiled = self._compile_now(directory)
                 if bool(compiled.get_property("LOADED_FROM_CACHE")):
                     return compiled, CacheStatus.REUSED, str(directory)
-                problems = ["OpenVINO did not import its blob"]
+                problems = [_BLOB_REFUSED]
             with location.lock():  # one compiling writer at a time (threads and processes)
-                again = verify_directory(directory, expected)
-                if not again:  # made by another writer meanwhile
-                    return self._compile_now(directory), CacheStatus.REUSED, str(directory)
+                if problems != [_BLOB_REFUSED] and not verify_directory(directory, expected):
+                    compiled = self._compile_now(directory)  # made by another writer meanwhile
+                    if bool(compiled.get_property("LOADED_FROM_CACHE")):
+                        return compiled, CacheStatus.REUSED, str(directory)
+                    problems = [_BLOB_REFUSED]
+                # a refused blob is never reported as reused: the entry is made again from scratch
                 with atomic_directory(directory) as staging:
                     compiled = self._compile_now(staging)
                 # the record holds the directory's sha256: a reader between the swap and it sees a mismatch

@@ -229,7 +229,15 @@ def test_cache_is_created_reused_and_checked_before_use(exports, tmp_path):
 
     # touching model.onnx (same bytes, new mtime: OpenVINO's blob header would no longer match) rebuilds
     os.utime(export_dir / MODEL_ONNX, ns=(1, 1))
-    assert OpenVinoRunner(export_dir).choice.cache == CacheStatus.REBUILT
+    assert OpenVinoRunner(export_dir, intra_op_num_threads=1).choice.cache == CacheStatus.REBUILT
+
+    # other compile properties (OpenVINO's blob hash covers them) keep their own entry: neither evicts the
+    # other, and each is imported by OpenVINO itself when reused
+    two = OpenVinoRunner(export_dir, intra_op_num_threads=2)
+    assert two.choice.cache == CacheStatus.CREATED and cache_of(two) != directory
+    for threads in (1, 2):
+        again = OpenVinoRunner(export_dir, intra_op_num_threads=threads)
+        assert again.choice.cache == CacheStatus.REUSED and bool(again.compiled_model.get_property("LOADED_FROM_CACHE"))
 
     assert OpenVinoRunner(export_dir, cache=False).choice.cache == CacheStatus.NOT_USED
 
