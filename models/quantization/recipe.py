@@ -221,7 +221,7 @@ class QuantizationRecipe:
         self._set("percentile", percentile)
         if mode == "qdq":
             self._set("smoothing", _check_smoothing(self.smoothing))
-            self._set("keep_float", _check_keep_float(self.keep_float, self.smoothing))
+            self._set("keep_float", _check_keep_float(self.keep_float, str(self.smoothing)))
         else:
             if self.force_dequant is not None and self.force_dequant not in FORCE_DEQUANT_VALUES:
                 raise RecipeError(
