@@ -304,17 +304,16 @@ class _Form:
         a = _attrs(node)
         stem = node.output[0]
 
-        def const(name: str, value: float) -> str:
-            return self.constant(f"{stem}.{name}", np.asarray(value, _F32))
-
+        offset, base, half = (self.constant(f"{stem}.{name}", np.asarray(v, _F32)) for name, v in
+                              (("offset", 2**15), ("base", 256), ("half", 128)))
         a_grid = self.channel_scale(_scale(a["a_scale"]), f"{stem}.a_scale")
         x = self.twin_of(node.input[0], a["a_scale"], stem)
         integers = self.add("Round", [self.add("Div", [x, a_grid], f"{stem}.a")], f"{stem}.a_integers")
-        shifted = self.add("Add", [integers, const("offset", 2**15)], f"{stem}.shifted")  # in [0, 2**16)
-        high_digit = self.add("Floor", [self.add("Div", [shifted, const("base", 256)], f"{stem}.digits")], f"{stem}.high_digit")
-        high = self.add("Sub", [high_digit, const("half", 128)], f"{stem}.high_integers")
-        low_digit = self.add("Sub", [shifted, self.add("Mul", [high_digit, const("base", 256)], f"{stem}.high_part")], f"{stem}.low_digit")
-        low = self.add("Sub", [low_digit, const("half", 128)], f"{stem}.low_integers")
+        shifted = self.add("Add", [integers, offset], f"{stem}.shifted")  # in [0, 2**16)
+        high_digit = self.add("Floor", [self.add("Div", [shifted, base], f"{stem}.digits")], f"{stem}.high_digit")
+        high = self.add("Sub", [high_digit, half], f"{stem}.high_integers")
+        low_digit = self.add("Sub", [shifted, self.add("Mul", [high_digit, base], f"{stem}.high_part")], f"{stem}.low_digit")
+        low = self.add("Sub", [low_digit, half], f"{stem}.low_integers")
         right_name = node.input[1]
         if self.is_constant(right_name):
             weights = self.value(right_name)
@@ -327,13 +326,15 @@ class _Form:
         else:
             b_grid = self.channel_scale(_scale(a["b_scale"]), f"{stem}.b_scale")
             b = self.twin_of(right_name, a["b_scale"], stem)
-            right = self.int8(self.add("Round", [self.add("Div", [b, b_grid], f"{stem}.b")], f"{stem}.b_integers"), f"{stem}.b_int8")
+            b_integers = self.add("Round", [self.add("Div", [b, b_grid], f"{stem}.b")], f"{stem}.b_integers")
+            right = self.int8(b_integers, f"{stem}.b_int8")
+            # summed before the Q/DQ, so that the DequantizeLinear feeds only the GEMMs it is fused into
             axes = self.constant(f"{stem}.rows", np.asarray([-2], np.int64))
-            sums = self.add("ReduceSum", [right, axes], f"{stem}.column_sums", keepdims=1)
-            column_sums = self.add("Mul", [sums, const("half", 128)], f"{stem}.column_sums")
+            sums = self.add("ReduceSum", [b_integers, axes], f"{stem}.column_sums", keepdims=1)
+            column_sums = self.add("Mul", [sums, half], f"{stem}.column_sums")
         high_gemm = self.add("MatMul", [self.int8(high, f"{stem}.high"), right], f"{stem}.high_gemm")
         low_gemm = self.add("MatMul", [self.int8(low, f"{stem}.low"), right], f"{stem}.low_gemm")
-        total = self.add("Add", [self.add("Mul", [high_gemm, const("base", 256)], f"{stem}.high_sum"), low_gemm], f"{stem}.digit_sum")
+        total = self.add("Add", [self.add("Mul", [high_gemm, base], f"{stem}.high_sum"), low_gemm], f"{stem}.digit_sum")
         total = self.add("Add", [total, column_sums], f"{stem}.integers")
         self.twin[stem] = self.add("Mul", [total, self.channel_scale(self.grid[stem], f"{stem}.grid")], stem)
 
