@@ -86,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # an output that cannot be written (read-only, full, immutable, a mount point)
         return report(e)
     if args.report:
-        from exporter.report import format_report
         from trt_runtime.contract.export_dir import read_export_info
+        from trt_runtime.contract.int8_share import format_report
 
         share = read_export_info(out).int8_share
         print(format_report(share) if share else "no INT8 share recorded")

@@ -35,7 +35,6 @@ from exporter.errors import ExportError
 from exporter.ibert_functions import add_ibert_functions
 from exporter.integer_graph import name_integer_values
 from exporter.options import MIN_OPSET, check_opset, resolve_task
-from exporter.report import int8_share, summary_line
 from exporter.sample_inputs import (
     Shape,
     Text,
@@ -54,6 +53,7 @@ from models.quantization import Calibrated, QuantizationRecipe, RecipeError
 from models.quantization.recipe import DEFAULT_KEEP_FLOAT, DEFAULT_PERCENTILE, GENERATED_DATA_LABEL
 from trt_runtime.contract.export_dir import CALIBRATION_JSON, EXPORT_JSON, ONNX_METADATA_KEY, ExportInfo
 from trt_runtime.contract.files import sha256_file, write_json_atomic
+from trt_runtime.contract.int8_share import int8_share, summary_line
 
 Log = Callable[[str], None]
 #: export()'s keyword arguments before the recipe -> the recipe field each one sets. The first three are

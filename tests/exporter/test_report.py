@@ -1,6 +1,7 @@
-"""The INT8 share report: TensorRT's explicit-quantization rule on hand-built graphs, and the exports of tiny
-models of the three architectures, whose expected shares are counted from the model's config (the GEMMs
-of a BERT / SqueezeBERT layer and their weight sizes), not from the code under test.
+"""The INT8 share report of the exports of tiny models of the three architectures (and of an integer
+export's TensorRT form), whose expected shares are counted from the model's config (the GEMMs of a BERT /
+SqueezeBERT layer and their weight sizes), not from the code under test. The rule itself, on hand-built
+graphs: tests/trt_runtime/contract/test_int8_share.py.
 
 The rule (TensorRT developer guide, "Explicit Quantization"): a GEMM runs in INT8 only when every data
 input comes from an int8 DequantizeLinear, through shape-only ops; docs/integer.md: 8-bit integer GEMMs
@@ -11,94 +12,16 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 import exporter
 from exporter.__main__ import main as exporter_main
-from exporter.report import format_report, int8_share
 from models.quantization import QuantizationRecipe
 from tests.fixtures.tiny_models import save_tiny, tiny_config
+from trt_runtime.backends.tensorrt.integer_form import tensorrt_form
 from trt_runtime.contract.export_dir import read_export_info
-
-# --- the rule on hand-built graphs ---------------------------------------------------------------------
-
-
-def _graph(nodes, initializers, name="rule"):
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 8])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    return helper.make_model(helper.make_graph(nodes, name, [x], [y], initializers), opset_imports=[helper.make_opsetid("", 17)])
-
-
-def _scalar(name, value, dtype):
-    return numpy_helper.from_array(np.array(value, dtype=dtype), name)
-
-
-def _activation_qdq(source, prefix, zero_point=True):
-    """Q -> DQ of `source` (per tensor; int8 with a zero point, uint8 without one as ONNX defines)."""
-    inputs = [source, "s"] + ([f"{prefix}.zp"] if zero_point else [])
-    dq_inputs = [f"{prefix}.q", "s"] + ([f"{prefix}.zp"] if zero_point else [])
-    return [
-        helper.make_node("QuantizeLinear", inputs, [f"{prefix}.q"], name=f"{prefix}/Q"),
-        helper.make_node("DequantizeLinear", dq_inputs, [f"{prefix}.dq"], name=f"{prefix}/DQ"),
-    ], ([_scalar(f"{prefix}.zp", 0, np.int8)] if zero_point else [])
-
-
-def _weight(prefix, shape=(8, 8)):
-    w = numpy_helper.from_array(np.ones(shape, np.int8), f"{prefix}.w.int8")
-    scale = numpy_helper.from_array(np.full(shape[1], 0.1, np.float32), f"{prefix}.w.scale")
-    dq = helper.make_node("DequantizeLinear", [w.name, scale.name], [f"{prefix}.w"], name=f"{prefix}/wDQ", axis=1)
-    return dq, [w, scale]
-
-
-def test_a_gemm_is_int8_when_both_inputs_are_int8_dequantized_through_shape_only_ops():
-    qdq, zp = _activation_qdq("x", "a")
-    wdq, weights = _weight("a")
-    nodes = [
-        *qdq, wdq,
-        helper.make_node("Reshape", ["a.dq", "shape"], ["a.r"], name="/encoder/layer.0/Reshape"),
-        helper.make_node("MatMul", ["a.r", "a.w"], ["y"], name="/encoder/layer.0/dense/MatMul"),
-    ]
-    shape = numpy_helper.from_array(np.array([-1, 4, 8], np.int64), "shape")
-    model = _graph(nodes, [_scalar("s", 0.1, np.float32), *zp, *weights, shape])
-    (gemm,) = int8_share(model).gemms
-    assert (gemm.group, gemm.precision, gemm.work) == ("linear", "int8", 64)
-
-
-@pytest.mark.parametrize("breaker", ["Relu", "uint8"])
-def test_a_gemm_with_one_input_not_int8_qdq_is_float(breaker):
-    """A float op between DQ and GEMM, or a uint8 DequantizeLinear (no zero point), makes the GEMM float."""
-    qdq, zp = _activation_qdq("x", "a", zero_point=breaker != "uint8")
-    wdq, weights = _weight("a")
-    activation = "a.dq"
-    nodes = [*qdq, wdq]
-    if breaker == "Relu":
-        nodes.append(helper.make_node("Relu", ["a.dq"], ["a.relu"], name="/encoder/Relu"))
-        activation = "a.relu"
-    nodes.append(helper.make_node("MatMul", [activation, "a.w"], ["y"], name="/encoder/dense/MatMul"))
-    model = _graph(nodes, [_scalar("s", 0.1, np.float32), *zp, *weights])
-    (gemm,) = int8_share(model).gemms
-    assert gemm.precision == "float" and gemm.group == "linear"
-    assert ("Relu" in gemm.reason) if breaker == "Relu" else ("non-int8" in gemm.reason)
-
-
-def test_a_matmul_of_two_computed_tensors_is_an_attention_matmul_and_float_heads_are_apart():
-    q1, zp1 = _activation_qdq("x", "a")
-    q2, zp2 = _activation_qdq("x", "b")
-    nodes = [
-        *q1, *q2,
-        helper.make_node("Transpose", ["b.dq"], ["b.t"], name="/encoder/T", perm=[0, 2, 1]),
-        helper.make_node("MatMul", ["a.dq", "b.t"], ["scores"], name="/encoder/attention/MatMul"),
-        helper.make_node("MatMul", ["scores", "head.w"], ["y"], name="/classifier/MatMul"),
-    ]
-    head = numpy_helper.from_array(np.ones((4, 3), np.float32), "head.w")
-    model = _graph(nodes, [_scalar("s", 0.1, np.float32), *zp1, *zp2, head])
-    attention, classifier = int8_share(model).gemms
-    assert (attention.group, attention.precision) == ("attention", "int8")
-    assert (classifier.group, classifier.precision, classifier.work) == ("heads", "float", 12)
-
+from trt_runtime.contract.int8_share import format_report, int8_share
 
 # --- tiny models of the three architectures --------------------------------------------------------------
 
@@ -178,7 +101,7 @@ def test_qdq_and_float_exports_report_the_share_counted_from_the_config(tmp_path
 )
 def test_integer_exports_count_integer_gemms_and_split_16_bit_gemms_as_int8(tmp_path, model_type, wide, split_roles):
     recipe = QuantizationRecipe(mode="integer", wide_activations=wide, **QUICK)
-    share, _ = _export(tmp_path, model_type, "feature-extraction", recipe)
+    share, out = _export(tmp_path, model_type, "feature-extraction", recipe)
     config = tiny_config(model_type)
     layers, weights = config.num_hidden_layers, _bert_layer_weights(config)
     linear, attention = share["linear"], share["attention"]
@@ -188,6 +111,13 @@ def test_integer_exports_count_integer_gemms_and_split_16_bit_gemms_as_int8(tmp_
     # the probabilities (0..256, 9 bits) enter the context matmul through IntMatMulWide in every layer
     assert attention["int8_gemms"] == attention["gemms"] == 2 * layers and attention["split_gemms"] == layers
     assert share["heads"]["gemms"] == 1 and share["heads"]["int8_gemms"] == 0  # the float pooler
+    # the graph TensorRT gets: each split GEMM is two MatMuls on int8 Q/DQ inputs, INT8 by the same rule
+    form = int8_share(tensorrt_form(onnx.load(str(out / "model.onnx")))).to_dict()
+    linear, attention = form["linear"], form["attention"]
+    assert linear["gemms"] == linear["int8_gemms"] == (6 + len(split_roles)) * layers and linear["split_gemms"] == 0
+    assert linear["int8_work"] == linear["work"] == layers * (sum(weights.values()) + sum(weights[r] for r in split_roles))
+    assert attention["gemms"] == attention["int8_gemms"] == 3 * layers  # scores once, probabilities x V twice
+    assert not [g for g in form["float_gemms"] if g["group"] != "heads"]
 
 
 def test_report_flag_prints_the_report_and_export_json_matches_the_graph(tmp_path, capsys):

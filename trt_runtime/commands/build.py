@@ -82,11 +82,12 @@ def main(args: argparse.Namespace) -> int:
         BuildOptions,
         PrecisionError,
         build_engine,
-        check_export,
+        parser_input,
     )
     from trt_runtime.backends.tensorrt.engine_info import EngineMismatchError
     from trt_runtime.backends.tensorrt.libs import TensorRTUnavailable
     from trt_runtime.backends.tensorrt.onnx_prep import OnnxForTensorRTError
+    from trt_runtime.backends.tensorrt.parser_support import check_parser_support
     from trt_runtime.backends.tensorrt.plugins import PluginsUnavailable
     from trt_runtime.backends.tensorrt.profiles import ProfileError
     from trt_runtime.contract.export_dir import ENGINE, ENGINE_JSON, EXPORT_JSON, MODEL_ONNX, ExportDirError
@@ -119,8 +120,10 @@ def main(args: argparse.Namespace) -> int:
     )
     try:
         if args.check:
-            report = check_export(args.directory, options)
+            inputs = parser_input(args.directory, options)
+            report = check_parser_support(inputs.prepared.model, inputs.form)
             print(report.format())
+            print(inputs.int8_share_line())
             return 0 if report.ok else 1
         build_engine(args.directory, options)
     except (

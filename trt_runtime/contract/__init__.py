@@ -7,6 +7,8 @@
 - `ibert`: the `ibert` op domain (name, version, op list), the integer constants derived from the scales and
   the NumPy int64 reference of each op: what the torch modules, the ONNX function bodies and the TensorRT
   plugin kernels are all tested against.
+- `int8_share`: the INT8 share of a graph's GEMM work by TensorRT's explicit-quantization rule (the export log,
+  export.json's `int8_share`, `python -m trt_runtime build`).
 - `files`: the one implementation of atomic, fsynced, link-refusing writes and directory swaps, and sha256.
 - `compat`: old module names that keep importing (with a DeprecationWarning) for one release.
 

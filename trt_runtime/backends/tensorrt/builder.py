@@ -59,6 +59,7 @@ from trt_runtime.backends.tensorrt.profiles import (
 from trt_runtime.contract.errors import VALIDATION_FAILED, QbertError
 from trt_runtime.contract.export_dir import ENGINE, MODEL_ONNX, ExportInfo, read_export_info
 from trt_runtime.contract.files import exclusive_lock, sha256_bytes, sha256_file, write_bytes_atomic
+from trt_runtime.contract.int8_share import int8_share
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -149,6 +150,13 @@ class ParserInput:
     def form(self) -> str:
         kind = "plugins" if self.prepared.plugins else ("no-plugins" if self.prepared.ibert_ops else "standard ops")
         return f"{kind}, {'FP16' if self.precision.float16_graph else 'FP32'}"
+
+    def int8_share_line(self) -> str:
+        """The INT8 share of the graph handed to the parser, in the export log's words (the same rule:
+        trt_runtime.contract.int8_share), so a build says what should run in INT8 before TensorRT is needed;
+        for an integer export that graph is its TensorRT form, whose split 16-bit GEMMs are two INT8 GEMMs."""
+        graph = "the TensorRT form of the integer export" if self.export.quantization == "integer" else "the graph"
+        return f"{int8_share(self.prepared.model).line()} [{graph} handed to TensorRT, by its Q/DQ rule]"
 
 
 def resolve_profiles(export: ExportInfo, options: BuildOptions) -> list[Profile]:
@@ -380,6 +388,7 @@ def build_engine(directory: str | Path, options: BuildOptions | None = None) -> 
         inputs = parser_input(directory, options, aot=None)
     except PrecisionError as e:
         raise BuildError(str(e)) from None
+    print(inputs.int8_share_line(), file=sys.stderr)
     prepared = inputs.prepared
     onnx_sha256 = inputs.export.onnx_sha256 or sha256_file(inputs.onnx_path)
 
@@ -475,9 +484,12 @@ def build_engine(directory: str | Path, options: BuildOptions | None = None) -> 
         except Exception as e:  # the report is for people; an engine that built is kept without it
             _warn(f"could not read the engine's layer information ({e}); engine.json will have no layer report")
         if layers_json is not None:
-            from trt_runtime.backends.tensorrt.layer_report import summarize_layers
+            from trt_runtime.backends.tensorrt.layer_report import format_layer_report, summarize_layers
 
             layers = summarize_layers(layers_json, prepared.plugin_nodes())
+            # what TensorRT made of it, per layer (the engine inspector; `python -m trt_runtime inspect DIR`)
+            print("engine layers, as TensorRT reports them:\n  " + format_layer_report(layers).replace("\n", "\n  "),
+                  file=sys.stderr)
             found = sum(layers["ibert_plugins"].values())
             if prepared.plugins and found != len(prepared.plugin_nodes()):
                 _warn(f"the engine has {found} ibert plugin layers for {len(prepared.plugin_nodes())} ibert nodes")

@@ -10,7 +10,8 @@ builder rewrites the graph into the float form TensorRT builds from, with the sa
   their inputs and outputs) gets a float twin T x s;
 - `IntMatMul(A, B)` becomes MatMul(A x a_scale, DequantizeLinear(B int8, b_scale)): with A coming from an
   8-bit requantization (a Q/DQ pair), TensorRT fuses it into an INT8 GEMM; `IntMatMulWide` (16-bit A)
-  stays a float GEMM in the engine (FP32, FP16 with --fp16);
+  becomes two INT8 GEMMs on A's high and low 8-bit digits (`_Form.wide_matmul`), exact while the sums
+  stay below 2**24, so every GEMM of an integer export runs in INT8 in the engine;
 - `Requantize` to 8 bits becomes QuantizeLinear / DequantizeLinear with the output scale, other widths
   Div / Round / Clip / Mul, each input rounded on its own as FixedPointMul does: TensorRT's float-scale
   requantization instead of the dyadic one (how far that moves an engine: docs/integer.md, "The
@@ -260,6 +261,9 @@ class _Form:
             self.nodes.append(helper.make_node("Mul", [self.twin_of(integers), factor], [node.output[0]], name=node.name))
 
     def matmul(self, node: NodeProto) -> None:
+        if node.op_type == "IntMatMulWide":
+            self.wide_matmul(node)
+            return
         a = _attrs(node)
         stem = node.output[0]
         left = self.twin_of(node.input[0], a["a_scale"], stem)
@@ -276,6 +280,63 @@ class _Form:
         else:
             right = self.twin_of(right_name, a["b_scale"], stem)
         self.twin[node.output[0]] = self.add("MatMul", [left, right], stem)
+
+    def int8(self, integers: str, stem: str) -> str:
+        """An integer-valued float tensor in [-128, 127] through an int8 Q/DQ pair of scale 1: a GEMM input
+        TensorRT fuses into an INT8 GEMM (the values pass unchanged)."""
+        one = self.constant(f"{stem}.unit_scale", np.ones((), _F32))
+        zero = self.constant(f"{stem}.zero_point", np.zeros((), np.int8))
+        return self.add("DequantizeLinear", [self.add("QuantizeLinear", [integers, one, zero], f"{stem}.quantized"), one, zero], stem)
+
+    def wide_matmul(self, node: NodeProto) -> None:
+        """IntMatMulWide(A, B), A in [-2**15, 2**15 - 1], as two INT8 GEMMs on A's digits, exact while the
+        sums stay below 2**24 (float32's integers):
+
+            A = 256 h + l + 128,   h = floor((A + 2**15) / 256) - 128,   l = A + 2**15 - 256 (h + 128) - 128,
+            A @ B = 256 (h @ B) + l @ B + 128 colsum(B),                   h, l in [-128, 127]
+
+        A is read off its twin (Div by its grid, Round); h, l, B enter the GEMMs as int8 Q/DQ of scale 1, so
+        each GEMM yields the integer sum itself (TensorRT: the exact int32 accumulator); the grid a_scale x
+        b_scale is applied once, at the end. colsum(B) is a constant for a weight, a ReduceSum over B's rows
+        for an activation (the context matmul: probabilities x V). The ops on floats (Div, Round, Floor, Sub,
+        Add, Mul, ReduceSum with constant axes, QuantizeLinear / DequantizeLinear int8 with zero point 0) are
+        all in onnx-tensorrt's operator matrix (docs/operators.md, 10.1 GA, commit 96e7811)."""
+        a = _attrs(node)
+        stem = node.output[0]
+
+        offset, base, half = (self.constant(f"{stem}.{name}", np.asarray(v, _F32)) for name, v in
+                              (("offset", 2**15), ("base", 256), ("half", 128)))
+        a_grid = self.channel_scale(_scale(a["a_scale"]), f"{stem}.a_scale")
+        x = self.twin_of(node.input[0], a["a_scale"], stem)
+        integers = self.add("Round", [self.add("Div", [x, a_grid], f"{stem}.a")], f"{stem}.a_integers")
+        shifted = self.add("Add", [integers, offset], f"{stem}.shifted")  # in [0, 2**16)
+        high_digit = self.add("Floor", [self.add("Div", [shifted, base], f"{stem}.digits")], f"{stem}.high_digit")
+        high = self.add("Sub", [high_digit, half], f"{stem}.high_integers")
+        low_digit = self.add("Sub", [shifted, self.add("Mul", [high_digit, base], f"{stem}.high_part")], f"{stem}.low_digit")
+        low = self.add("Sub", [low_digit, half], f"{stem}.low_integers")
+        right_name = node.input[1]
+        if self.is_constant(right_name):
+            weights = self.value(right_name)
+            if weights.dtype != np.int8 or weights.ndim != 2:
+                raise IntegerFormError(f"{_describe(node)}: constant B must be int8 [K, N] for TensorRT's INT8 GEMM")
+            one = self.constant(f"{right_name}.unit_scale", np.ones((), _F32))
+            zero = self.constant(f"{right_name}.zero_point", np.zeros((), np.int8))
+            right = self.add("DequantizeLinear", [right_name, one, zero], f"{right_name}.integers")
+            column_sums = self.constant(f"{stem}.column_sums", (128 * weights.astype(np.int64).sum(axis=0)).astype(_F32))
+        else:
+            b_grid = self.channel_scale(_scale(a["b_scale"]), f"{stem}.b_scale")
+            b = self.twin_of(right_name, a["b_scale"], stem)
+            b_integers = self.add("Round", [self.add("Div", [b, b_grid], f"{stem}.b")], f"{stem}.b_integers")
+            right = self.int8(b_integers, f"{stem}.b_int8")
+            # summed before the Q/DQ, so that the DequantizeLinear feeds only the GEMMs it is fused into
+            axes = self.constant(f"{stem}.rows", np.asarray([-2], np.int64))
+            sums = self.add("ReduceSum", [b_integers, axes], f"{stem}.column_sums", keepdims=1)
+            column_sums = self.add("Mul", [sums, half], f"{stem}.column_sums")
+        high_gemm = self.add("MatMul", [self.int8(high, f"{stem}.high"), right], f"{stem}.high_gemm")
+        low_gemm = self.add("MatMul", [self.int8(low, f"{stem}.low"), right], f"{stem}.low_gemm")
+        total = self.add("Add", [self.add("Mul", [high_gemm, base], f"{stem}.high_sum"), low_gemm], f"{stem}.digit_sum")
+        total = self.add("Add", [total, column_sums], f"{stem}.integers")
+        self.twin[stem] = self.add("Mul", [total, self.channel_scale(self.grid[stem], f"{stem}.grid")], stem)
 
     def requantize(self, node: NodeProto) -> None:
         a = _attrs(node)

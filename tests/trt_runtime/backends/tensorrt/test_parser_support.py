@@ -8,6 +8,8 @@ float, Q/DQ and integer exports in both the plugin and the --no-plugins form.
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import onnx
 import pytest
@@ -228,3 +230,30 @@ def test_check_command(exports, capsys):
     args = parser.parse_args(["build", str(exports["integer"]), "--check", "--fp16"])
     assert commands["build"].main(args) == 2  # a bad option, not a failed check
     assert "--fp16 does not apply to integer (I-BERT) exports" in capsys.readouterr().err
+
+
+def test_build_prints_the_int8_share_of_the_graph_it_hands_tensorrt(exports, capsys):
+    """Before TensorRT is needed (`--check`, and a build on a machine without it), in the export log's words:
+    a qdq export's line is the one its export recorded; an integer export's is its TensorRT form's, where
+    the 16-bit sites (Q, K, V, FFN output: 4 of a layer's 6 linears) and probabilities x V are two INT8
+    GEMMs each (counted from the config: RoBERTa's classification head is two float linears, no pooler)."""
+    from tests.fixtures.tiny_models import tiny_config
+    from trt_runtime.contract.export_dir import read_export_info
+    from trt_runtime.contract.int8_share import summary_line
+
+    parser, commands = build_parser()
+    assert commands["build"].main(parser.parse_args(["build", str(exports["qdq"]), "--check"])) == 0
+    recorded = summary_line(read_export_info(exports["qdq"]).int8_share)
+    assert capsys.readouterr().out.splitlines()[-1] == f"{recorded} [the graph handed to TensorRT, by its Q/DQ rule]"
+
+    layers = tiny_config("ibert", "text-classification").num_hidden_layers
+    expected = (f"INT8 share: encoder linear GEMM work 100.0 % ({10 * layers} of {10 * layers} GEMMs), attention matmuls "
+                f"{3 * layers} of {3 * layers}, heads and pooler 0 of 2 [the TensorRT form of the integer export handed "
+                "to TensorRT, by its Q/DQ rule]")
+    for flags in ([], ["--no-plugins"]):
+        assert commands["build"].main(parser.parse_args(["build", str(exports["integer"]), "--check", *flags])) == 0
+        assert capsys.readouterr().out.splitlines()[-1] == expected
+    if importlib.util.find_spec("tensorrt") is None:  # the build itself says it first, then what it lacks
+        assert commands["build"].main(parser.parse_args(["build", str(exports["integer"])])) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err[0] == expected and err[-1].startswith("error: TensorRT is not installed")
