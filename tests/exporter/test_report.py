@@ -60,8 +60,10 @@ ALL_ROLES = ("query", "key", "value", "attention-output", "ffn-input", "ffn-outp
 @pytest.mark.parametrize(
     ("model_type", "task", "recipe", "int8_roles", "heads"),
     [
-        # the qdq default keeps the FFN output projection's input float (DEFAULT_KEEP_FLOAT)
-        ("bert", "text-classification", QuantizationRecipe(mode="qdq", **QUICK), ALL_ROLES[:5], 2),
+        # the qdq default: SmoothQuant auto, only the residual adds float (docs/qdq.md): every linear GEMM INT8
+        ("bert", "text-classification", QuantizationRecipe(mode="qdq", **QUICK), ALL_ROLES, 2),
+        # without smoothing the FFN output projection's input stays float (DEFAULT_KEEP_FLOAT_UNSMOOTHED)
+        ("bert", "text-classification", QuantizationRecipe(mode="qdq", smoothing="none", **QUICK), ALL_ROLES[:5], 2),
         # residual adds float, smoothed: a Div before each smoothed site's QuantizeLinear, every linear INT8
         ("bert", "feature-extraction", QuantizationRecipe(mode="qdq", keep_float=ADDS, smoothing="auto", **QUICK), ALL_ROLES, 1),
         ("bert", "feature-extraction", QuantizationRecipe(mode="qdq", keep_float=(), **QUICK), ALL_ROLES, 1),
@@ -69,7 +71,7 @@ ALL_ROLES = ("query", "key", "value", "attention-output", "ffn-input", "ffn-outp
         ("squeezebert", "feature-extraction", QuantizationRecipe(mode="qdq", keep_float=ADDS, **QUICK), ALL_ROLES, 1),
         ("bert", "feature-extraction", QuantizationRecipe(mode="none"), (), 1),
     ],
-    ids=["bert-qdq-default", "bert-qdq-smoothed", "bert-qdq-quantize-all", "squeezebert-qdq-default",
+    ids=["bert-qdq-default", "bert-qdq-unsmoothed", "bert-qdq-smoothed", "bert-qdq-quantize-all", "squeezebert-qdq-default",
          "squeezebert-qdq-adds-float", "bert-float"],
 )
 def test_qdq_and_float_exports_report_the_share_counted_from_the_config(tmp_path, model_type, task, recipe, int8_roles, heads):
@@ -124,7 +126,8 @@ def test_report_flag_prints_the_report_and_export_json_matches_the_graph(tmp_pat
     directory, _ = save_tiny(tmp_path / "ckpt", "bert", "feature-extraction")
     out = tmp_path / "out"
     argv = ["--model", str(directory), "--output", str(out), "--quantization", "qdq", "--no-validate", "--quiet",
-            "--num-calibration-samples", "8", "--calibration-batch-size", "8", "--report"]
+            "--num-calibration-samples", "8", "--calibration-batch-size", "8", "--report",
+            "--smoothing", "none"]  # unsmoothed, so that the report lists float GEMMs (the FFN output projections)
     assert exporter_main(argv) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed[-1] == str(out)  # the path stays the last line
