@@ -134,6 +134,8 @@ def test_qdq_layout_is_what_tensorrt_takes(tmp_path, model_type, task):
         name = dq.inputs[0].name.removesuffix(".int8").removesuffix(".T")
         hf_name = name.removeprefix("bert.").removeprefix("transformer.") if model_type == "squeezebert" and task == "feature-extraction" else name
         weight = hf_weights[hf_name].detach().numpy()
+        if name.removesuffix(".weight") in calibration.get("smoothing", {}):  # SmoothQuant's W diag(s) (docs/qdq.md)
+            weight = weight * np.asarray(calibration["smoothing"][name.removesuffix(".weight")], np.float32)
         amax = np.asarray(quantizers[name.removesuffix(".weight") + "._weight_quantizer"], np.float32).reshape(-1)
         expected = np.clip(np.rint(weight / (amax / 127).reshape((-1,) + (1,) * (weight.ndim - 1))), -127, 127)
         if consumer.op == "MatMul":  # [in, out] operand: the output channels are axis 1
@@ -227,29 +229,31 @@ def test_layout_rejects_what_tensorrt_cannot_take():
     assert summary.activation_pairs == 1 and summary.unfused  # DQ -> Relu: nothing for TensorRT to fuse into
 
 
-def test_default_keeps_sensitive_sites_float(tmp_path):
+@pytest.mark.parametrize("smoothing", [None, "none"], ids=["default", "unsmoothed"])
+def test_default_keeps_sensitive_sites_float(tmp_path, smoothing):
+    """docs/qdq.md: by default (SmoothQuant auto) only the residual adds stay float; unsmoothed, the FFN output
+    projection's input too."""
     directory, _ = save_tiny(tmp_path / "ckpt", "bert", "text-classification")
-    default = QuantizationRecipe(mode="qdq", num_samples=8, batch_size=8)  # the default sites
-    out = exporter.export(directory, tmp_path / "out", task="text-classification", recipe=default, log=None)
+    recipe = QuantizationRecipe(mode="qdq", num_samples=8, batch_size=8, smoothing=smoothing)  # the default sites
+    out = exporter.export(directory, tmp_path / "out", task="text-classification", recipe=recipe, log=None)
     info = read_export_info(out)
-    assert info.calibration["keep_float"] == ["residual-adds", "ffn-output-input"]
+    ffn_output_float = smoothing == "none"
+    assert info.calibration["keep_float"] == (
+        ["residual-adds", "ffn-output-input"] if ffn_output_float else ["residual-adds", "conv-ffn-output-input"]
+    )
     calibration = json.loads((out / "calibration.json").read_text())
     kept = set(calibration["float_quantizers"])
     layers = range(2)
-    assert kept == {
-        f"bert.encoder.layer.{i}.{site}"
-        for i in layers
-        for site in (
-            "attention.output.add_local_input_quantizer", "attention.output.add_residual_input_quantizer",
-            "output.add_local_input_quantizer", "output.add_residual_input_quantizer",
-            "output.dense._input_quantizer",
-        )
-    }
+    sites = ["attention.output.add_local_input_quantizer", "attention.output.add_residual_input_quantizer",
+             "output.add_local_input_quantizer", "output.add_residual_input_quantizer"]
+    assert kept == {f"bert.encoder.layer.{i}.{site}" for i in layers
+                    for site in sites + (["output.dense._input_quantizer"] if ffn_output_float else [])}
     assert not kept & set(calibration["quantizers"])
     graph = gs.import_onnx(onnx.load(str(out / "model.onnx")))
-    # no activation Q/DQ feeds a residual Add any more; the FFN output MatMul reads a float input
+    # no activation Q/DQ feeds a residual Add any more
     dq_consumers = [c.op for n in graph.nodes if n.op == "DequantizeLinear" and not isinstance(n.inputs[0], gs.Constant)
                     for c in n.outputs[0].outputs]
-    # per layer: the shared q/k/v input (3 MatMuls), attention output and FFN input projections (2), and
-    # both inputs of the two attention matmuls (4); the FFN output projection reads float
-    assert "Add" not in dq_consumers and dq_consumers.count("MatMul") == len(layers) * (3 + 2 + 4)
+    # per layer: the shared q/k/v input (3 MatMuls), attention output and FFN input projections (2), both
+    # inputs of the two attention matmuls (4), and the FFN output projection unless it reads float
+    assert "Add" not in dq_consumers
+    assert dq_consumers.count("MatMul") == len(layers) * (3 + 2 + 4 + (0 if ffn_output_float else 1))

@@ -92,7 +92,8 @@ def test_the_documented_call_warns_nothing_and_records_the_default_recipe(tmp_pa
     record = read_export_info(out).calibration
     expected = QuantizationRecipe(mode="qdq", calibration_data=data, num_samples=3, max_length=MAX_POSITIONS)
     assert QuantizationRecipe.from_dict(record) == expected
-    assert record["data"] == str(data) and record["keep_float"] == ["residual-adds", "ffn-output-input"]
+    assert record["data"] == str(data) and record["keep_float"] == ["residual-adds", "conv-ffn-output-input"]
+    assert record["smoothing"] == "auto"
     # a mode name stands for its default recipe; the float default has no record at all
     assert read_export_info(exporter.export(directory, tmp_path / "float", TASK, "none", validate=False,
                                             log=None)).calibration is None

@@ -140,8 +140,14 @@ def _apply_recorded_smoothing(model: nn.Module, recorded: Any, where: str) -> No
         return
     if not isinstance(recorded, dict) or not all(isinstance(v, list) for v in recorded.values()):
         raise CalibrationError(f"{where}: 'smoothing' must map linear layer names to lists of scales; {CALIBRATE_HINT}")
+    scales = {name: torch.tensor(values, dtype=torch.float32) for name, values in recorded.items()}
+    # a checkpoint saved smoothed (QAT after SmoothQuant) carries these very scales already: nothing to apply
+    carried = smoothing_state(model)
+    for name in list(scales):
+        if name in carried and torch.equal(torch.tensor(carried[name], dtype=torch.float32), scales[name]):
+            del scales[name]
     try:
-        apply_smoothing(model, {name: torch.tensor(values, dtype=torch.float32) for name, values in recorded.items()})
+        apply_smoothing(model, scales)
     except (ValueError, TypeError) as e:
         raise CalibrationError(f"{where}: {e}; load the file into a freshly loaded model of its checkpoint") from None
 

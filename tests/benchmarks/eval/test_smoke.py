@@ -104,6 +104,7 @@ def test_every_stage_runs_scores_match_the_predictions_and_a_rerun_reuses_them(t
         "float",
         "ptq-max",
         "ptq-percentile-99.99",
+        f"ptq-{best}-unsmoothed",
         f"ptq-{best}-all-sites",
         f"qat-{best}",
         "integer-ptq",
@@ -115,9 +116,14 @@ def test_every_stage_runs_scores_match_the_predictions_and_a_rerun_reuses_them(t
         "qdq",
         "qdq",
         "qdq",
+        "qdq",
         "integer",
         "integer",
     ]
+    # the unsmoothed row is the placement before smoothing: the FFN output projection's input float too
+    unsmoothed = {row["variant"]: row for row in binary["rows"]}[f"ptq-{best}-unsmoothed"]
+    assert unsmoothed["recipe"]["smoothing"] == "none"
+    assert unsmoothed["keep_float"] == ["residual-adds", "ffn-output-input"]
 
     # the JSON's numbers are the metrics of the stored predictions, recomputed independently
     labels = examples(TASKS["binary"], "test", limit=TEST_LIMIT).targets.tolist()
@@ -232,9 +238,9 @@ def test_regression_scores_and_per_layer_sensitivity(tiny_base, tmp_path):
     sensitivity = regression["dev_analysis"]["sensitivity"]
     assert [row["layer"] for row in sensitivity["layers"]] == ["layer 0", "layer 1"]
     for row in sensitivity["layers"]:
-        # every site of a BERT layer: 20 quantizers; the exporter's default leaves 5 of them float
+        # every site of a BERT layer: 20 quantizers; the exporter's default leaves its 4 residual-add inputs float
         assert row["every site"]["quantizers"] == 20
-        assert row["default sites"]["quantizers"] == 15
+        assert row["default sites"]["quantizers"] == 16
         assert row["every site"]["rms_change"] > 0
     assert (tmp_path / "results" / "eval-vader-layers.png").read_bytes()[:4] == b"\x89PNG"
 

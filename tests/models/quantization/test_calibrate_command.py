@@ -16,6 +16,7 @@ import models
 from models.data import calibration_batches, load_texts
 from models.quantization import QuantizationRecipe, calibrate, calibrate_integer, keep_float
 from models.quantization.integer.calibration import integer_state
+from models.quantization.smoothing import smooth
 from tests.fixtures import ROOT
 from tests.fixtures.tiny_models import MAX_POSITIONS, padded_batch, save_tiny
 from tests.fixtures.tiny_tokenizers import save_tiny_tokenizer
@@ -55,10 +56,13 @@ def test_qdq_file_is_the_toolkits_calibration(tmp_path, checkpoint):
         mode="qdq", num_samples=SAMPLES, batch_size=BATCH, max_length=MAX_POSITIONS
     )
 
+    # the toolkit's documented steps (docs/qdq.md): the float sites, SmoothQuant auto, then calibration
     reference = models.load(checkpoint, task=TASK, quantization="qdq")
-    kept = keep_float(reference, ["residual-adds", "ffn-output-input"])
+    kept = keep_float(reference, ["residual-adds"])
+    scales = smooth(reference, shipped_batches(checkpoint), "auto", progress=False)
     calibrate(reference, shipped_batches(checkpoint), "percentile", 99.999, progress=False)
     assert sorted(data["float_quantizers"]) == kept
+    assert data.get("smoothing", {}) == {name: scale.tolist() for name, scale in scales.items()}
     for name, quantizer in reference.named_modules():
         if name in data["quantizers"]:
             expected = quantizer.amax.flatten().tolist()

@@ -40,16 +40,17 @@ def _relative_l2(ours: np.ndarray, reference: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def tiny_exports(tmp_path_factory):
-    """(float export, qdq export) of one tiny random BERT (feature-extraction)."""
+    """(float export, qdq export) of one tiny random BERT (feature-extraction); the qdq export unsmoothed
+    (smoothed exports: `smoothed_exports`)."""
     import exporter
+    from models.quantization import QuantizationRecipe
 
     root = tmp_path_factory.mktemp("cpu-int8")
     save_checkpoint(root / "checkpoint", "bert", "feature-extraction", initializer_range=0.2)
     common = dict(task="feature-extraction", validate=False, log=None)
     float_dir = exporter.export(root / "checkpoint", root / "float", quantization="none", **common)
-    qdq_dir = exporter.export(
-        root / "checkpoint", root / "qdq", quantization="qdq", num_calibration_samples=32, **common
-    )
+    recipe = QuantizationRecipe(mode="qdq", num_samples=32, smoothing="none")
+    qdq_dir = exporter.export(root / "checkpoint", root / "qdq", recipe=recipe, **common)
     return Path(float_dir), Path(qdq_dir)
 
 
@@ -661,7 +662,7 @@ def test_divisions_that_do_not_feed_only_constant_weight_matmuls_are_left_alone(
 
 #: the smoothed exports' placements: the default (residual adds and the FFN output projection's input float:
 #: Q/K/V and FFN input smoothed), and every linear layer's input quantized (the FFN output projection smoothed too)
-SMOOTHED_PLACEMENTS = {"default": None, "residual-adds": ("residual-adds",)}
+SMOOTHED_PLACEMENTS = {"ffn-output-float": ("residual-adds", "ffn-output-input"), "residual-adds": ("residual-adds",)}
 
 
 @pytest.fixture(scope="module")
@@ -711,7 +712,7 @@ def test_a_smoothed_export_derives_fused_qattention_close_to_the_export_and_to_f
     divisions = _smoothing_divisions(exported)
     quantizing = {n.input[0] for n in exported.graph.node if n.op_type == "QuantizeLinear"}
     # per layer: one shared by Q, K and V, the FFN input (and the FFN output projection); before QuantizeLinear
-    assert len(divisions) == (4 if placement == "default" else 6)
+    assert len(divisions) == (4 if placement == "ffn-output-float" else 6)
     assert all(d.output[0] in quantizing for d in divisions)
     model = cpu_int8.derive(
         export_dir, read_export_info(export_dir), cpu_int8.Recipe(activations=activations)
@@ -732,7 +733,7 @@ def test_a_smoothed_export_derives_fused_qattention_close_to_the_export_and_to_f
     ours, as_exported = run(model), run(str(export_dir / MODEL_ONNX))
     reference = OrtRunner(float_dir)(feeds)["last_hidden_state"][mask]
     assert 1e-5 < _relative_l2(ours, reference) < RELATIVE_L2_TOLERANCE
-    if placement == "default":
+    if placement == "ffn-output-float":
         assert _relative_l2(ours, as_exported) < RELATIVE_L2_TOLERANCE
 
 
