@@ -167,12 +167,20 @@ def _int_gelu(body: _Body) -> str:
     b_int, c_int = body.attribute("b_int", "ints"), body.attribute("c_int", "ints")
     shift_int = body.attribute("shift_int", "ints")
     # as the reference's int_gelu (|erf| < 2**62: gelu_constants checks it)
+    # min(|x|, -b) + b and sign(x) in int32 (|b_int| < 2**23: gelu_constants bounds c_int ~ b_int**2 by 2**46), on x
+    # clamped to [b, -b] first (|x| of -2**31 is not an int32)
     x = body.cast("X", INT64)
-    abs_int = body.op("Min", body.op("Abs", x), body.op("Neg", b_int))
-    shifted = body.op("Add", abs_int, b_int)
-    erf_int = body.op("Mul", body.op("Sign", x), body.op("Add", body.op("Mul", shifted, shifted), c_int))
-    sigmoid_int = body.floor_div_pow2(erf_int, body.const(2**ref.GELU_SHIFT_BITS), 62)
-    return body.op("Neg", body.op("Mul", x, body.op("Add", sigmoid_int, shift_int)))
+    b32 = body.cast(b_int, INT32)
+    clamped = body.op("Max", body.op("Min", body.cast("X", INT32), body.op("Neg", b32)), b32)
+    shifted = body.cast(body.op("Add", body.op("Abs", clamped), b32), INT64)
+    sign = body.cast(body.op("Max", body.op("Min", clamped, body.const(1, np.int32)), body.const(-1, np.int32)), INT64)
+    erf_int = body.op("Mul", sign, body.op("Add", body.op("Mul", shifted, shifted), c_int))
+    # -(x (floor(erf / 2**14) + shift_int)) = x (O / 2**14 - shift_int - floor((erf + O) / 2**14)), O = 2**62 (Div
+    # truncates: the offset makes its numerator non-negative), the constants in one vector
+    divisor = body.const(2**ref.GELU_SHIFT_BITS)
+    offset = body.const(2**62)
+    constant = body.op("Sub", body.op("Div", offset, divisor), shift_int)
+    return body.op("Mul", x, body.op("Sub", constant, body.op("Div", body.op("Add", erf_int, offset), divisor)))
 
 
 def _int_softmax(body: _Body) -> str:
@@ -229,8 +237,10 @@ def _int_layernorm(body: _Body) -> str:
     variance = body.reduce("ReduceSum", body.op("Mul", y_shifted, y_shifted))
     std = body.op("Mul", body.op("Max", body.isqrt(variance), body.const(1)), scale)
     factor = body.op("Div", body.const(2**ref.LAYERNORM_FACTOR_BITS), std)
-    normalized = body.floor_div_pow2(body.op("Mul", y, factor), body.const(2))  # |y * factor| < 2**32
-    return body.op("Add", normalized, bias_int)
+    # floor(y factor / 2) + bias_int = Div(y factor + O, 2) + (bias_int - O / 2), |y factor| < 2**32 < O = 2**40
+    offset = body.const(2**_OFFSET_BITS)
+    shifted = body.op("Add", body.op("Mul", y, factor), offset)
+    return body.op("Add", body.op("Div", shifted, body.const(2)), body.op("Sub", bias_int, body.const(2 ** (_OFFSET_BITS - 1))))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -258,11 +268,11 @@ def _int_matmul_wide(body: _Body) -> str:
     two u8 x u8 MatMulIntegers, hi's with zero point 128, added exactly in int64."""
     shifted = body.op("Add", body.cast("A", INT32), body.const(2**15, np.int32))  # non-negative: Div floors
     high = body.op("Div", shifted, body.const(256, np.int32))
-    low = body.op("Sub", shifted, body.op("Mul", high, body.const(256, np.int32)))
     b = _uint8_b(body)
     zero_point = body.const(128, np.uint8)
     high_product = body.op("MatMulInteger", body.cast(high, UINT8), b, zero_point, zero_point)
-    low_product = body.op("MatMulInteger", body.cast(low, UINT8), b, body.const(0, np.uint8), zero_point)
+    # the low byte: the cast to uint8 keeps the low 8 bits
+    low_product = body.op("MatMulInteger", body.cast(shifted, UINT8), b, body.const(0, np.uint8), zero_point)
     return body.op("Add", body.op("Mul", body.cast(high_product, INT64), body.const(256)), body.cast(low_product, INT64))
 
 
@@ -308,7 +318,7 @@ def _rescale_wide(body: _Body, x: str, multiplier: str, shift: str) -> tuple[str
     high = body.op("Add", body.op("Mul", a_high, m), body.shift_right(p, limb))
     low = body.low_bits(p, 30)
     s = body.cast(body.op("Sub", shift, body.const(30)), UINT64)
-    parity = body.shift_right(body.shift_left(body.shift_right(high, s), body.u64(63)), body.u64(63))
+    parity = body.shift_right(body.shift_left(high, body.cast(body.op("Sub", body.const(93), shift), UINT64)), body.u64(63))
     half = body.cast(body.op("Sub", body.pow2(body.op("Sub", shift, body.const(1))), body.const(1)), UINT64)
     carry = body.shift_right(body.op("Add", body.op("Add", low, half), parity), limb)
     rounded = body.shift_right(body.op("Add", high, carry), s)
