@@ -201,13 +201,15 @@ def _int_softmax(body: _Body) -> str:
     s = body.cast(body.op("Sub", d, body.op("Mul", q, period)), INT64)
     z = body.op("Max", body.op("Add", body.op("Mul", s, body.op("Sub", s, b_int)), c_int), body.const(0))
     # 16-bit requantization: round_half_even(z 2**(30 - q - E) / M) = round_half_even(n / d) with n = z 2**A and
-    # d = M 2**(A - 30 + E + q), A = max(30 - E, 0): the per-element power of two only in d, from a 31-entry
-    # table (n < 2**60 and 4 d < 2**62: softmax_constants checks 2**A c and M 2**max(E, 0) against 2**60)
+    # d = M 2**(A - 30 + E + q), A = max(30 - E, 0): the per-element power of two only in d, 2**q from an int32
+    # table (a Gather of int32 costs ONNX Runtime less than one of int64), then times the constant M 2**(A - 30 + E)
+    # (n < 2**60 and 4 d < 2**62: softmax_constants checks 2**A c and M 2**max(E, 0) against 2**60)
     numerator_shift = body.op("Max", body.op("Sub", body.const(ref.EXP_SHIFT_BITS), exponent), body.const(0))
     base = body.op("Mul", mantissa, body.pow2(body.op("Max", body.op("Sub", exponent, body.const(ref.EXP_SHIFT_BITS)), body.const(0))))
-    table = body.op("Mul", base, body.vector([2**i for i in range(ref.EXP_MAX_Q + 1)]))
+    power = body.op("Gather", body.vector([2**i for i in range(ref.EXP_MAX_Q + 1)], np.int32), q, axis=0)
+    denominator = body.op("Mul", body.cast(power, INT64), base)
     twice_n = body.op("Mul", z, body.pow2(body.op("Add", numerator_shift, body.const(1))))
-    exp16 = body.op("Min", body.round_div_half_even(twice_n, body.op("Gather", table, q, axis=0), doubled=True),
+    exp16 = body.op("Min", body.round_div_half_even(twice_n, denominator, doubled=True),
                     body.const(2 ** (ref.EXP_BITS - 1) - 1))
     total = body.op("Max", body.reduce("ReduceSum", exp16), body.const(1))
     # y = floor(e f / 2**(32 - b)) with f = floor(2**32 / total) = f1 2**16 + f0, in int32: e <= total gives
