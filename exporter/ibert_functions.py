@@ -16,9 +16,11 @@ Integer building blocks, written once below and exact on every runtime:
   that integer Div (which truncates) only ever divides non-negative numbers;
 - round_half_even(n / d) for n >= 0: 2 * floor((2n + d) / 4d) + ((2n + d) mod 4d > 2d), one Div;
 - 2**k for 0 <= k <= 62: Gather from a constant table (no shifts);
-- the GEMM and requantization bodies, which only ONNX Runtime and onnx.reference run, divide by powers of
-  two with uint64 shifts instead: floor(n / 2**k) = ((uint64(n) + 2**63) >> k) - 2**(63 - k), an ONNX
-  cast wrapping modulo 2**64 (the Cast spec: "discard higher bits and reinterpret");
+- the GEMM and requantization bodies, which only ONNX Runtime and onnx.reference run, compute in uint64
+  modulo 2**64 (unsigned sums and products wrap in both; an integer cast keeps the low bits, the Cast spec's
+  "discard higher bits and reinterpret"): a signed int64 is its bit pattern, x + 2**63 maps int64 onto uint64
+  in order, so that BitShift floors, and round_half_even(N / 2**e) = floor((N + 2**(e-1) - 1 + b) / 2**e),
+  b the parity of floor(N / 2**e), is two shifts, a BitwiseAnd and two Adds (_Body.round_shift);
 - bit_length(n): the number of table entries n reaches (a ReduceSum of comparisons);
 """
 
@@ -90,27 +92,44 @@ class _Body:
         offset = self.const(2**offset_bits)
         return self.op("Sub", self.op("Div", self.op("Add", a, offset), divisor), self.op("Div", offset, divisor))
 
-    def round_div_half_even(self, n: str, d: str) -> str:
-        """round_half_even(n / d) for int64 n >= 0 and d > 0 with 2n + d and 4d below 2**63: one Div."""
-        numerator = self.op("Add", self.op("Mul", n, self.const(2)), d)
-        denominator = self.op("Mul", d, self.const(4))
-        quotient = self.op("Div", numerator, denominator)
-        remainder = self.op("Sub", numerator, self.op("Mul", quotient, denominator))
-        up = self.cast(self.op("Greater", remainder, self.op("Mul", d, self.const(2))), INT64)
-        return self.op("Add", self.op("Mul", quotient, self.const(2)), up)
+    def round_div_half_even(self, n: str, d: str, doubled: bool = False) -> str:
+        """round_half_even(n / d) for int64 n >= 0 and d > 0 with 2n + d and 4d below 2**63 (doubled: the first
+        argument is 2n), one Div: 2 floor((2n + d) / 4d) + ((2n + d) mod 4d > 2d)."""
+        twice_d = self.op("Add", d, d)
+        four_d = self.op("Add", twice_d, twice_d)
+        numerator = self.op("Add", n if doubled else self.op("Add", n, n), d)
+        quotient = self.op("Div", numerator, four_d)
+        remainder = self.op("Sub", numerator, self.op("Mul", quotient, four_d))
+        up = self.cast(self.op("Greater", remainder, twice_d), INT64)
+        return self.op("Add", self.op("Add", quotient, quotient), up)
 
-    # -- uint64 shifts (the GEMM and requantization bodies only: ONNX Runtime and onnx.reference) -----
+    # -- uint64 arithmetic (the GEMM and requantization bodies only: ONNX Runtime and onnx.reference) --
 
     def u64(self, value: int) -> str:
-        return self.const(value, np.uint64)
+        return self.const(value % 2**64, np.uint64)
 
-    def floor_shift(self, n: str, k: str) -> tuple[str, str]:
-        """(floor(n / 2**k) + 2**(63-k), n mod 2**k), both uint64, for int64 n and 1 <= k <= 62 per element, by
-        an unsigned shift: uint64(n) + 2**63 maps int64 onto uint64 keeping the order (ONNX casts integers
-        modulo 2**64), and 2**63 is a multiple of 2**k."""
-        unsigned = self.op("Add", self.cast(n, UINT64), self.u64(2**63))
-        quotient = self.op("BitShift", unsigned, k, direction="RIGHT")
-        return quotient, self.op("Sub", unsigned, self.op("BitShift", quotient, k, direction="LEFT"))
+    def shift_right(self, n: str, k: str) -> str:
+        return self.op("BitShift", n, k, direction="RIGHT")
+
+    def shift_left(self, n: str, k: str) -> str:
+        return self.op("BitShift", n, k, direction="LEFT")
+
+    def low_bits(self, n: str, bits: int) -> str:
+        """n mod 2**bits for uint64 n, by two shifts (BitwiseAnd is opset 18; the exports' default is 17)."""
+        k = self.u64(64 - bits)
+        return self.shift_right(self.shift_left(n, k), k)
+
+    def round_shift(self, n: str, e: str) -> str:
+        """round_half_even(N / 2**e) + 2**(63 - e) as uint64, where n is the uint64 pattern of an int64 N with
+        |N| + 2**(e-1) < 2**63, for int64 1 <= e <= 61 (per element).
+
+        floor((N + 2**(e-1) - 1 + b) / 2**e) with b the parity of floor(N / 2**e) (bit e of n) rounds half to
+        even: a tie N = (2t + 1) 2**(e-1) gives t + b. Adding 2**63 too maps N onto [0, 2**64) in order, so an
+        unsigned shift floors; 2**63 is a multiple of 2**e, whence the offset 2**(63 - e)."""
+        parity = self.shift_right(self.shift_left(n, self.cast(self.op("Sub", self.const(63), e), UINT64)), self.u64(63))
+        half = self.cast(self.op("Sub", self.pow2(self.op("Sub", e, self.const(1))), self.const(1)), UINT64)
+        offset = self.op("Add", half, self.u64(2**63))  # constant per channel
+        return self.shift_right(self.op("Add", self.op("Add", n, offset), parity), self.cast(e, UINT64))
 
     def reduce(self, op_type: str, x: str) -> str:
         """Reduce over the last axis, keepdims; axes a Constant [-1] (an attribute before opset 18 for ReduceMax)."""
@@ -148,40 +167,60 @@ def _int_gelu(body: _Body) -> str:
     b_int, c_int = body.attribute("b_int", "ints"), body.attribute("c_int", "ints")
     shift_int = body.attribute("shift_int", "ints")
     # as the reference's int_gelu (|erf| < 2**62: gelu_constants checks it)
+    # min(|x|, -b) + b and sign(x) in int32 (|b_int| < 2**23: gelu_constants bounds c_int ~ b_int**2 by 2**46), on x
+    # clamped to [b, -b] first (|x| of -2**31 is not an int32)
     x = body.cast("X", INT64)
-    abs_int = body.op("Min", body.op("Abs", x), body.op("Neg", b_int))
-    shifted = body.op("Add", abs_int, b_int)
-    erf_int = body.op("Mul", body.op("Sign", x), body.op("Add", body.op("Mul", shifted, shifted), c_int))
-    sigmoid_int = body.floor_div_pow2(erf_int, body.const(2**ref.GELU_SHIFT_BITS), 62)
-    return body.op("Neg", body.op("Mul", x, body.op("Add", sigmoid_int, shift_int)))
+    b32 = body.cast(b_int, INT32)
+    clamped = body.op("Max", body.op("Min", body.cast("X", INT32), body.op("Neg", b32)), b32)
+    shifted = body.cast(body.op("Add", body.op("Abs", clamped), b32), INT64)
+    sign = body.cast(body.op("Max", body.op("Min", clamped, body.const(1, np.int32)), body.const(-1, np.int32)), INT64)
+    erf_int = body.op("Mul", sign, body.op("Add", body.op("Mul", shifted, shifted), c_int))
+    # -(x (floor(erf / 2**14) + shift_int)) = x (O / 2**14 - shift_int - floor((erf + O) / 2**14)), O = 2**62 (Div
+    # truncates: the offset makes its numerator non-negative), the constants in one vector
+    divisor = body.const(2**ref.GELU_SHIFT_BITS)
+    offset = body.const(2**62)
+    constant = body.op("Sub", body.op("Div", offset, divisor), shift_int)
+    return body.op("Mul", x, body.op("Sub", constant, body.op("Div", body.op("Add", erf_int, offset), divisor)))
 
 
 def _int_softmax(body: _Body) -> str:
     x0_int, b_int, c_int = (body.attribute(name, "int") for name in ("x0_int", "b_int", "c_int"))
     mantissa, exponent = body.attribute("exp_mantissa", "int"), body.attribute("exp_exponent", "int")
     output_bits = body.attribute("output_bits", "int")
-    # x - max(x) over the last axis, clamped at 30 x0 (exp < 2**-30)
-    x = body.cast("X", INT64)
-    floor = body.op("Mul", body.const(ref.EXP_MAX_Q), x0_int)
-    x = body.op("Max", body.op("Sub", x, body.reduce("ReduceMax", x)), floor)
-    # i-exp: x = -q ln2 + r, z = exp(r) as a polynomial; x in [30 x0, 0] is an int32 (softmax_constants checks
-    # 30 |x0| < 2**31), x <= 0 and x0 < 0: Div truncates = floors
-    x32, x0_32 = body.cast(x, INT32), body.cast(x0_int, INT32)
-    q = body.op("Div", x32, x0_32)
-    r = body.cast(body.op("Sub", x32, body.op("Mul", x0_32, q)), INT64)
-    zero = body.const(0)
-    z = body.op("Max", body.op("Add", body.op("Mul", body.op("Add", r, b_int), r), c_int), zero)
-    # 16-bit requantization: round_half_even(z * 2**(30 - q) / (M * 2**E)), the power of two on either side
-    k = body.op("Sub", body.op("Sub", body.const(ref.EXP_SHIFT_BITS), body.cast(q, INT64)), exponent)
-    power = body.pow2(body.op("Abs", k))
-    up = body.op("Less", zero, k)
-    numerator = body.op("Where", up, body.op("Mul", z, power), z)
-    denominator = body.op("Where", up, mantissa, body.op("Mul", mantissa, power))
-    exp16 = body.op("Min", body.round_div_half_even(numerator, denominator), body.const(2 ** (ref.EXP_BITS - 1) - 1))
+    # d = max(x) - max(x, max(x) + 30 x0) over the last axis: -(x - max(x)) clamped at -30 x0 (exp < 2**-30),
+    # in int32 (the bound at max(x) + 30 x0 < -2**31 is -2**31 instead, which no int32 is below)
+    x = body.cast("X", INT32)
+    top = body.reduce("ReduceMax", x)
+    floor = body.op("Add", body.cast(top, INT64), body.op("Mul", body.const(ref.EXP_MAX_Q), x0_int))
+    floor = body.cast(body.op("Max", floor, body.const(ref.INT32_MIN)), INT32)
+    d = body.op("Sub", top, body.op("Max", x, floor))
+    # i-exp: x = -q ln2 + r with q = floor(d / |x0|) (d in [0, 30 |x0|], an int32: softmax_constants checks
+    # 30 |x0| < 2**31) and r = -(d - q |x0|), z = max((r + b) r + c, 0) = max(s (s - b) + c, 0) for s = -r
+    period = body.cast(body.op("Neg", x0_int), INT32)
+    q = body.op("Div", d, period)
+    s = body.cast(body.op("Sub", d, body.op("Mul", q, period)), INT64)
+    z = body.op("Max", body.op("Add", body.op("Mul", s, body.op("Sub", s, b_int)), c_int), body.const(0))
+    # 16-bit requantization: round_half_even(z 2**(30 - q - E) / M) = round_half_even(n / d) with n = z 2**A and
+    # d = M 2**(A - 30 + E + q), A = max(30 - E, 0): the per-element power of two only in d, 2**q from an int32
+    # table (a Gather of int32 costs ONNX Runtime less than one of int64), then times the constant M 2**(A - 30 + E)
+    # (n < 2**60 and 4 d < 2**62: softmax_constants checks 2**A c and M 2**max(E, 0) against 2**60)
+    numerator_shift = body.op("Max", body.op("Sub", body.const(ref.EXP_SHIFT_BITS), exponent), body.const(0))
+    base = body.op("Mul", mantissa, body.pow2(body.op("Max", body.op("Sub", exponent, body.const(ref.EXP_SHIFT_BITS)), body.const(0))))
+    power = body.op("Gather", body.vector([2**i for i in range(ref.EXP_MAX_Q + 1)], np.int32), q, axis=0)
+    denominator = body.op("Mul", body.cast(power, INT64), base)
+    twice_n = body.op("Mul", z, body.pow2(body.op("Add", numerator_shift, body.const(1))))
+    exp16 = body.op("Min", body.round_div_half_even(twice_n, denominator, doubled=True),
+                    body.const(2 ** (ref.EXP_BITS - 1) - 1))
     total = body.op("Max", body.reduce("ReduceSum", exp16), body.const(1))
+    # y = floor(e f / 2**(32 - b)) with f = floor(2**32 / total) = f1 2**16 + f0, in int32: e <= total gives
+    # e f1 <= 2**16, and e f0 < 2**31; floor(e f / 2**(32 - b)) = floor((e f1 + floor(e f0 / 2**16)) / 2**(16 - b))
     factor = body.op("Div", body.const(2**ref.SOFTMAX_SUM_BITS), total)
-    y = body.op("Div", body.op("Mul", exp16, factor), body.pow2(body.op("Sub", body.const(ref.SOFTMAX_SUM_BITS), output_bits)))
-    return body.cast(y, INT32)
+    factor_high = body.op("Div", factor, body.const(2**16))
+    factor_low = body.cast(body.op("Sub", factor, body.op("Mul", factor_high, body.const(2**16))), INT32)
+    e = body.cast(exp16, INT32)
+    low = body.op("Div", body.op("Mul", e, factor_low), body.const(2**16, np.int32))
+    scaled = body.op("Add", body.op("Mul", e, body.cast(factor_high, INT32)), low)
+    return body.op("Div", scaled, body.cast(body.pow2(body.op("Sub", body.const(16), output_bits)), INT32))
 
 
 def _int_layernorm(body: _Body) -> str:
@@ -200,8 +239,10 @@ def _int_layernorm(body: _Body) -> str:
     variance = body.reduce("ReduceSum", body.op("Mul", y_shifted, y_shifted))
     std = body.op("Mul", body.op("Max", body.isqrt(variance), body.const(1)), scale)
     factor = body.op("Div", body.const(2**ref.LAYERNORM_FACTOR_BITS), std)
-    normalized = body.floor_div_pow2(body.op("Mul", y, factor), body.const(2))  # |y * factor| < 2**32
-    return body.op("Add", normalized, bias_int)
+    # floor(y factor / 2) + bias_int = Div(y factor + O, 2) + (bias_int - O / 2), |y factor| < 2**32 < O = 2**40
+    offset = body.const(2**_OFFSET_BITS)
+    shifted = body.op("Add", body.op("Mul", y, factor), offset)
+    return body.op("Add", body.op("Div", shifted, body.const(2)), body.op("Sub", bias_int, body.const(2 ** (_OFFSET_BITS - 1))))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -229,65 +270,79 @@ def _int_matmul_wide(body: _Body) -> str:
     two u8 x u8 MatMulIntegers, hi's with zero point 128, added exactly in int64."""
     shifted = body.op("Add", body.cast("A", INT32), body.const(2**15, np.int32))  # non-negative: Div floors
     high = body.op("Div", shifted, body.const(256, np.int32))
-    low = body.op("Sub", shifted, body.op("Mul", high, body.const(256, np.int32)))
     b = _uint8_b(body)
     zero_point = body.const(128, np.uint8)
     high_product = body.op("MatMulInteger", body.cast(high, UINT8), b, zero_point, zero_point)
-    low_product = body.op("MatMulInteger", body.cast(low, UINT8), b, body.const(0, np.uint8), zero_point)
+    # the low byte: the cast to uint8 keeps the low 8 bits
+    low_product = body.op("MatMulInteger", body.cast(shifted, UINT8), b, body.const(0, np.uint8), zero_point)
     return body.op("Add", body.op("Mul", body.cast(high_product, INT64), body.const(256)), body.cast(low_product, INT64))
 
 
-def _rescale_small(body: _Body, x: str, multiplier: str, shift: str) -> str:
-    """round_half_even(x * m / 2**e) for |x| < 3 * 2**30 (one int64 product n = x m + 2**(e-1), |n| < 2**63):
-    2 floor(n / 2**(e+1)) + (n mod 2**(e+1) > 2**e), for either sign of x and m (a LayerNorm channel with a
-    negative weight has m < 0), the floor by an unsigned shift."""
-    n = body.op("Add", body.op("Mul", x, multiplier), body.pow2(body.op("Sub", shift, body.const(1))))
-    k = body.cast(body.op("Add", shift, body.const(1)), UINT64)
-    quotient, remainder = body.floor_shift(n, k)  # remainder in [0, 2**(e+1))
-    up = body.cast(body.op("Greater", remainder, body.cast(body.pow2(shift), UINT64)), UINT64)
-    doubled = body.op("Add", body.op("BitShift", quotient, body.u64(1), direction="LEFT"), up)
-    # quotient carries the offset 2**63 / 2**(e+1): twice it is 2**(63 - e)
-    return body.op("Sub", body.cast(doubled, INT64), body.pow2(body.op("Sub", body.const(63), shift)))
+# Each rescale returns (u, offset), uint64: the rescaled integer is u - offset modulo 2**64 (offset a constant,
+# per channel or per tensor), so that Requantize moves both terms onto one offset, 2**63, with one Add.
 
 
-def _rescale_wide(body: _Body, x: str, multiplier: str, shift: str) -> str:
-    """round_half_even(x * m / 2**e) for |x| < 2**62 and e >= 30, in uint64 on |x| and |m|: |x| |m| = H 2**31 + L
-    in two 31-bit limbs, then 2 floor(n / 2**(e+1)) + (n mod 2**(e+1) > 2**e) with n = H 2**31 + L + 2**(e-1)."""
-    sign = body.op("Mul", body.op("Sign", x), body.op("Sign", multiplier))
-    m = body.cast(body.op("Abs", multiplier), UINT64)
-    a = body.cast(body.op("Abs", x), UINT64)
-    limb = body.u64(31)
-
-    def split(value: str) -> tuple[str, str]:  # (value >> 31, value mod 2**31)
-        high = body.op("BitShift", value, limb, direction="RIGHT")
-        return high, body.op("Sub", value, body.op("BitShift", high, limb, direction="LEFT"))
-
-    a_high, a_low = split(a)
-    p_high, p_low = split(body.op("Mul", a_low, m))  # al m < 2**62
-    high = body.op("Add", body.op("Mul", a_high, m), p_high)
-    carry, low = split(body.op("Add", p_low, body.cast(body.pow2(body.op("Sub", shift, body.const(1))), UINT64)))
-    high = body.op("Add", high, carry)
-    # floor(n / 2**(e+1)) = high >> (e - 30); the remainder (high mod 2**(e-30)) 2**31 + low < 2**(e+1)
-    k = body.cast(body.op("Sub", shift, body.const(30)), UINT64)
-    quotient = body.op("BitShift", high, k, direction="RIGHT")
-    rest = body.op("Sub", high, body.op("BitShift", quotient, k, direction="LEFT"))
-    remainder = body.op("Add", body.op("BitShift", rest, limb, direction="LEFT"), low)
-    up = body.cast(body.op("Greater", remainder, body.cast(body.pow2(shift), UINT64)), UINT64)
-    magnitude = body.op("Add", body.op("BitShift", quotient, body.u64(1), direction="LEFT"), up)
-    return body.op("Mul", body.cast(magnitude, INT64), sign)
+def _rescale_small(body: _Body, x: str, multiplier: str, shift: str) -> tuple[str, str]:
+    """round_half_even(x * m / 2**e) for |x| < 3 * 2**30: the product is one int64 (|x m| + 2**(e-1) < 2**63),
+    for either sign of x and m (a LayerNorm channel with a negative weight has m < 0), multiplied in uint64
+    (a product modulo 2**64 is the int64 product's bit pattern)."""
+    n = body.op("Mul", body.cast(x, UINT64), body.cast(multiplier, UINT64))
+    rounded = body.round_shift(n, shift)
+    return rounded, body.cast(body.pow2(body.op("Sub", body.const(63), shift)), UINT64)
 
 
-def _requantize_with(rescale: Callable[[_Body, str, str, str], str]) -> Callable[[_Body], str]:
+def _rescale_wide(body: _Body, x: str, multiplier: str, shift: str) -> tuple[str, str]:
+    """round_half_even(x * m / 2**e) for |x| < 2**62 and 30 <= e <= 61, in uint64 on x' = x + 2**62 in (0, 2**63)
+    and M = |m|: x * m = sign(m) (x' M - K) with K = M 2**(62 - e) even, so round(x m / 2**e) =
+    sign(m) (round(x' M / 2**e) - K) (round half to even commutes with an even shift and with negation).
+
+    x' = ah 2**30 + al gives x' M = H 2**30 + L (H = ah M + floor(al M / 2**30) < 2**64, L < 2**30), and
+    round(x' M / 2**e) = floor((H + floor((L + 2**(e-1) - 1 + b) / 2**30)) / 2**(e-30)), b = bit e - 30 of H
+    (the parity, as in _Body.round_shift). M = 2**31 with e >= 31 is taken as (2**30, e - 1), the same
+    ratio, so that H + floor(...) stays below 2**64 even at |x| = 2**62 - 1."""
+    x_shifted = body.op("Add", body.cast(x, UINT64), body.u64(2**62))
+    # constants per channel: M and e (normalized), K
+    magnitude = body.op("Abs", multiplier)
+    top = body.cast(body.op("And", body.op("Equal", magnitude, body.const(2**31)),
+                            body.op("Greater", shift, body.const(30))), INT64)
+    shift = body.op("Sub", shift, top)
+    m = body.cast(body.op("Div", magnitude, body.op("Add", top, body.const(1))), UINT64)
+    k = body.cast(body.op("Mul", body.op("Div", magnitude, body.op("Add", top, body.const(1))),
+                          body.pow2(body.op("Sub", body.const(62), shift))), UINT64)
+    # the rescaled integer sign(m) (R - K) = sign(m) R - sign(m) K: u - offset modulo 2**64, sign(m) = -1 being
+    # 2**64 - 1 (no uint64 Where in ONNX Runtime 1.32)
+    sign = body.cast(body.op("Sign", multiplier), UINT64)
+    offset = body.op("Mul", k, sign)
+    # the product in two limbs
+    limb = body.u64(30)
+    a_high, a_low = body.shift_right(x_shifted, limb), body.low_bits(x_shifted, 30)
+    p = body.op("Mul", a_low, m)
+    high = body.op("Add", body.op("Mul", a_high, m), body.shift_right(p, limb))
+    low = body.low_bits(p, 30)
+    s = body.cast(body.op("Sub", shift, body.const(30)), UINT64)
+    parity = body.shift_right(body.shift_left(high, body.cast(body.op("Sub", body.const(93), shift), UINT64)), body.u64(63))
+    half = body.cast(body.op("Sub", body.pow2(body.op("Sub", shift, body.const(1))), body.const(1)), UINT64)
+    carry = body.shift_right(body.op("Add", body.op("Add", low, half), parity), limb)
+    rounded = body.shift_right(body.op("Add", high, carry), s)
+    return body.op("Mul", rounded, sign), offset
+
+
+def _requantize_with(rescale: Callable[[_Body, str, str, str], tuple[str, str]]) -> Callable[[_Body], str]:
     def build(body: _Body) -> str:
         output_bits = body.attribute("output_bits", "int")
-        x = rescale(body, body.cast("X", INT64), body.attribute("multiplier", "ints"), body.attribute("shift", "ints"))
-        identity = _rescale_small(
-            body, body.cast("Identity", INT64), body.attribute("identity_multiplier", "int"),
-            body.attribute("identity_shift", "int"),
+        x, x_offset = rescale(body, "X", body.attribute("multiplier", "ints"), body.attribute("shift", "ints"))
+        identity, identity_offset = _rescale_small(
+            body, "Identity", body.attribute("identity_multiplier", "int"), body.attribute("identity_shift", "int"),
         )
-        half = body.pow2(body.op("Sub", output_bits, body.const(1)))
-        low, high = body.op("Neg", half), body.op("Sub", half, body.const(1))
-        return body.cast(body.op("Clip", body.op("Add", x, identity), low, high), INT32)
+        # sum + 2**63: the identity term and the constants in one tensor (a constant when Identity is the
+        # scalar 0 of a node without one), then one Add; the clip bounds are then scalars, and the int32
+        # cast drops the offset (a multiple of 2**32)
+        correction = body.op("Sub", body.u64(2**63), body.op("Add", x_offset, identity_offset))
+        total = body.op("Add", x, body.op("Add", identity, correction))
+        half = body.cast(body.pow2(body.op("Sub", output_bits, body.const(1))), UINT64)
+        low = body.op("Sub", body.u64(2**63), half)
+        high = body.op("Sub", body.op("Add", body.u64(2**63), half), body.u64(1))
+        return body.cast(body.op("Clip", total, low, high), INT32)
 
     return build
 

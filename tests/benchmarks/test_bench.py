@@ -178,3 +178,23 @@ def test_results_inside_the_exports_are_refused(tmp_path, capsys):
     assert raised.value.code == 2
     assert f"--output {exports / 'results'} lies inside the input --exports {exports}" in capsys.readouterr().err
     assert not exports.exists()
+
+
+def test_side_by_side_times_exports_in_turns(tiny_exports, tmp_path, capsys):
+    """benchmarks.side_by_side: every export is called as often as the others (taking turns), the ratios are
+    to the first, and the JSON says so; a directory without model.onnx is refused by name."""
+    from benchmarks.side_by_side import main
+
+    float_dir, qdq_dir = tiny_exports
+    out = tmp_path / "side.json"
+    args = ["--batch", "2", "--sequence", "16", "--rounds", "3", "--threads", "1", "--output", str(out)]
+    assert main([str(float_dir), str(qdq_dir), *args]) == 0
+    result = json.loads(out.read_text())
+    rows = result["exports"]
+    assert [row["path"] for row in rows] == [str(float_dir), str(qdq_dir)]
+    assert [row["calls"] for row in rows] == [3, 3]
+    assert rows[0]["x_first"] == 1.0
+    assert rows[1]["x_first"] == pytest.approx(rows[1]["median_ms"] / rows[0]["median_ms"], abs=1e-3)
+    assert "load average" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no model.onnx"):
+        main([str(tmp_path), str(qdq_dir), *args])

@@ -164,6 +164,92 @@ def test_requantize_bodies_are_the_reference(case, opset):
     assert np.mean(np.abs(expected) < 2 ** (attributes["output_bits"] - 1) - 1) > 0.5  # mostly not saturated
 
 
+def run_body(op_type: str, feeds: dict[str, np.ndarray], attributes: dict, opset: int) -> dict[str, np.ndarray]:
+    """One op's body on `feeds` in ONNX Runtime (optimizations off and all) and onnx.reference, by name."""
+    model = single_op_model(op_type, feeds, attributes, opset)
+    results = {"onnx.reference": ReferenceEvaluator(model).run(None, feeds)[0]}
+    for level, value in LEVELS.items():
+        options = ort.SessionOptions()
+        options.graph_optimization_level = value
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        results[f"ONNX Runtime, optimizations {level}"] = session.run(None, feeds)[0]
+    return results
+
+
+def requantize_edges(wide: bool) -> tuple[np.ndarray, list[int], list[int]]:
+    """X at the op's bound, 0 and ties, against multipliers at +-2**31, +-2**30, odd and 0 and the shifts at
+    the ends of their range (1 or 30, 31, 61): rows of x, per-channel (multiplier, shift)."""
+    bound = ref.REQUANTIZE_WIDE_INPUT_BOUND if wide else ref.REQUANTIZE_INPUT_BOUND
+    shifts = [30, 31, 45, 61] if wide else [1, 2, 30, 31, 61]
+    multipliers = [2**31, -(2**31), 2**30, -(2**30) - 1, 2**31 - 1, 1_234_567_891, 0]
+    channels = [(m, e) for m in multipliers for e in shifts]
+    # the largest |x| whose rescaled value stays in the contract's int64 (|x m / 2**e| < 2**62: rescale checks it)
+    limits = [min(bound - 1, 2 ** (61 + e) // max(abs(m), 1)) for m, e in channels]
+    rows = [limits, [-v for v in limits], [0] * len(channels), [1] * len(channels), [-1] * len(channels)]
+    for sign in (1, -1):  # ties: x m = (2t + 1) 2**(e-1) for the odd t and the even t next to it
+        for t in (0, 1, 2, 3):
+            row = []
+            for (m, e), limit in zip(channels, limits):
+                # x = (2t + 1) 2**(e-1) / m when m is a power of two, else x = 0 (no tie for that channel)
+                magnitude = abs(m)
+                tie = (2 * t + 1) * 2 ** (e - 1)
+                fits = magnitude and tie % magnitude == 0 and tie // magnitude <= limit
+                row.append(sign * tie // magnitude if fits else 0)
+            rows.append(row)
+    rng = np.random.default_rng(7)
+    rows += (rng.uniform(-1, 1, (6, len(channels))) * np.asarray(limits, np.float64)).astype(np.int64).tolist()
+    return np.asarray(rows, np.int64), [m for m, _ in channels], [e for _, e in channels]
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+@pytest.mark.parametrize("wide", [False, True])
+def test_requantize_bodies_at_the_bounds_of_their_integers(wide, opset):
+    """The uint64 rescales against the exact (Python integer) rescale, x at the bound the static checks allow,
+    every multiplier and shift the contract allows at its ends, ties of both signs, with and without identity."""
+    x, multipliers, shifts = requantize_edges(wide)
+    op = "RequantizeWide" if wide else "Requantize"
+    identity_bound = ref.REQUANTIZE_INPUT_BOUND
+    identity = np.resize(np.array([identity_bound - 1, -(identity_bound - 1), 0, 3, -3, 2**29 + 1], np.int64), x.shape)
+    for identity_multiplier, identity_shift, feed in [(0, 31, np.zeros((), np.int32)), (-(2**31), 61, identity),
+                                                      (2**30 + 7, 1, identity), (2**31, 30, identity)]:
+        for bits in (8, 32):
+            attributes = {
+                "input_scale": [1.0], "identity_scale": 0.0, "output_scale": [1.0], "output_bits": bits,
+                "multiplier": multipliers, "shift": shifts, "identity_multiplier": identity_multiplier,
+                "identity_shift": identity_shift,
+            }
+            total = ref.rescale(x, np.asarray(multipliers), np.asarray(shifts)).astype(object)
+            if feed.ndim:
+                total = total + ref.rescale(feed, identity_multiplier, identity_shift).astype(object)
+            low, high = ref.signed_range(bits)
+            expected = np.clip(total, low, high).astype(np.int32)
+            for where, got in run_body(op, {"X": x, "Identity": feed}, attributes, opset).items():
+                np.testing.assert_array_equal(got, expected, err_msg=f"{op} {where}, identity ({identity_multiplier}, "
+                                                                     f"{identity_shift}), {bits} bits")
+
+
+@pytest.mark.parametrize("opset", OPSETS)
+@pytest.mark.parametrize(("scale", "exp_factor"), [(1e-6, 1.0), (3e-6, 1.0), (0.5, 1.0), (0.02, 1e-3), (0.02, 40.0)])
+def test_int_softmax_body_at_the_bounds_of_its_integers(scale, exp_factor, opset):
+    """IntSoftmax where its integers are largest: the finest input scale the constants allow (c_int ~ 2**41, the
+    exponent E above 30), a coarse one (q reaching its clamp at 30), an exp_scale far off (all exp16 saturated
+    at 2**15 - 1, or mostly 0), rows spanning the whole int32 range."""
+    exp_scale = float(np.float32(ref.natural_exp_scale(scale) * exp_factor))
+    attributes = with_constants("IntSoftmax", ref.softmax_attributes(scale, exp_scale, 8))
+    rng = np.random.default_rng(3)
+    x0 = -attributes["x0_int"]
+    x = rng.integers(-40 * x0, 1, (3, 4, 64)).astype(np.int64)
+    x[0, 0] = np.linspace(ref.INT32_MIN, ref.INT32_MAX, 64).astype(np.int64)  # the whole int32 range in one row
+    x[0, 1] = ref.INT32_MAX
+    x[0, 2, ::2] = ref.INT32_MIN
+    x[1] += rng.integers(ref.INT32_MIN + 40 * x0, ref.INT32_MAX, (4, 1))  # rows far from 0, either sign
+    x[2, :, :31] = -np.arange(31) * x0  # one exp per q in 0..30 (r = 0) and their neighbours below
+    x[2, :, 31:62] = -np.arange(31) * x0 - 1
+    expected = ref.integer_op("IntSoftmax", x, **attributes)
+    for where, got in run_body("IntSoftmax", {"X": x.astype(np.int32)}, attributes, opset).items():
+        np.testing.assert_array_equal(got, expected, err_msg=where)
+
+
 def test_function_defaults_and_contract():
     softmax = ibert_function("IntSoftmax", 17)
     assert (softmax.domain, softmax.name) == ("ibert", "IntSoftmax")

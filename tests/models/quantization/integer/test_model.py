@@ -232,6 +232,33 @@ def test_an_overflowing_requantization_is_refused_with_the_layer_and_the_fix():
         requantize(wide, np.array([1e-4], np.float32), 22, layer="layer.3.output")  # ratio 10: it would leave int64
 
 
+def test_a_requantization_onto_its_own_grid_and_bits_adds_no_op():
+    """Ratio exactly 1 and x within the output's bits: FixedPointMul is the identity, so no ibert::requantize
+    runs (no ONNX node); the integers equal the reference's. Out of range, or another grid, it does run."""
+    from models.quantization.integer import modules
+    from trt_runtime.contract import ibert as ref
+
+    scale = np.array([2.5e-3], np.float32)
+    values = torch.tensor([[-128, -1, 0, 1, 127]], dtype=torch.int32)
+    calls = []
+    original = torch.ops.ibert.requantize
+
+    def counting(*args):
+        calls.append(args)
+        return original(*args)
+
+    in_range = modules.IntegerTensor(values, scale, 2**7, top=2**7 - 1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(modules.torch.ops.ibert, "requantize", counting)
+        same = modules.requantize(in_range, scale, 8)
+        assert calls == []
+        np.testing.assert_array_equal(same.values.numpy(), ref.requantize(values.numpy(), scale, scale, 8))
+        assert (same.bound, same.top) == (2**7, 2**7 - 1)
+        modules.requantize(modules.IntegerTensor(values * 2, scale, 2**8), scale, 8)  # beyond 8 bits: clipped
+        modules.requantize(in_range, scale * np.float32(1.5), 8)  # another grid
+    assert len(calls) == 2
+
+
 def test_fine_tuning_gets_straight_through_gradients(tmp_path):
     hf_calibrated(tmp_path, "text-classification")
     ours = models.load(tmp_path, task="text-classification").train()
