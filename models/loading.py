@@ -299,14 +299,43 @@ def _check_weight(
             converted.setdefault(str(value.dtype).removeprefix("torch."), []).append(key)
 
 
+#: a smoothed qdq checkpoint's per-linear divisor (SmoothQuant; its weights are W diag(s))
+_SMOOTHING_SUFFIX = "._input_quantizer._smoothing_scale"
+
+
 def load_quantization_state(model: TaskModel, state: Mapping[str, torch.Tensor]) -> None:
     """Quantizer amax / I-BERT ranges stored in the checkpoint (QDQBERT, I-BERT quant_mode checkpoints)."""
     quant_state = {k: v for k, v in state.items() if _is_optional(k, CALIBRATION_STATE_SUFFIXES)}
+    if model.quantization != "qdq":
+        _unsmooth_weights(model, quant_state)
     if not quant_state or model.quantization == "none":
         return
     from models.quantization import load_quantization_state as load_into
 
     load_into(model, quant_state)
+
+
+def _unsmooth_weights(model: TaskModel, state: Mapping[str, torch.Tensor]) -> None:
+    """A smoothed qdq checkpoint (saved after QAT with SmoothQuant) loaded as float or integer: its weights are
+    W diag(s) and only a qdq model divides its inputs by s, so divide the weights' columns by s here (the float
+    function again, to float32 rounding)."""
+    own = model.state_dict()
+    folded = []
+    for key, scale in state.items():
+        if not key.endswith(_SMOOTHING_SUFFIX):
+            continue
+        weight = own.get(key.removesuffix(_SMOOTHING_SUFFIX) + ".weight")
+        if weight is None or weight.shape[-1] != scale.numel():
+            raise CheckpointError(
+                f"{key}: a smoothing scale for no linear layer of this model",
+                fix="load the checkpoint with quantization='qdq', the mode it was saved in",
+            )
+        with torch.no_grad():
+            weight.div_(scale.to(weight.dtype).reshape(-1))
+        folded.append(key.removesuffix(_SMOOTHING_SUFFIX))
+    if folded:
+        logger.info("smoothed checkpoint loaded as %s: SmoothQuant's scales folded back out of %d weights",
+                    model.quantization, len(folded))
 
 
 def _tie_groups(model: TaskModel) -> list[list[str]]:

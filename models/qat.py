@@ -269,7 +269,9 @@ def save_checkpoint(model: TaskModel, tokenizer_dir: str | os.PathLike, out_dir:
     """Write a Hugging Face checkpoint directory: config.json, model.safetensors, tokenizer files.
 
     The weights include every quantizer's `_amax`, so `models.load(out_dir, quantization="qdq")` gives
-    back the same model; transformers loads it too (as a float model, ignoring the `_amax` keys).
+    back the same model; transformers loads it too (as a float model, ignoring the `_amax` keys), except
+    after SmoothQuant: the weights are then W diag(s) and the `_smoothing_scale` keys hold s, which only
+    `models.load` applies (in any mode; transformers would compute with the scaled weights).
     Written in a temporary sibling directory and renamed into place.
     """
     from safetensors.torch import save_model

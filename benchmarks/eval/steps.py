@@ -426,9 +426,10 @@ def dev_analysis(
     quantizers = named_quantizers(model)
     default_sites = set(quantizers) - set(select_quantizers(model, list(default_float_sites)))
     batches = calibration_set(ws)
-    if default_recipe.smoothing != "none":  # as the exporter does, before calibration (the float function is kept)
+    if default_recipe.smoothing != "none":  # as calibrate_model does: the float sites first, then smoothing
         from models.quantization.smoothing import smooth
 
+        _set_enabled(quantizers, default_sites)  # a site kept float is not smoothed
         smooth(model, batches, "auto" if default_recipe.smoothing == "auto" else float(default_recipe.smoothing),
                progress=ws.progress)
     chosen = [c for c in CALIBRATORS if c[0] in calibrators]

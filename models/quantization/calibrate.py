@@ -1,7 +1,8 @@
 """`python -m models.quantization.calibrate`: calibrate a checkpoint (qdq or integer) and write its calibration.json.
 
     python -m models.quantization.calibrate --model DIR --output FILE [--task T] [--quantization qdq|integer]
-        [--calibration-data P] [--calibration-method M] [--percentile P] [--keep-float SITE ... | --quantize-all]
+        [--calibration-data P] [--calibration-method M] [--percentile P] [--smoothing ALPHA|auto|none]
+        [--keep-float SITE ... | --quantize-all]
         [--force-dequant F] [--wide-activations SITE ...]
         [--num-calibration-samples N] [--calibration-batch-size B] [--calibration-max-length T]
 

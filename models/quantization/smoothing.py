@@ -179,9 +179,10 @@ def smooth(
     modules = dict(model.named_modules())
     sites = smoothing_sites(model)
     smoothed = [site for site in sites if modules[site.linears[0]].input_quantizer.smoothing_scale is not None]
-    if smoothed:  # a checkpoint saved smoothed (after QAT, say): its weights already carry its scales
-        logger.info("smoothing: %d site(s) keep the smoothing their checkpoint was saved with", len(smoothed))
-        sites = [site for site in sites if site not in smoothed]
+    if smoothed:  # a checkpoint saved smoothed (after QAT, say): its weights carry its scales, and the sites
+        # "auto" left unsmoothed then stay so (QAT trained on those grids): nothing is smoothed again
+        logger.info("smoothing: the checkpoint was saved smoothed (%d site(s)); its smoothing is kept", len(smoothed))
+        sites = []
     if not sites:  # SqueezeBERT's grouped convolutions, every site kept float, or all smoothed already
         logger.info("smoothing: no unsmoothed quantized query/key/value or FFN linear layers; nothing smoothed")
         return {}

@@ -36,7 +36,7 @@ QDQ_CASES = [
     pytest.param(*case, marks=() if case in FAST else pytest.mark.slow, id="-".join(case)) for case in CASES
 ]
 # keep_float=(): these tests check QDQBERT's full placement (every site quantized); the exporter's
-# default keeps residual adds and the FFN output input float (test_default_keeps_sensitive_sites_float)
+# default smooths and keeps the residual adds float (test_default_keeps_sensitive_sites_float)
 QUICK_CALIBRATION = QuantizationRecipe(mode="qdq", num_samples=8, batch_size=8, keep_float=())
 
 

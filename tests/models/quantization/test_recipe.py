@@ -58,6 +58,10 @@ def test_without_smoothing_the_ffn_output_input_stays_float():
     assert QuantizationRecipe(mode="qdq", smoothing="0.5").keep_float == ("residual-adds", "conv-ffn-output-input")
     assert QuantizationRecipe.default("qdq").replace(smoothing="none") == unsmoothed
     assert unsmoothed.replace(smoothing="auto") == QuantizationRecipe.default("qdq")
+    for chosen in ((), ("softmax-output",), ("residual-adds",)):  # chosen by hand: kept
+        for smoothing in ("none", "0.5", "auto"):
+            recipe = QuantizationRecipe(mode="qdq", keep_float=chosen, smoothing="auto" if smoothing == "none" else "none")
+            assert recipe.replace(smoothing=smoothing).keep_float == chosen
 
 
 def test_records_from_before_smoothing_read_back_unsmoothed():

@@ -124,7 +124,7 @@ def test_scales_match_modelopt_smoothquant_on_the_same_model_and_data(tiny):
 
 def test_smoothed_qdq_export_records_scales_merges_qkv_and_reloads_bitwise(tmp_path, tiny):
     directory, _ = tiny
-    recipe = QuantizationRecipe(mode="qdq", smoothing="auto", keep_float=("residual-adds",), num_samples=16, batch_size=8)
+    recipe = QuantizationRecipe(mode="qdq", num_samples=16, batch_size=8)  # the default: SmoothQuant auto
     out = exporter.export(directory, tmp_path / "out", task="feature-extraction", recipe=recipe, log=None)  # validates
     import json
 
@@ -183,5 +183,22 @@ def test_a_checkpoint_saved_smoothed_keeps_its_scales_when_calibrated_again(tmp_
     set_quantization(again, False)
     with torch.no_grad():
         got = again(**batches[0])["last_hidden_state"].double()
+        want = reference(**batches[0]).last_hidden_state.double()
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-5
+
+
+def test_a_smoothed_checkpoint_loaded_as_float_computes_the_original_model(tmp_path, tiny):
+    """Its weights are W diag(s); loaded as float (the exporter's default mode for a bert config) or integer,
+    models.load folds s back out, so the float function is the original checkpoint's."""
+    from models.qat import save_checkpoint
+
+    directory, reference = tiny
+    batches = _batches()
+    model = models.load(directory, task="feature-extraction", quantization="qdq")
+    assert smooth(model, batches, ALPHA, progress=False)
+    save_checkpoint(model, directory, tmp_path / "smoothed")
+    as_float = models.load(tmp_path / "smoothed", task="feature-extraction", quantization="none")
+    with torch.no_grad():
+        got = as_float(**batches[0])["last_hidden_state"].double()
         want = reference(**batches[0]).last_hidden_state.double()
     assert float((got - want).abs().max() / want.abs().max()) < 1e-5

@@ -660,8 +660,9 @@ def test_divisions_that_do_not_feed_only_constant_weight_matmuls_are_left_alone(
         assert model.SerializeToString() == before
 
 
-#: the smoothed exports' placements: the default (residual adds and the FFN output projection's input float:
-#: Q/K/V and FFN input smoothed), and every linear layer's input quantized (the FFN output projection smoothed too)
+#: the smoothed exports' placements: the unsmoothed default's sites (residual adds and the FFN output projection's
+#: input float: Q/K/V and FFN input smoothed), and the default's, every linear layer's input quantized (the FFN
+#: output projection smoothed too)
 SMOOTHED_PLACEMENTS = {"ffn-output-float": ("residual-adds", "ffn-output-input"), "residual-adds": ("residual-adds",)}
 
 
