@@ -30,10 +30,9 @@ def _ratio(timings: list[dict[str, Any]], model: str, batch: int, sequence: int)
 
 
 def add_ratios(results: dict[str, Any]) -> None:
-    for t in results["timings"]:
-        t["x_ort_float"] = round(
-            _ratio(results["timings"], t["model"], t["batch"], t["sequence"]).get(t["variant"], 0), 3
-        )
+    for t in results["timings"]:  # None where ort-float was not measured at that shape (no baseline)
+        ratio = _ratio(results["timings"], t["model"], t["batch"], t["sequence"]).get(t["variant"])
+        t["x_ort_float"] = round(ratio, 3) if ratio is not None else None
 
 
 def table(results: dict[str, Any]) -> str:
@@ -53,7 +52,8 @@ def table(results: dict[str, Any]) -> str:
         )
         lines.append(
             f"| {t['model']} | {t['batch']} x {t['sequence']} | {t['variant']} | {t['median_ms']:.1f} | "
-            f"{t['p90_ms']:.1f} | {t['throughput']:.1f} | {t['x_ort_float']:.2f} | "
+            f"{t['p90_ms']:.1f} | {t['throughput']:.1f} | "
+            f"{format(t['x_ort_float'], '.2f') if t['x_ort_float'] is not None else '–'} | "
             f"{accuracy if accuracy is not None else '–'} | {rss} | {variant.get('size_mb', float('nan')):.0f} |"
         )
     return "\n".join(lines)
@@ -210,7 +210,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             values = [
                 next(
                     (
-                        t["x_ort_float"]
+                        t["x_ort_float"] or 0
                         for t in rows
                         if t["variant"] == variant and (t["batch"], t["sequence"]) == s
                     ),

@@ -198,3 +198,22 @@ def test_side_by_side_times_exports_in_turns(tiny_exports, tmp_path, capsys):
     assert "load average" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no model.onnx"):
         main([str(tmp_path), str(qdq_dir), *args])
+
+
+def test_a_shape_without_ort_float_has_no_ratio_to_it():
+    """x ort-float is a ratio to ort-float at the same shape: without that row it is None ("–"), not 0."""
+    from benchmarks.report import add_ratios, table
+
+    timing = {"model": "minilm", "batch": 8, "sequence": 128, "median_ms": 10.0, "p90_ms": 11.0}
+    results = {
+        "timings": [
+            {**timing, "variant": "openvino-qdq", "throughput": 800.0},
+            {**timing, "batch": 1, "variant": "ort-float", "throughput": 100.0},
+            {**timing, "batch": 1, "variant": "ort-int8", "throughput": 250.0},
+        ],
+        "models": {"minilm": {"variants": {}}},
+    }
+    add_ratios(results)
+    assert [t["x_ort_float"] for t in results["timings"]] == [None, 1.0, 2.5]
+    rows = table(results).splitlines()[2:]
+    assert rows[0].split(" | ")[6] == "–" and rows[2].split(" | ")[6] == "2.50"
