@@ -430,8 +430,7 @@ def dev_analysis(
         from models.quantization.smoothing import smooth
 
         _set_enabled(quantizers, default_sites)  # a site kept float is not smoothed
-        smooth(model, batches, "auto" if default_recipe.smoothing == "auto" else float(default_recipe.smoothing),
-               progress=ws.progress)
+        smooth(model, batches, str(default_recipe.smoothing), progress=ws.progress)
     chosen = [c for c in CALIBRATORS if c[0] in calibrators]
     if not chosen:
         raise EvalError(

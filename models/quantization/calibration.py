@@ -109,7 +109,7 @@ def calibrate_model(
         if recipe.smoothing != "none":  # before calibration: the quantizers calibrate on the smoothed inputs
             from models.quantization.smoothing import smooth
 
-            smooth(model, batches, "auto" if recipe.smoothing == "auto" else float(str(recipe.smoothing)), progress=progress)
+            smooth(model, batches, str(recipe.smoothing), progress=progress)  # "auto" or a strength ("0.5")
         percentile = recipe.percentile if recipe.percentile is not None else DEFAULT_PERCENTILE  # unused then
         calibrate(model, batches, str(recipe.calibration_method), percentile, data=data, progress=progress)
         applied = recipe

@@ -174,7 +174,8 @@ def smooth(
     *, progress: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Measure each site's input on `batches` (float model), choose the scales and apply them; returns
-    linear name -> s. alpha: the migration strength in [0, 1], or "auto" (per site, see the module docstring).
+    linear name -> s. alpha: the migration strength in [0, 1] (a number, or its string as the recipe keeps it),
+    or "auto" (per site, see the module docstring).
     Run before calibration: the activation quantizers then calibrate on the smoothed inputs."""
     modules = dict(model.named_modules())
     sites = smoothing_sites(model)
