@@ -73,7 +73,9 @@ VARIANTS = (
     "ort-integer",
 )
 #: measured only when asked for (--variants)
-EXTRA_VARIANTS = ("ort-float-fused", "ort-qdq-export", "quantize_static", "quantize_static-defaults")
+EXTRA_VARIANTS = (
+    "ort-float-fused", "ort-qdq-export", "ort-integer-exported", "quantize_static", "quantize_static-defaults",
+)
 #: --quick: the goal's variants (transformers still gives the accuracy reference)
 QUICK_VARIANTS = (
     "ort-float", "ort-float-o2", "quantize_dynamic", "openvino-float", "openvino-nncf", "ort-int8", "openvino-qdq",

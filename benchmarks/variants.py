@@ -20,10 +20,11 @@ Ours (each of our CPU backends):
 | `ort-int8` | the qdq export on ONNX Runtime: the CPU INT8 graph of `trt_runtime.backends.onnxruntime.cpu_int8` |
 | `openvino-qdq` | the qdq export's own model.onnx on OpenVINO (`OpenVinoRunner`, f32) |
 | `openvino-qdq-bf16` | the same with `precision="bf16"` |
-| `ort-integer` | the integer export on ONNX Runtime (its `ibert` function bodies) |
+| `ort-integer` | the integer export on ONNX Runtime as `trt_runtime.load` runs it: its `ibert` function bodies, on a CPU with VNNI or AMX the CPU integer graph of `trt_runtime.backends.onnxruntime.cpu_integer` (the same integers on u8 x s8 GEMM kernels) |
 
 Also: `ort-float-fused` (the float export after the BERT fusions the CPU INT8 graph uses), `ort-qdq-export`
-(the qdq export's TensorRT-style Q/DQ graph on ONNX Runtime as exported), `quantize_static-defaults`.
+(the qdq export's TensorRT-style Q/DQ graph on ONNX Runtime as exported), `ort-integer-exported` (the integer
+export's model.onnx as exported: its u8 x u8 GEMMs), `quantize_static-defaults`.
 
 Exports live in exports/bench/<model>-{float,qdq,integer}; one is reused while its export.json still
 describes the same checkpoint, task and recipe. Peers live in exports/bench/peers/<model>/, with a JSON
@@ -290,7 +291,8 @@ def variant_specs(spec: ModelSpec, wanted: list[str], exports: Path, log: Log) -
     float_dir = export(spec, "none", exports, log)
     needs_qdq = {"ort-int8", "ort-qdq-export", "openvino-qdq", "openvino-qdq-bf16"} & set(wanted)
     qdq_dir = export(spec, "qdq", exports, log) if needs_qdq else None
-    integer_dir = export(spec, "integer", exports, log) if "ort-integer" in wanted else None
+    needs_integer = {"ort-integer", "ort-integer-exported"} & set(wanted)
+    integer_dir = export(spec, "integer", exports, log) if needs_integer else None
     variants = []
     for name in wanted:
         if name == "transformers":
@@ -306,6 +308,8 @@ def variant_specs(spec: ModelSpec, wanted: list[str], exports: Path, log: Log) -
         elif name == "ort-qdq-export":
             variants.append(VariantSpec(name, "runner", str(qdq_dir), "exported"))
         elif name == "ort-integer":
+            variants.append(VariantSpec(name, "runner", str(integer_dir), "auto"))
+        elif name == "ort-integer-exported":
             variants.append(VariantSpec(name, "runner", str(integer_dir), "exported"))
         elif name in ("openvino-qdq", "openvino-qdq-bf16"):
             precision = "bf16" if name.endswith("bf16") else "f32"

@@ -65,7 +65,7 @@ class BackendChoice:
 
     backend: str  # "onnxruntime" | "tensorrt" | "openvino"
     reason: str  # why this backend ("asked for", "ONNX Runtime fallback: no TensorRT engine in ...")
-    graph: str = "exported"  # which graph runs: "exported" (model.onnx), "cpu-int8", "cpu-float", "engine", ...
+    graph: str = "exported"  # which graph runs: "exported" (model.onnx), "cpu-int8", "cpu-float", "cpu-integer", "engine", ...
     graph_reason: str = "the exported graph"
     cache: CacheStatus = CacheStatus.NOT_USED  # of the derived graph
     cache_detail: str = ""  # its file, or why there is none, or why it was rebuilt

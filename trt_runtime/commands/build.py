@@ -1,5 +1,5 @@
 """`python -m trt_runtime build OUT ...`: build model.engine + engine.json for an export directory (or, with
-`--target cpu-int8 | cpu-float`, the CPU graph ONNX Runtime runs, with its record)."""
+`--target cpu-int8 | cpu-float | cpu-integer`, the CPU graph ONNX Runtime runs, with its record)."""
 
 from __future__ import annotations
 
@@ -142,10 +142,10 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- --target cpu-int8 | cpu-float: the CPU graphs of the ONNX Runtime backend ---------------------------------
+# --- --target cpu-int8 | cpu-float | cpu-integer: the CPU graphs of the ONNX Runtime backend ---------------------------------
 
 ENGINE_TARGET = "engine"
-CPU_TARGETS = ("cpu-int8", "cpu-float")
+CPU_TARGETS = ("cpu-int8", "cpu-float", "cpu-integer")
 
 
 def add_target_argument(parser: argparse.ArgumentParser) -> None:
@@ -153,8 +153,9 @@ def add_target_argument(parser: argparse.ArgumentParser) -> None:
         "--target",
         choices=(ENGINE_TARGET, *CPU_TARGETS),
         default=ENGINE_TARGET,
-        help="what to build: engine (TensorRT, the default), cpu-int8 (the CPU INT8 graph of a qdq export) or "
-        "cpu-float (the fused float graph of a float export), each with a JSON record the runtime checks "
+        help="what to build: engine (TensorRT, the default), cpu-int8 (the CPU INT8 graph of a qdq export), "
+        "cpu-float (the fused float graph of a float export) or cpu-integer (an integer export's GEMMs on u8 x s8 "
+        "kernels, where the CPU has VNNI or AMX), each with a JSON record the runtime checks "
         "before use; the TensorRT options do not apply to the CPU targets",
     )
 

@@ -29,10 +29,11 @@ CALIBRATION_JSON = "calibration.json"
 CONFIG_JSON = "config.json"
 ENGINE = "model.engine"
 ENGINE_JSON = "engine.json"
-#: the CPU graphs `python -m trt_runtime build DIR --target cpu-int8 | cpu-float` adds, each with its record
+#: the CPU graphs `python -m trt_runtime build DIR --target cpu-int8 | cpu-float | cpu-integer` adds, each with its record
 #: (trt_runtime.backends.onnxruntime.graphs)
 CPU_INT8_ONNX, CPU_INT8_JSON = "model.cpu-int8.onnx", "model.cpu-int8.json"
 CPU_FLOAT_ONNX, CPU_FLOAT_JSON = "model.cpu-float.onnx", "model.cpu-float.json"
+CPU_INTEGER_ONNX, CPU_INTEGER_JSON = "model.cpu-integer.onnx", "model.cpu-integer.json"
 #: where the runtime caches what it derives, unless told another directory (`cache_dir`, QBERT_CACHE_DIR)
 CACHE_DIR = ".cache"
 #: key of the ONNX `metadata_props` entry that repeats export.json (without `onnx_sha256`, which

@@ -239,6 +239,12 @@ def _cpu_float(tmp: Path) -> None:
     check_float_applies(tmp, _info("qdq"))
 
 
+def _cpu_integer(tmp: Path) -> None:
+    from trt_runtime.backends.onnxruntime.recipes import check_integer_applies
+
+    check_integer_applies(tmp, _info("qdq"))
+
+
 def _unsafe_path(tmp: Path) -> None:
     from trt_runtime.contract.files import write_text_atomic
 
@@ -313,6 +319,9 @@ SNAPSHOTS: dict[str, tuple[Callable[[Path], None], str]] = {
     "cpu-float-not-applicable": (
         _cpu_float,
         "TMP is a 'qdq' export; the fused float graph is derived from float (quantization='none') exports",
+    ),
+    "cpu-integer-not-applicable": (
+        _cpu_integer, "TMP is a 'qdq' export; the CPU integer graph is derived from integer exports",
     ),
     "unsafe-path": (
         _unsafe_path,

@@ -2,13 +2,16 @@
 
 An export's model.onnx is laid out for TensorRT (Q/DQ pairs) or op by op (float). On the CPU execution
 provider ONNX Runtime runs faster on a graph derived from it: the CPU INT8 graph of a qdq export
-(`cpu_int8`) and the fused float graph of a float BERT-style export (`cpu_float`). `choose_graph` is the one
+(`cpu_int8`), the fused float graph of a float BERT-style export (`cpu_float`) and the u8 x s8 form of an
+integer export (`cpu_integer`). `choose_graph` is the one
 place that decides which graph runs:
 
 - graph="auto": on the CPU provider, "cpu-int8" for qdq exports, "cpu-float" for float exports of a
-  fusable architecture; model.onnx otherwise (integer exports, other architectures, other providers).
-- graph="exported": model.onnx as exported; "cpu-int8" / "cpu-float": that graph, an error where it does not
-  apply.
+  fusable architecture, "cpu-integer" for integer exports where the CPU's u8 x s8 dot products add in int32
+  (VNNI, AMX; `cpu_integer`: the same integers, faster GEMMs); model.onnx otherwise (other architectures,
+  integer exports on AVX2-only CPUs, other providers).
+- graph="exported": model.onnx as exported; "cpu-int8" / "cpu-float" / "cpu-integer": that graph, an error
+  where it does not apply.
 
 A derived graph is taken, in this order, from (1) the export itself, where `python -m trt_runtime build DIR
 --target cpu-int8 | cpu-float` put it (`model.cpu-int8.onnx` with its record `model.cpu-int8.json`):
@@ -38,17 +41,21 @@ from trt_runtime.backends.onnxruntime.recipes import (
     FUSABLE_ARCHITECTURES,
     CpuFloatError,
     CpuInt8Error,
+    CpuIntegerError,
     Recipe,
     check_float_applies,
     check_int8_applies,
+    check_integer_applies,
     cpu_int8_features,
     float_recipe_record,
     int8_dot_products_are_exact,
+    integer_recipe_record,
     recipe_record,
 )
 from trt_runtime.contract.export_dir import (
     CPU_FLOAT_ONNX,
     CPU_INT8_ONNX,
+    CPU_INTEGER_ONNX,
     MODEL_ONNX,
     ExportInfo,
 )
@@ -57,7 +64,7 @@ from trt_runtime.contract.files import sha256_bytes, sha256_file
 logger = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
-DERIVATION_ERRORS = (CpuInt8Error, CpuFloatError)
+DERIVATION_ERRORS = (CpuInt8Error, CpuFloatError, CpuIntegerError)
 
 
 def _int8_made_with() -> dict[str, Any]:
@@ -67,6 +74,11 @@ def _int8_made_with() -> dict[str, Any]:
 
 def _float_made_with() -> dict[str, Any]:
     return {"recipe": float_recipe_record()}
+
+
+def _integer_made_with() -> dict[str, Any]:
+    # made only where u8 x s8 dot products add in int32 (recipes.check_integer_applies): part of what must match
+    return {"recipe": integer_recipe_record(), "int8_dot_products_exact": int8_dot_products_are_exact()}
 
 
 def _machine() -> dict[str, Any]:
@@ -113,6 +125,10 @@ CPU_GRAPHS = {
         "cpu-float", "the fused float graph", CPU_FLOAT_ONNX, "cpu_float", check_float_applies, CpuFloatError,
         _float_made_with, _machine,
     ),
+    "cpu-integer": CpuGraph(
+        "cpu-integer", "the CPU integer graph", CPU_INTEGER_ONNX, "cpu_integer", check_integer_applies,
+        CpuIntegerError, _integer_made_with, cpu_int8_features,
+    ),
 }
 
 
@@ -120,7 +136,7 @@ CPU_GRAPHS = {
 class ChosenGraph:
     """The graph ONNX Runtime runs: from a file (`path`) or, where derived, its bytes (`data`)."""
 
-    name: str  # "exported" | "cpu-int8" | "cpu-float"
+    name: str  # "exported" | "cpu-int8" | "cpu-float" | "cpu-integer"
     reason: str
     sha256: str
     path: Path | None  # the file (model.onnx, the prebuilt or cached graph); None when it lives in memory
@@ -149,6 +165,13 @@ def auto_graph(info: ExportInfo, provider: str) -> tuple[str, str]:
         return "cpu-int8", ""
     if info.quantization == "none" and info.architecture in FUSABLE_ARCHITECTURES:
         return "cpu-float", ""
+    if info.quantization == "integer":
+        if int8_dot_products_are_exact():
+            return "cpu-integer", ""
+        return "exported", (
+            "the exported graph (its u8 x u8 GEMMs are the exact ones on this CPU: without VNNI its u8 x s8 "
+            "kernel adds pairs in a saturating int16)"
+        )
     return "exported", "the exported graph"
 
 
@@ -232,7 +255,7 @@ def choose_graph(
 
 
 def build(export_dir: str | os.PathLike, info: ExportInfo, graph: str) -> Path:
-    """Derive the CPU graph `graph` ("cpu-int8" | "cpu-float") and write it into the export with its record
+    """Derive the CPU graph `graph` ("cpu-int8" | "cpu-float" | "cpu-integer") and write it into the export with its record
     (`python -m trt_runtime build DIR --target GRAPH`); returns its path."""
     export_dir = Path(export_dir)
     if graph not in CPU_GRAPHS:

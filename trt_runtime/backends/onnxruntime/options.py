@@ -16,7 +16,7 @@ __all__ = ["CACHE_DIR_ENV", "GRAPHS", "GRAPH_OPTIMIZATION_LEVELS", "OrtOptions",
 #: graph_optimization_level names (ONNX Runtime's GraphOptimizationLevel, mapped in runner.py)
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 #: which graph of an export the runner loads (trt_runtime.backends.onnxruntime.graphs.choose_graph)
-GRAPHS = ("auto", "exported", "cpu-int8", "cpu-float")
+GRAPHS = ("auto", "exported", "cpu-int8", "cpu-float", "cpu-integer")
 
 ProviderSpec = str | tuple[str, dict[str, Any]]
 
@@ -27,9 +27,10 @@ class OrtOptions(RunnerOptions):
         else the CPU.
     intra_op_num_threads / inter_op_num_threads: ONNX Runtime's thread pools (None or 0: its defaults).
     graph_optimization_level: "disable" | "basic" | "extended" | "all".
-    graph: which graph of the export runs: "auto" (on the CPU provider, the CPU INT8 graph for qdq exports
-        and the fused float graph for float BERT-style exports; model.onnx otherwise), "exported"
-        (model.onnx), "cpu-int8", "cpu-float" (docs/runtime.md, "Graphs").
+    graph: which graph of the export runs: "auto" (on the CPU provider, the CPU INT8 graph for qdq exports,
+        the fused float graph for float BERT-style exports and, on CPUs with VNNI or AMX, the CPU integer
+        graph for integer exports; model.onnx otherwise), "exported" (model.onnx), "cpu-int8", "cpu-float",
+        "cpu-integer" (docs/runtime.md, "Graphs").
     cache: keep what is derived (the CPU graphs, ONNX Runtime's optimized graph) in the cache directory and
         reuse it; False derives in memory on every load and writes nothing.
     cache_dir: the cache directory (one serves many exports: entries are keyed by model.onnx's sha256);

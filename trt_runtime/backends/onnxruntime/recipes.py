@@ -19,6 +19,8 @@ from trt_runtime.contract.export_dir import ExportInfo
 RECIPE_VERSION = 3  # 2: SkipLayerNormalization split back (cpu_int8 step 4); 3: smoothing divisions folded (1b)
 #: bumped when the fused float derivation changes
 FLOAT_RECIPE_VERSION = 1
+#: bumped when the CPU integer derivation changes
+INTEGER_RECIPE_VERSION = 1
 #: architectures whose float graph onnxruntime.transformers' "bert" optimizer knows how to fuse
 FUSABLE_ARCHITECTURES = ("bert",)
 #: CPU features with an int32-accumulating u8 x s8 dot product (see `int8_dot_products_are_exact`)
@@ -37,6 +39,13 @@ class CpuFloatError(QbertError, ValueError):
     """The fused float graph cannot be derived from this export (not a float export of a BERT-style encoder)."""
 
     code = "cpu-float-not-applicable"
+
+
+class CpuIntegerError(QbertError, ValueError):
+    """The CPU integer graph cannot be derived from this export here (not an integer export, or this CPU's
+    u8 x s8 dot products add pairs in a saturating int16)."""
+
+    code = "cpu-integer-not-applicable"
 
 
 def check_int8_applies(export_dir: str | os.PathLike, info: ExportInfo) -> None:
@@ -59,6 +68,26 @@ def check_float_applies(export_dir: str | os.PathLike, info: ExportInfo) -> None
             f"{export_dir} is a {info.architecture} export; ONNX Runtime's transformer fusions know the "
             f"attention of {', '.join(FUSABLE_ARCHITECTURES)}-family encoders only; use graph='exported'"
         )
+
+
+def check_integer_applies(export_dir: str | os.PathLike, info: ExportInfo) -> None:
+    """Raise CpuIntegerError unless the CPU integer graph (cpu_integer) can be derived from this export and
+    computes the same integers on this CPU."""
+    if info.quantization != "integer":
+        raise CpuIntegerError(
+            f"{export_dir} is a {info.quantization!r} export; the CPU integer graph is derived from integer exports"
+        )
+    if not int8_dot_products_are_exact():
+        raise CpuIntegerError(
+            f"this CPU has none of {', '.join(INT8_DOT_PRODUCT_FLAGS)}: its u8 x s8 GEMM kernel adds pairs of "
+            f"products in a saturating int16, so the CPU integer graph would not compute the export's integers; "
+            f"the exported graph (graph='exported') is the exact one here"
+        )
+
+
+def integer_recipe_record() -> dict[str, Any]:
+    """The CPU integer graph's recipe: the IntMatMul / IntMatMulWide bodies on u8 x s8 kernels."""
+    return {"version": INTEGER_RECIPE_VERSION, "tag": f"v{INTEGER_RECIPE_VERSION}-u8s8", "gemms": "u8s8"}
 
 
 ACTIVATION_MODES = ("static", "dynamic", "row")
