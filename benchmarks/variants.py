@@ -97,6 +97,15 @@ def _recipe(spec: ModelSpec, quantization: str) -> QuantizationRecipe:
     """The project's recipe of `quantization` with the spec's calibration samples."""
     if quantization == "none":
         return QuantizationRecipe.default("none")
+    if quantization == "integer":
+        # the defaults for a checkpoint that is not I-BERT's (None would mean "the checkpoint's", which the export
+        # records resolved, so an export made with them would never compare equal and be made again each run)
+        from models.quantization.recipe import DEFAULT_WIDE_ACTIVATIONS
+
+        return QuantizationRecipe(
+            mode=quantization, num_samples=spec.calibration_samples, force_dequant="none",
+            wide_activations=DEFAULT_WIDE_ACTIVATIONS,
+        )
     return QuantizationRecipe(mode=quantization, num_samples=spec.calibration_samples)
 
 

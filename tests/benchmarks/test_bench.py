@@ -103,12 +103,12 @@ def test_benchmark_machinery_on_a_tiny_model(tiny_exports, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| tiny | 2 x 16 | openvino-qdq |" in out and "| ours-openvino |" in out
 
-    # a second run reuses the exports and peers
+    # a second run reuses the exports (the integer one too: its record resolves the defaults) and peers
     made = {p: p.stat().st_mtime_ns for p in (tmp_path / "exports").rglob("*") if p.suffix in (".onnx", ".xml")}
     bench.main(
         bench_args(
             checkpoint, tmp_path, "--batches", "1", "--sequences", "8", "--rounds", "1", "--sentences", "0",
-            "--no-memory", "--variants", "ort-int8,quantize_dynamic,openvino-nncf", "--corpus-sentences", "0",
+            "--no-memory", "--variants", "ort-int8,ort-integer,quantize_dynamic,openvino-nncf", "--corpus-sentences", "0",
             "--name", "again",
         )
     )
