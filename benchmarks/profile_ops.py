@@ -101,6 +101,7 @@ def _summary(
         "kernel_ms_per_run": round(total / runs / 1000, 2),
         "gemms": {
             kind: {
+                "operations_per_run": round(g["operations"] / runs),
                 "gop_per_run": round(g["operations"] / runs / 1e9, 2),
                 "ms_per_run": round(g["us"] / runs / 1000, 2),
                 "gops": round(g["operations"] / g["us"] / 1e3, 1) if g["us"] and g["operations"] else None,

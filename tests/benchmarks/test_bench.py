@@ -217,3 +217,30 @@ def test_a_shape_without_ort_float_has_no_ratio_to_it():
     assert [t["x_ort_float"] for t in results["timings"]] == [None, 1.0, 2.5]
     rows = table(results).splitlines()[2:]
     assert rows[0].split(" | ")[6] == "–" and rows[2].split(" | ")[6] == "2.50"
+
+
+def test_profile_counts_the_gemm_operations_of_the_model(tiny_exports):
+    """profile_ops' GEMM operations per run equal 2 M K N summed from the checkpoint's config (no timing asserted):
+    ONNX Runtime's float graph (its linear layers, the attention core and the pooler), OpenVINO's INT8 FullyConnected layers
+    of the qdq export (the linear layers; its attention core runs in a fused subgraph, not counted)."""
+    pytest.importorskip("openvino")
+    from benchmarks.profile_ops import profile
+    from benchmarks.variants import VariantSpec
+
+    float_dir, qdq_dir = tiny_exports
+    config = json.loads((float_dir / "config.json").read_text())
+    h, i, heads, layers = (config[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers"))
+    batch, sequence = 2, 16
+    tokens = batch * sequence
+    linear = layers * 2 * tokens * (4 * h * h + 2 * h * i)
+    attention = layers * 2 * (2 * batch * heads * sequence * sequence * (h // heads))
+    pooler = 2 * batch * h * h  # BertModel's pooler: the first token's Dense (float in the qdq export too)
+    variants = [
+        VariantSpec("ort-float", "runner", str(float_dir), "exported"),
+        VariantSpec("openvino-qdq", "openvino", str(qdq_dir), options={"precision": "f32"}),
+    ]
+    result = profile(variants, batch, sequence, int(config["vocab_size"]), runs=2, threads=1)
+    assert linear > 0 and attention > 0
+    assert result["ort-float"]["gemms"]["float"]["operations_per_run"] == linear + attention + pooler
+    assert result["ort-float"]["gemms"]["int8"]["operations_per_run"] == 0
+    assert result["openvino-qdq"]["gemms"]["int8"]["operations_per_run"] == linear
