@@ -197,6 +197,7 @@ def bench_model(spec: ModelSpec, args: argparse.Namespace, results: dict[str, An
         entry["variants"][v.name] = {
             "spec": asdict(v),
             "size_mb": round(model_size_mb(runners[v.name].files), 1),
+            "graph_run": runners[v.name].graph,
         }
 
     # with random weights the cosine only checks agreement with float, not accuracy: fewer sentences do

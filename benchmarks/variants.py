@@ -97,16 +97,26 @@ def _recipe(spec: ModelSpec, quantization: str) -> QuantizationRecipe:
     """The project's recipe of `quantization` with the spec's calibration samples."""
     if quantization == "none":
         return QuantizationRecipe.default("none")
-    if quantization == "integer":
-        # the defaults for a checkpoint that is not I-BERT's (None would mean "the checkpoint's", which the export
-        # records resolved, so an export made with them would never compare equal and be made again each run)
-        from models.quantization.recipe import DEFAULT_WIDE_ACTIVATIONS
-
-        return QuantizationRecipe(
-            mode=quantization, num_samples=spec.calibration_samples, force_dequant="none",
-            wide_activations=DEFAULT_WIDE_ACTIVATIONS,
-        )
     return QuantizationRecipe(mode=quantization, num_samples=spec.calibration_samples)
+
+
+def _resolved_for(recipe: QuantizationRecipe, checkpoint: Path) -> QuantizationRecipe:
+    """`recipe` with the integer mode's "the checkpoint's default" fields (None) resolved as the integer model
+    resolves them (models/ibert.py), which is how an export records them."""
+    if recipe.mode != "integer" or (recipe.force_dequant is not None and recipe.wide_activations is not None):
+        return recipe
+    from transformers import AutoConfig
+
+    from models.architectures import architecture_for
+    from models.ibert import default_wide_activations
+
+    config = AutoConfig.from_pretrained(checkpoint)
+    changes: dict[str, Any] = {}
+    if recipe.force_dequant is None:
+        changes["force_dequant"] = getattr(config, "force_dequant", "none")
+    if recipe.wide_activations is None:
+        changes["wide_activations"] = default_wide_activations(config, architecture_for(config.model_type))
+    return recipe.replace(**changes)
 
 
 def _reusable(out_dir: Path, spec: ModelSpec, quantization: str) -> bool:
@@ -127,7 +137,7 @@ def _reusable(out_dir: Path, spec: ModelSpec, quantization: str) -> bool:
         recorded = QuantizationRecipe.from_dict(info.calibration or {}, mode=info.quantization)
     except RecipeError:
         return False
-    return recorded == _recipe(spec, quantization).fitted(info.max_sequence_length)
+    return recorded == _resolved_for(_recipe(spec, quantization), spec.checkpoint).fitted(info.max_sequence_length)
 
 
 def export_path(spec: ModelSpec, quantization: str, root: Path) -> Path:
@@ -365,10 +375,13 @@ def fused_float(float_dir: Path, directory: Path) -> Path:
 class Runner:
     """feeds -> last_hidden_state, plus what was loaded (for the model size)."""
 
-    def __init__(self, call: Callable[[Feeds], np.ndarray], files: list[Path], input_names: list[str]):
+    def __init__(
+        self, call: Callable[[Feeds], np.ndarray], files: list[Path], input_names: list[str], graph: str | None = None
+    ):
         self.call = call
         self.files = files
         self.input_names = input_names
+        self.graph = graph  # OrtRunner variants: the graph it chose and why (e.g. cpu-integer only on VNNI / AMX)
 
     def __call__(self, feeds: Feeds) -> np.ndarray:
         return self.call({k: v for k, v in feeds.items() if k in self.input_names})
@@ -420,9 +433,11 @@ def build_runner(variant: VariantSpec, threads: int) -> Runner:
 
         runner = OrtRunner(variant.path, intra_op_num_threads=threads, inter_op_num_threads=1, graph=variant.graph)
         session = runner.session
-        # the graph it runs: for the CPU INT8 graph the derived file (.cache/cpu-int8-*.onnx), not model.onnx
-        files = [Path(runner.graph_path)]
-        return Runner(lambda feeds: session.run([OUTPUT], feeds)[0], files, runner.info.input_names)
+        # the graph it runs: for the CPU INT8 graph the derived file (.cache/cpu-int8-*.onnx), not model.onnx; one
+        # derived in memory (nothing writable) has no file, and model.onnx stands for its size
+        files = [Path(runner.graph_path) if runner.graph_path is not None else Path(variant.path) / "model.onnx"]
+        graph = f"{runner.choice.graph}: {runner.choice.graph_reason}"
+        return Runner(lambda feeds: session.run([OUTPUT], feeds)[0], files, runner.info.input_names, graph)
     if variant.kind == "openvino":
         from trt_runtime.backends.openvino.runner import OpenVinoRunner
 

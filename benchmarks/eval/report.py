@@ -73,11 +73,24 @@ def _delta(change: dict[str, Any] | None, metric: str) -> str:
     return f"{value:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]"
 
 
+#: the table's "graph run" label of each derived CPU graph (trt_runtime.backends.onnxruntime.graphs.CPU_GRAPHS)
+DERIVED_GRAPH_LABELS = {"cpu-int8": "CPU INT8", "cpu-integer": "CPU integer", "cpu-float": "fused float"}
+
+
 def graph_ran(row: dict[str, Any]) -> str:
-    """Which graph the pipeline ran for this row: "CPU INT8" (derived from a qdq export) or "exported"."""
+    """Which graph the pipeline ran for this row: a derived CPU graph's label ("CPU INT8" for a qdq export,
+    "CPU integer" for an integer export on a VNNI / AMX CPU, "fused float") or "exported"."""
+    from trt_runtime.backends.onnxruntime.graphs import CPU_GRAPHS
+
     runtime = (row.get("onnxruntime") or {}).get("runtime") or {}
-    reason = str(runtime.get("graph_reason") or "")
-    return "CPU INT8" if "CPU INT8" in reason or "cpu-int8" in str(runtime.get("graph", "")) else "exported"
+    reason, graph = str(runtime.get("graph_reason") or ""), str(runtime.get("graph") or "")
+    # the graph's file (<kind>-<versions>.onnx cached, model.<kind>.onnx prebuilt, "<kind> (in memory)") or the
+    # reason, which names it (`what`); the longest kind first: "cpu-int8" is a prefix of "cpu-integer"
+    for kind in sorted(CPU_GRAPHS, key=len, reverse=True):
+        named = any(form in graph for form in (f"{kind}-", f"model.{kind}.")) or graph.startswith(f"{kind} ")
+        if named or CPU_GRAPHS[kind].what.removeprefix("the ") in reason:
+            return DERIVED_GRAPH_LABELS[kind]
+    return "exported"
 
 
 def markdown_table(task_name: str, task_result: dict[str, Any]) -> str:
@@ -162,7 +175,7 @@ def markdown(results: dict[str, Any]) -> str:
         + f"; every stage made from scratch (a cold run) sums to {results['stage_seconds_total'] / 60:.1f} min"
         + f"; {recipe['bootstrap_resamples']} paired bootstrap resamples of the test sentences (seed "
         f'{recipe["bootstrap_seed"]}). Metric columns: `trt_runtime.pipeline(..., backend="onnxruntime")` with '
-        'its defaults ("graph run": a qdq export runs on the CPU as the derived CPU INT8 graph); "exported Q/DQ '
+        'its defaults ("graph run": a qdq export runs on the CPU as the derived CPU INT8 graph, an integer export as the CPU integer graph where the CPU has VNNI or AMX); "exported Q/DQ '
         'graph": model.onnx as exported (what TensorRT is given), run with `graph="exported"`'
         + (
             "; PyTorch: the same exported model (checkpoint + the export's calibration.json) in PyTorch"

@@ -516,9 +516,9 @@ def test_minilm_on_real_sentences_is_bit_for_bit_everywhere(minilm_dir, sentence
     np.testing.assert_array_equal(reference, expected, err_msg="onnx.reference")
     # the CPU integer graph (GEMMs on u8 x s8 kernels), where this CPU's dot products make it apply
     from trt_runtime.backends.onnxruntime import cpu_integer
-    from trt_runtime.backends.onnxruntime.recipes import int8_dot_products_are_exact
+    from trt_runtime.backends.onnxruntime.recipes import u8s8_gemms_are_exact
 
-    if int8_dot_products_are_exact():
+    if u8s8_gemms_are_exact():
         derived = cpu_integer.derive(out, read_export_info(out)).SerializeToString()
         session = ort.InferenceSession(derived, providers=["CPUExecutionProvider"])
         np.testing.assert_array_equal(session.run(["last_hidden_state"], feeds)[0], expected, err_msg="cpu-integer")

@@ -134,7 +134,8 @@ def test_every_stage_runs_scores_match_the_predictions_and_a_rerun_reuses_them(t
             assert row[runtime]["accuracy"] == pytest.approx(accuracy, abs=1e-12)
 
     # which graph ran: on the CPU the pipeline runs a qdq export as the derived INT8 graph, an integer or
-    # float export as exported; the exported Q/DQ graph is run too for the dev-chosen calibrator and QAT
+    # float export as exported or as its own derived graph (the CPU integer / fused float graph); the exported
+    # Q/DQ graph is run too for the dev-chosen calibrator and QAT
     rows = {row["variant"]: row for row in binary["rows"]}
     for name, row in rows.items():
         reason = row["onnxruntime"]["runtime"]["graph_reason"]

@@ -150,8 +150,15 @@ def test_markdown_table_formats_points_intervals_and_the_graph_that_ran():
             "onnxruntime_exported": {"accuracy": 0.8957, "change_vs_float": {"accuracy": change}},
         },
     ]
+    integer = {"graph_reason": "the CPU integer graph derived from model.onnx", "graph": "cpu-integer-1.32.0-v1-u8s8.onnx"}
+    rows.append({
+        "title": "I-BERT integer, PTQ", "group": "integer",
+        "onnxruntime": {"accuracy": 0.9, "f1": 0.91, "change_vs_float": {"accuracy": change, "f1": change},
+                        "runtime": integer},
+    })
     table = markdown_table("binary", {"metrics": ["accuracy", "f1"], "rows": rows}).splitlines()
-    assert len(table) == 4
+    assert len(table) == 5
+    assert table[4].startswith("| I-BERT integer, PTQ | CPU integer | 90.0 |")
     assert table[0].count("|") == 8  # model, graph, 2 x (metric, change), exported-graph change
     assert "PyTorch" not in table[0]  # a column only when some row has it
     assert table[2] == "| float (FP32) | exported | 90.0 | (reference) | 91.0 | (reference) | (reference) |"

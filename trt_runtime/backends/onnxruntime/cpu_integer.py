@@ -4,18 +4,18 @@ An integer export's `IntMatMul` / `IntMatMulWide` bodies (exporter/ibert_functio
 u8 x u8 `MatMulInteger`s, B moved onto uint8 by +128 with zero point 128: exact on every x86 CPU, because
 MLAS's u8 x u8 kernels widen both operands to int16 and add pairs in int32, where its u8 x s8 kernels on
 AVX2 add pairs of products in a saturating int16 (vpmaddubsw; see cpu_int8's module doc). Those u8 x u8
-kernels are the slow ones: measured on this project's 2-core Xeon (AVX-512 VNNI, AMX), a 1024 x 768 x 3072
-`MatMulInteger` takes 19.6 ms u8 x u8 and 3.8 ms u8 x s8 (onnxruntime 1.32), and the GEMMs are about a third
-of an integer BERT-base's time on ONNX Runtime.
+kernels are the slow ones: on a VNNI / AMX CPU a fifth of the rate of its u8 x s8 kernels (docs/integer.md,
+"The CPU integer graph", with the measurements).
 
-Where the CPU's u8 x s8 dot products add in int32 (AVX512-VNNI / AVX-VNNI vpdpbusd(s), AMX tdpbusd, or not
-x86: `recipes.int8_dot_products_are_exact`; MLAS's VNNI kernels accumulate with VpdpbusdsZmmZmmZmm, which
-saturates only the int32 sum, far from reach: |sum| <= K * 255 * 128 < 2**31 for K < 65,000), B can be the
-int8 it is, with no zero point: the products are the same integers, so every integer after them is too.
-This derivation replaces the two function bodies with that form and leaves the rest of model.onnx as it is;
-on a CPU without such dot products it does not apply (`CpuIntegerError`), and the runner keeps the exported
-graph. The tests check the derived graph against NumPy int64 and the exported graph bit for bit, with
-operands at the ends of their ranges, on the CPU they run on.
+Where this onnxruntime's u8 x s8 `MatMulInteger` adds in int32 on this CPU (AVX512-VNNI / AVX-VNNI vpdpbusd(s),
+AMX tdpbusd; measured once per process on operands that a saturating int16 pair sum would clip,
+`recipes.u8s8_gemms_are_exact`: the flags say what the CPU can do, not which kernel MLAS picks), B can be the
+int8 it is, with no zero point: the products are the same integers (MLAS's VNNI kernels saturate only the int32
+sum, far from reach: |sum| <= K * 255 * 128 < 2**31 for K < 65,000), so every integer after them is too. This
+derivation replaces the two function bodies with that form and leaves the rest of model.onnx as it is; where
+those GEMMs do not add in int32 it does not apply (`CpuIntegerError`), and the runner keeps the exported graph.
+The tests check the derived graph against NumPy int64 and the exported graph bit for bit, with operands at the
+ends of their ranges, on the CPU they run on.
 
 Kept and checked like the other CPU graphs (`graphs`): `python -m trt_runtime build DIR --target cpu-integer`,
 or derived on first load into the cache, with a record of what it was made from (the CPU's dot products

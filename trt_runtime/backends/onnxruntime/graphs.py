@@ -51,6 +51,7 @@ from trt_runtime.backends.onnxruntime.recipes import (
     int8_dot_products_are_exact,
     integer_recipe_record,
     recipe_record,
+    u8s8_gemms_are_exact,
 )
 from trt_runtime.contract.export_dir import (
     CPU_FLOAT_ONNX,
@@ -77,8 +78,8 @@ def _float_made_with() -> dict[str, Any]:
 
 
 def _integer_made_with() -> dict[str, Any]:
-    # made only where u8 x s8 dot products add in int32 (recipes.check_integer_applies): part of what must match
-    return {"recipe": integer_recipe_record(), "int8_dot_products_exact": int8_dot_products_are_exact()}
+    # made only where this onnxruntime's u8 x s8 GEMMs add in int32 (measured: recipes.u8s8_gemms_are_exact)
+    return {"recipe": integer_recipe_record(), "u8s8_gemms_exact": u8s8_gemms_are_exact()}
 
 
 def _machine() -> dict[str, Any]:
@@ -166,11 +167,11 @@ def auto_graph(info: ExportInfo, provider: str) -> tuple[str, str]:
     if info.quantization == "none" and info.architecture in FUSABLE_ARCHITECTURES:
         return "cpu-float", ""
     if info.quantization == "integer":
-        if int8_dot_products_are_exact():
+        if u8s8_gemms_are_exact():
             return "cpu-integer", ""
         return "exported", (
-            "the exported graph (its u8 x u8 GEMMs are the exact ones on this CPU: without VNNI its u8 x s8 "
-            "kernel adds pairs in a saturating int16)"
+            "the exported graph (its u8 x u8 GEMMs are the exact ones here: this onnxruntime's u8 x s8 "
+            "MatMulInteger does not add in int32 on this CPU, e.g. pairs in a saturating int16 without VNNI)"
         )
     return "exported", "the exported graph"
 

@@ -7,6 +7,8 @@ module, so a runtime-only install without onnx still uses prebuilt graphs.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import platform
 from dataclasses import asdict, dataclass
@@ -14,6 +16,8 @@ from typing import Any
 
 from trt_runtime.contract.errors import QbertError
 from trt_runtime.contract.export_dir import ExportInfo
+
+logger = logging.getLogger(__name__)
 
 #: bumped when the CPU INT8 derivation changes, so that older graphs are not reused
 RECIPE_VERSION = 3  # 2: SkipLayerNormalization split back (cpu_int8 step 4); 3: smoothing divisions folded (1b)
@@ -77,11 +81,13 @@ def check_integer_applies(export_dir: str | os.PathLike, info: ExportInfo) -> No
         raise CpuIntegerError(
             f"{export_dir} is a {info.quantization!r} export; the CPU integer graph is derived from integer exports"
         )
-    if not int8_dot_products_are_exact():
+    if not u8s8_gemms_are_exact():
+        flags = sorted(cpu_flags() & set(INT8_DOT_PRODUCT_FLAGS))
         raise CpuIntegerError(
-            f"this CPU has none of {', '.join(INT8_DOT_PRODUCT_FLAGS)}: its u8 x s8 GEMM kernel adds pairs of "
-            f"products in a saturating int16, so the CPU integer graph would not compute the export's integers; "
-            f"the exported graph (graph='exported') is the exact one here"
+            f"this onnxruntime's u8 x s8 MatMulInteger does not add in int32 on this CPU (measured; its int8 "
+            f"dot-product flags: {', '.join(flags) or 'none'}): without VNNI it adds pairs of products in a "
+            f"saturating int16, so the CPU integer graph would not compute the export's integers; the exported "
+            f"graph (graph='exported') is the exact one here"
         )
 
 
@@ -167,6 +173,57 @@ def int8_dot_products_are_exact() -> bool:
     if platform.machine().lower() not in X86_MACHINES:
         return True
     return bool(cpu_flags() & set(INT8_DOT_PRODUCT_FLAGS))
+
+
+@functools.cache
+def u8s8_gemms_are_exact() -> bool:
+    """Whether this onnxruntime's u8 x s8 `MatMulInteger` adds in int32 on this CPU, measured once per process:
+    the CPU integer graph's condition. The flags (`int8_dot_products_are_exact`) say what the CPU can do, not
+    which kernel MLAS picks (it depends on the build, the dispatch order and, for AMX, a permission the OS may
+    refuse), so the kernels are run: A at 255 against B columns at -128 and 127 (every pair of products beyond
+    a saturating int16: vpmaddubsw's 2 x 255 x -128) and random, with and without A's zero point 128, B a
+    constant (MLAS's packed weights) and an input, one row (its GEMV kernel) and eight, against NumPy int64.
+    Without onnx (a runtime-only install) the flags decide."""
+    try:
+        import numpy as np
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return int8_dot_products_are_exact()
+    depth, columns = 64, 8
+    rng = np.random.default_rng(0)
+    b = rng.integers(-128, 128, (depth, columns)).astype(np.int8)
+    b[:, 0], b[:, 1] = -128, 127
+    feeds: dict[str, Any] = {"B_input": b}
+    nodes: list[Any] = []
+    outputs: list[Any] = []
+    expected: list[Any] = []
+    for rows in (1, 8):
+        a = rng.integers(0, 256, (rows, depth)).astype(np.uint8)
+        a[0] = 255
+        feeds[f"A{rows}"] = a
+        for b_name in ("B_constant", "B_input"):
+            for zero_point in ("", "zero_point"):
+                name = f"Y{len(nodes)}"
+                operands = [f"A{rows}", b_name, zero_point] if zero_point else [f"A{rows}", b_name]
+                nodes.append(helper.make_node("MatMulInteger", operands, [name]))
+                outputs.append(helper.make_tensor_value_info(name, TensorProto.INT32, [rows, columns]))
+                expected.append((a.astype(np.int64) - (128 if zero_point else 0)) @ b.astype(np.int64))
+    inputs = [helper.make_tensor_value_info(f"A{rows}", TensorProto.UINT8, [rows, depth]) for rows in (1, 8)]
+    inputs.append(helper.make_tensor_value_info("B_input", TensorProto.INT8, [depth, columns]))
+    graph = helper.make_graph(
+        nodes, "u8s8_probe", inputs, outputs,
+        [numpy_helper.from_array(b, "B_constant"), numpy_helper.from_array(np.array(128, np.uint8), "zero_point")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = min(model.ir_version, 9)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    got = session.run(None, feeds)
+    exact = all(np.array_equal(g, e) for g, e in zip(got, expected))
+    logger.debug("u8 x s8 MatMulInteger on this CPU: %s", "exact" if exact else "not exact (saturating)")
+    return exact
 
 
 def cpu_int8_features() -> dict[str, Any]:

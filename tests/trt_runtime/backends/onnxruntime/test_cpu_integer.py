@@ -21,13 +21,13 @@ from exporter.ibert_functions import ibert_function
 from models.quantization import QuantizationRecipe
 from tests.fixtures.tiny_models import padded_batch, save_tiny
 from trt_runtime.backends.base import CacheStatus
-from trt_runtime.backends.onnxruntime import cpu_integer
-from trt_runtime.backends.onnxruntime.recipes import CpuIntegerError, int8_dot_products_are_exact
+from trt_runtime.backends.onnxruntime import cpu_integer, graphs, recipes
+from trt_runtime.backends.onnxruntime.recipes import CpuIntegerError, u8s8_gemms_are_exact
 from trt_runtime.backends.onnxruntime.runner import CACHE_DIR, OrtRunner
 from trt_runtime.contract import ibert as ref
 from trt_runtime.contract.export_dir import CPU_INTEGER_JSON, CPU_INTEGER_ONNX, read_export_info
 
-APPLIES = int8_dot_products_are_exact()  # VNNI / AMX on x86, or not x86
+APPLIES = u8s8_gemms_are_exact()  # measured: VNNI / AMX on x86
 LEVELS = {"off": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
 OPSET = 17
 
@@ -52,22 +52,25 @@ def _gemm_model(op_type: str, b_type: int, depth: int, constant_b: np.ndarray | 
     return model
 
 
-def _extreme_operands(wide: bool, depth: int = 3072) -> tuple[np.ndarray, np.ndarray]:
+def _extreme_operands(wide: bool, rows: int, depth: int = 3072) -> tuple[np.ndarray, np.ndarray]:
     """A at both ends of its range against B at both of int8's, over a BERT-base FFN's depth: every pair of
-    u8 x s8 products at 255 x -128 (a saturating int16 pair sum, vpmaddubsw's, would clip it), plus random rows."""
+    u8 x s8 products at 255 x -128 (a saturating int16 pair sum, vpmaddubsw's, would clip it), plus random rows
+    (one row: MLAS's GEMV kernel)."""
     bound = ref.INT_MATMUL_WIDE_A_BOUND if wide else ref.INT_MATMUL_A_BOUND
     rng = np.random.default_rng(wide)
-    a = rng.integers(-bound, bound, (6, depth)).astype(np.int32)
-    a[0], a[1] = bound - 1, -bound
+    a = rng.integers(-bound, bound, (rows, depth)).astype(np.int32)
+    a[0] = bound - 1
+    a[-1] = -bound if rows > 1 else a[-1]
     b = rng.integers(-128, 128, (depth, 5)).astype(np.int8)
     b[:, 0], b[:, 1] = -128, 127
     return a, b
 
 
+@pytest.mark.parametrize("rows", [1, 6])
 @pytest.mark.parametrize("constant_b", [True, False], ids=["weights", "activations"])
 @pytest.mark.parametrize("op_type", ["IntMatMul", "IntMatMulWide"])
-def test_u8s8_bodies_are_the_contracts_integers(op_type, constant_b):
-    a, b = _extreme_operands(op_type == "IntMatMulWide")
+def test_u8s8_bodies_are_the_contracts_integers(op_type, constant_b, rows):
+    a, b = _extreme_operands(op_type == "IntMatMulWide", rows)
     expected = ref.integer_op(op_type, a, b, **ref.matmul_attributes(0.1, [0.01] * b.shape[1]))
     np.testing.assert_array_equal(expected, a.astype(np.int64) @ b.astype(np.int64))  # the contract: exact
     feeds = {"A": a} if constant_b else {"A": a, "B": b.astype(np.int32)}
@@ -76,7 +79,7 @@ def test_u8s8_bodies_are_the_contracts_integers(op_type, constant_b):
     assert got.dtype == expected.dtype
     np.testing.assert_array_equal(got, expected, err_msg="onnx.reference")
     if not APPLIES:
-        return  # ONNX Runtime's u8 x s8 kernel here adds pairs in a saturating int16: the graph is not used here
+        return  # ONNX Runtime's u8 x s8 kernel here does not add in int32: the graph is not used here
     for level, value in LEVELS.items():
         options = ort.SessionOptions()
         options.graph_optimization_level = value
@@ -109,7 +112,7 @@ def test_auto_picks_by_this_cpus_dot_products_and_keeps_the_exported_integers(in
     runner = OrtRunner(export_dir)
     exported = OrtRunner(export_dir, graph="exported")
     if not APPLIES:
-        assert runner.choice.graph == "exported" and "saturating int16" in runner.choice.graph_reason
+        assert runner.choice.graph == "exported" and "does not add in int32" in runner.choice.graph_reason
         with pytest.raises(CpuIntegerError, match="the exported graph .* is the exact one here"):
             OrtRunner(export_dir, graph="cpu-integer")
         return
@@ -132,17 +135,17 @@ def test_build_target_cpu_integer(integer_export, tmp_path, capsys):
     export_dir = _fresh(integer_export[1], tmp_path)
     code = main(["build", str(export_dir), "--target", "cpu-integer"])
     if not APPLIES:
-        assert code == 2 and "saturating int16" in capsys.readouterr().err
+        assert code == 2 and "does not add in int32" in capsys.readouterr().err
         assert not (export_dir / CPU_INTEGER_ONNX).exists()
         return
     assert code == 0 and f"wrote {export_dir / CPU_INTEGER_ONNX}" in capsys.readouterr().out
     record = json.loads((export_dir / CPU_INTEGER_JSON).read_text())
-    assert record["kind"] == "cpu-integer" and record["made_with"]["int8_dot_products_exact"] is True
+    assert record["kind"] == "cpu-integer" and record["made_with"]["u8s8_gemms_exact"] is True
     assert record["made_with"]["onnxruntime_version"] == ort.__version__
     runner = OrtRunner(export_dir)
     assert runner.choice.cache is CacheStatus.PREBUILT and runner.graph_path == export_dir / CPU_INTEGER_ONNX
-    # a graph built where the dot products saturate (its record says so) is not this CPU's: derived again
-    record["made_with"]["int8_dot_products_exact"] = False
+    # a graph built where the GEMMs saturate (its record says so) is not this CPU's: derived again
+    record["made_with"]["u8s8_gemms_exact"] = False
     (export_dir / CPU_INTEGER_JSON).write_text(json.dumps(record))
     again = OrtRunner(export_dir)
     assert again.choice.cache is CacheStatus.REBUILT and again.graph_path != export_dir / CPU_INTEGER_ONNX
@@ -157,3 +160,26 @@ def test_other_modes_are_refused_with_the_reason(tmp_path):
         cpu_integer.derive(float_dir, info)
     with pytest.raises(CpuIntegerError, match="derived from integer exports"):
         OrtRunner(float_dir, graph="cpu-integer", cache=False)
+
+
+def test_the_measured_kernel_agrees_with_the_cpu_flags_on_x86():
+    """MLAS's dispatch as its sources have it (platform.cpp): an int32-accumulating u8 x s8 kernel (VNNI's
+    vpdpbusd, AMX's tdpbusd) exactly where the CPU has one of those flags, vpmaddubsw's saturating int16 pairs
+    elsewhere. The probe runs the kernels; this says they still behave as the flags predict."""
+    if recipes.platform.machine().lower() not in recipes.X86_MACHINES:
+        pytest.skip("the flags are x86's")
+    assert u8s8_gemms_are_exact() == recipes.int8_dot_products_are_exact()
+
+
+def test_where_the_gemms_saturate_auto_keeps_the_exported_graph(integer_export, tmp_path, monkeypatch):
+    """The AVX2 branch on any CPU: with the probe saying "not exact", auto runs model.onnx and says why, the
+    explicit graph is refused, and a graph built here before (its record) is not used."""
+    export_dir = _fresh(integer_export[1], tmp_path)
+    if APPLIES:
+        assert OrtRunner(export_dir, graph="cpu-integer").choice.cache is CacheStatus.CREATED
+    for module in (recipes, graphs):
+        monkeypatch.setattr(module, "u8s8_gemms_are_exact", lambda: False)
+    runner = OrtRunner(export_dir)
+    assert runner.choice.graph == "exported" and "does not add in int32" in runner.choice.graph_reason
+    with pytest.raises(CpuIntegerError, match="the exported graph .* is the exact one here"):
+        OrtRunner(export_dir, graph="cpu-integer")

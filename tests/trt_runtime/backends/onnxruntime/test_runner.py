@@ -238,7 +238,7 @@ def test_options_are_a_typed_dataclass_and_keywords_alike(tmp_path):
     ("options", "message"),
     [
         ({"graph_optimization_level": "max"}, "graph_optimization_level='max'; choose one of disable, basic"),
-        ({"graph": "fast"}, "graph='fast'; choose one of auto, exported, cpu-int8, cpu-float"),
+        ({"graph": "fast"}, "graph='fast'; choose one of auto, exported, cpu-int8, cpu-float, cpu-integer"),
         ({"intra_op_num_threads": -1}, "intra_op_num_threads must be a non-negative int"),
         ({"inter_op_num_threads": 1.5}, "inter_op_num_threads must be a non-negative int"),
         ({"cache": "yes"}, "cache must be True or False"),
