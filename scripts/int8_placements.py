@@ -33,7 +33,8 @@ ROWS: dict[str, dict[str, Any]] = {
     "qdq-unsmoothed": {"mode": "qdq", "smoothing": "none"},  # residual adds + FFN output input float
     "qdq-ffn-output-quantized": {"mode": "qdq", "smoothing": "none", "keep_float": ("residual-adds",)},
     "qdq-quantize-all": {"mode": "qdq", "smoothing": "none", "keep_float": ()},
-    "integer-default": {"mode": "integer"},
+    "integer-default": {"mode": "integer"},  # every wide site: ffn-input, ffn-output-input, hidden-states, softmax-output
+    "integer-previous-default": {"mode": "integer", "wide_activations": ("ffn-output-input", "hidden-states")},
     "integer-8-bit": {"mode": "integer", "wide_activations": ()},
     "integer-wide-ffn-output-input": {"mode": "integer", "wide_activations": ("ffn-output-input",)},
     "integer-wide-hidden-states": {"mode": "integer", "wide_activations": ("hidden-states",)},
