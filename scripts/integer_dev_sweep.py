@@ -1,7 +1,7 @@
 """Integer PTQ placements of `make eval`'s fine-tuned float checkpoint, scored on the binary task's dev split.
 
     PYTHONPATH=. .venv/bin/python scripts/integer_dev_sweep.py --checkpoint EVAL_CACHE/binary/float-<key> \\
-        --output /tmp/integer-dev-sweep.json [--rows previous-default softmax-output ...]
+        --output /tmp/integer-dev-sweep.json [--rows previous-default previous+softmax-output ...]
 
 Each row loads the checkpoint in integer mode with its sites and force_dequant, calibrates it as the exporter
 does (the recipe's 512 shipped samples, minmax), runs the whole dev split in PyTorch (whose integers are the
@@ -30,17 +30,18 @@ from benchmarks.eval.steps import (
     torch_logits,
 )
 from benchmarks.eval.tasks import TASKS, examples
+from models.quantization.recipe import PREVIOUS_WIDE_ACTIVATIONS
 from trt_runtime.contract.files import write_json_atomic
 
-PREVIOUS = ("ffn-output-input", "hidden-states")
+PREVIOUS = PREVIOUS_WIDE_ACTIVATIONS  # ffn-output-input, hidden-states
 ROWS: dict[str, dict[str, Any]] = {
     "previous-default": {"wide_activations": PREVIOUS},
-    "previous-default, force_dequant nonlinear": {"wide_activations": PREVIOUS, "force_dequant": "nonlinear"},
-    "previous-default, force_dequant softmax": {"wide_activations": PREVIOUS, "force_dequant": "softmax"},
-    "previous-default, force_dequant gelu": {"wide_activations": PREVIOUS, "force_dequant": "gelu"},
-    "previous-default, force_dequant layernorm": {"wide_activations": PREVIOUS, "force_dequant": "layernorm"},
-    "previous-default + softmax-output": {"wide_activations": (*PREVIOUS, "softmax-output")},
-    "previous-default + ffn-input": {"wide_activations": ("ffn-input", *PREVIOUS)},
+    "previous-fd-nonlinear": {"wide_activations": PREVIOUS, "force_dequant": "nonlinear"},
+    "previous-fd-softmax": {"wide_activations": PREVIOUS, "force_dequant": "softmax"},
+    "previous-fd-gelu": {"wide_activations": PREVIOUS, "force_dequant": "gelu"},
+    "previous-fd-layernorm": {"wide_activations": PREVIOUS, "force_dequant": "layernorm"},
+    "previous+softmax-output": {"wide_activations": (*PREVIOUS, "softmax-output")},
+    "previous+ffn-input": {"wide_activations": ("ffn-input", *PREVIOUS)},
     "default": {},  # every site: ffn-input, ffn-output-input, hidden-states, softmax-output
 }
 
