@@ -221,7 +221,9 @@ def test_minilm_drift_of_the_tensorrt_form(minilm_dir, sentences, tmp_path):
     cosine = (pooled[0] * pooled[1]).sum(-1) / np.linalg.norm(pooled[0], axis=-1) / np.linalg.norm(pooled[1], axis=-1)
     relative = np.linalg.norm((emulated - exact) * mask) / np.linalg.norm(exact * mask)
     print(f"TensorRT form (emulated) vs exact: relative L2 {relative:.4f}, sentence cosine min {cosine.min():.5f}")
-    assert relative < 0.2 and cosine.min() > 0.99  # measured 0.068 and 0.997 (0.114 and 0.996 before the split; docs/integer.md)
+    # measured 0.0206 and 0.99975 with every wide site (the previous default sites: 0.068 and 0.997; before the
+    # split 0.114 and 0.996; docs/integer.md)
+    assert relative < 0.2 and cosine.min() > 0.99
 
 
 # --- IntMatMulWide as two INT8 GEMMs: exact -------------------------------------------------------------
