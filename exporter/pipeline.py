@@ -142,7 +142,7 @@ def export(
         ) from None
     if quantization == "integer":
         wide = model.config.wide_activations
-        say(f"  16-bit activations at: {', '.join(wide)}" if wide else "  8-bit activations everywhere (I-BERT's)")
+        say(f"  widened activations at: {', '.join(wide)} (16 bits; softmax-output 14)" if wide else "  8-bit activations everywhere (I-BERT's)")
     signature = signature_of(model)
     limit = max_positions(config, arch)
     tokenizer = load_tokenizer(model_dir)

@@ -57,18 +57,28 @@ LN_OUTPUT_BIT = 32
 
 #: bits of a widened activation site (I-BERT's own widths elsewhere: 16, 22, 32)
 WIDE_ACTIVATION_BIT = 16
-#: activation sites that `wide_activations` requantizes to WIDE_ACTIVATION_BIT instead of ACT_BIT, named as
-#: the qdq side names its keep_float sites (models.quantization.SENSITIVE_SITES), with their QuantActs
-#: (module names in the backbone; {i}: every layer):
+#: bits of a widened softmax output: probabilities in [0, 2**14], the widest that `IntMatMulWide` (A in
+#: [-2**15, 2**15 - 1]) takes; the exp integers it divides are 16-bit (trt_runtime.contract.ibert.EXP_BITS)
+WIDE_SOFTMAX_OUTPUT_BIT = 14
+#: activation sites that `wide_activations` widens, named as the qdq side names its keep_float sites
+#: (models.quantization.SENSITIVE_SITES), with their modules (names in the backbone; {i}: every layer):
+#: QuantActs to WIDE_ACTIVATION_BIT instead of ACT_BIT, the IntSoftmax to WIDE_SOFTMAX_OUTPUT_BIT:
+#: - "ffn-input": the input of the FFN input projection (the attention block's LayerNorm output, also the
+#:   FFN's residual); its GEMM's accumulator is then requantized onto the grid an 8-bit input would give
+#:   (a dyadic `Requantize`, one rounding of the exact sum) so that the i-GELU's constants (~1 / scale^2)
+#:   stay those of the 8-bit layout and within int64 (IBertIntegerIntermediate);
 #: - "ffn-output-input": the input of the FFN output projection (the i-GELU output, long one-sided tail);
-#: - "hidden-states": the encoder's hidden states, input of every layer's Q/K/V projections and residual.
-#: Integer-only still: a 16-bit x 8-bit GEMM is two exact 8-bit GEMMs of the activation's high and low bytes
-#: (`IntMatMulWide`); TensorRT has no 16-bit GEMM, so in the engine the GEMMs they feed run in float
-#: (docs/integer.md). Sites before the i-GELU or the attention scores cannot widen: the i-GELU and i-exp
-#: constants (~1 / scale^2) would overflow int64.
+#: - "hidden-states": the encoder's hidden states, input of every layer's Q/K/V projections and residual;
+#: - "softmax-output": the attention probabilities (I-BERT: 8 bits, steps of 1/256).
+#: Integer-only still: a 16-bit x 8-bit GEMM (and probabilities x V, at any width) is two exact 8-bit GEMMs of
+#: the activation's high and low bytes (`IntMatMulWide`), also in TensorRT (docs/integer.md). The query and
+#: key activations cannot widen: the attention scores' scale would shrink 2**16-fold and the i-exp constants
+#: (~1 / scale^2) overflow int64.
 WIDE_ACTIVATION_SITES: dict[str, tuple[str, ...]] = {
+    "ffn-input": ("encoder.layer.{i}.attention.output.output_activation", "encoder.layer.{i}.pre_intermediate_act"),
     "ffn-output-input": ("encoder.layer.{i}.intermediate.output_activation", "encoder.layer.{i}.pre_output_act"),
     "hidden-states": ("embeddings.output_activation", "encoder.layer.{i}.output.output_activation"),
+    "softmax-output": ("encoder.layer.{i}.attention.self.softmax",),
 }
 assert tuple(WIDE_ACTIVATION_SITES) == WIDE_ACTIVATION_SITE_NAMES  # the recipe's names, in its order
 
@@ -85,7 +95,7 @@ def default_wide_activations(config: PretrainedConfig, arch: Architecture) -> tu
 
 
 def wide_activation_names(sites: Iterable[str], num_layers: int) -> set[str]:
-    """The backbone's QuantAct names that `sites` widen."""
+    """The backbone's QuantAct and IntSoftmax names that `sites` widen."""
     return {
         name.format(i=i)
         for site in check_wide_activations(sites)
@@ -191,8 +201,9 @@ class IBertIntegerSelfAttention(nn.Module):
         if self.dropout.training and self.dropout.p > 0:  # dropped probabilities are floats: Hugging Face's float GEMM
             context_float = torch.matmul(self.dropout(probs.dequantize()), v.dequantize())
             scale = (probs.scale * value.scale).astype(np.float32)
-            return self.output_activation(on_grid(self._merge_heads(context_float), scale, 2**ACT_BIT * value.bound))
-        # the probabilities of a row sum to at most 2**8: |context| <= 2**8 x |value| (the bound int_matmul gives)
+            bound = 2**self.softmax.output_bit * value.bound
+            return self.output_activation(on_grid(self._merge_heads(context_float), scale, bound))
+        # the probabilities of a row sum to at most 2**bits: |context| <= 2**bits x |value| (the bound int_matmul gives)
         context = int_matmul(probs, v.values, value.scale, value.bound, layer=self.output_activation.name)
         if probs.shadow is not None or v.shadow is not None:
             context = anchored(context, torch.matmul(probs.dequantize(), v.dequantize()))
@@ -245,9 +256,16 @@ class IBertIntegerIntermediate(nn.Module):
         self.dense = _linear(config.hidden_size, config.intermediate_size)
         self.intermediate_act_fn = IntGELU(force_dequant=config.force_dequant)
         self.output_activation = QuantAct(ACT_BIT)
+        #: the GEMM's output grid over its input's: 2**(16 - 8) when its input is a widened 16-bit site
+        #: ("ffn-input"), so the i-GELU gets the input scale of the 8-bit layout (its constants ~1 / scale^2
+        #: would overflow int64 on the 256x finer accumulator grid); set by the backbone
+        self.gelu_grid_factor = 1
 
     def forward(self, hidden_states: IntegerTensor) -> IntegerTensor:
-        return self.output_activation(self.intermediate_act_fn(self.dense(hidden_states)))
+        grid = None
+        if self.gelu_grid_factor != 1:
+            grid = np.asarray(hidden_states.scale, np.float32).reshape(1) * np.float32(self.gelu_grid_factor)
+        return self.output_activation(self.intermediate_act_fn(self.dense(hidden_states, grid)))
 
 
 class IBertIntegerLayer(nn.Module):
@@ -291,7 +309,7 @@ class IBertIntegerBackbone(nn.Module):
 
     sequence_output is the dequantized last hidden state (float32); `integer_output` holds the last
     IntegerTensor of a forward pass for callers that want the integers. config.force_dequant: I-BERT's
-    (default none). config.wide_activations: the WIDE_ACTIVATION_SITES requantized to 16 bits (default:
+    (default none). config.wide_activations: the WIDE_ACTIVATION_SITES widened (default:
     default_wide_activations).
     """
 
@@ -314,6 +332,11 @@ class IBertIntegerBackbone(nn.Module):
             if isinstance(module, QuantAct) and name in widened:
                 module.activation_bit = WIDE_ACTIVATION_BIT
                 widened.remove(name)
+            elif isinstance(module, IntSoftmax) and name in widened:
+                module.output_bit = WIDE_SOFTMAX_OUTPUT_BIT
+                widened.remove(name)
+            elif isinstance(module, IBertIntegerIntermediate) and "ffn-input" in config.wide_activations:
+                module.gelu_grid_factor = 2 ** (WIDE_ACTIVATION_BIT - ACT_BIT)
         assert not widened, f"WIDE_ACTIVATION_SITES names modules the backbone does not have: {sorted(widened)}"
 
     def forward(

@@ -25,6 +25,7 @@ import models
 from models.data import calibration_batches, labelled_sentences
 from models.demo_model import demo_checkpoint
 from models.quantization import QuantizationRecipe
+from models.quantization.recipe import PREVIOUS_WIDE_ACTIVATIONS
 from trt_runtime.contract.export_dir import CALIBRATION_JSON, read_export_info
 from trt_runtime.contract.files import write_json_atomic
 
@@ -33,7 +34,8 @@ ROWS: dict[str, dict[str, Any]] = {
     "qdq-unsmoothed": {"mode": "qdq", "smoothing": "none"},  # residual adds + FFN output input float
     "qdq-ffn-output-quantized": {"mode": "qdq", "smoothing": "none", "keep_float": ("residual-adds",)},
     "qdq-quantize-all": {"mode": "qdq", "smoothing": "none", "keep_float": ()},
-    "integer-default": {"mode": "integer"},
+    "integer-default": {"mode": "integer"},  # every wide site: ffn-input, ffn-output-input, hidden-states, softmax-output
+    "integer-previous-default": {"mode": "integer", "wide_activations": PREVIOUS_WIDE_ACTIVATIONS},
     "integer-8-bit": {"mode": "integer", "wide_activations": ()},
     "integer-wide-ffn-output-input": {"mode": "integer", "wide_activations": ("ffn-output-input",)},
     "integer-wide-hidden-states": {"mode": "integer", "wide_activations": ("hidden-states",)},

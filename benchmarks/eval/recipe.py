@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from models.quantization.recipe import QuantizationRecipe
+from models.quantization.recipe import DEFAULT_WIDE_ACTIVATIONS, QuantizationRecipe
 
 #: qdq post-training calibrators of the table: (name, calibration_method, percentile)
 CALIBRATORS: tuple[tuple[str, str, float | None], ...] = (
@@ -128,6 +128,8 @@ class Variant:
         changes: dict[str, Any] = {"calibration_method": self.method, "percentile": self.percentile}
         if self.quantization == "qdq":
             changes.update(smoothing=self.smoothing, keep_float=self.keep_float)
+        else:  # the float checkpoint's default sites, named: a changed default changes the stages' keys (re-export)
+            changes.update(wide_activations=DEFAULT_WIDE_ACTIVATIONS)
         return calibration_recipe(recipe, self.quantization).replace(**changes)
 
 

@@ -86,7 +86,7 @@ def test_int_gelu_body_is_the_reference(scale, per_channel, opset):
 
 
 @pytest.mark.parametrize("opset", OPSETS)
-@pytest.mark.parametrize(("scale", "output_bits"), [(0.08, 8), (0.02, 8), (0.004, 8), (0.05, 16)])
+@pytest.mark.parametrize(("scale", "output_bits"), [(0.08, 8), (0.02, 8), (0.004, 8), (0.02, 14), (0.05, 16)])
 def test_int_softmax_body_is_the_reference(scale, output_bits, opset):
     rng = np.random.default_rng(int(scale * 1e4) + opset)
     x = rng.integers(-int(12 / scale), int(12 / scale), (2, 3, 6, 7)).astype(np.int32)
@@ -428,7 +428,7 @@ def test_force_dequant_keeps_those_ops_in_float(tmp_path, force_dequant, ops):
 LINEARS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
            "intermediate.dense", "output.dense")
 #: the linears each site feeds (their input is a 16-bit activation: two 8-bit GEMMs, IntMatMulWide)
-FED_BY = {"hidden-states": LINEARS[:3], "ffn-output-input": LINEARS[5:]}
+FED_BY = {"hidden-states": LINEARS[:3], "ffn-input": LINEARS[4:5], "ffn-output-input": LINEARS[5:], "softmax-output": ()}
 
 
 def linear_gemms(model: onnx.ModelProto) -> dict[str, str]:
@@ -443,7 +443,9 @@ def linear_gemms(model: onnx.ModelProto) -> dict[str, str]:
     return found
 
 
-@pytest.mark.parametrize("sites", [None, ["none"], ["ffn-output-input"]], ids=["default", "none", "ffn-output-input"])
+@pytest.mark.parametrize(
+    "sites", [None, ["none"], ["ffn-output-input"], ["ffn-input"]], ids=["default", "none", "ffn-output-input", "ffn-input"]
+)
 def test_wide_activations_through_the_command_line(tmp_path, sites, capsys):
     directory, _ = save_tiny(tmp_path / "ckpt", "bert", "feature-extraction")
     out = tmp_path / "out"

@@ -95,8 +95,8 @@ def test_qdq_and_float_exports_report_the_share_counted_from_the_config(tmp_path
 @pytest.mark.parametrize(
     ("model_type", "wide", "split_roles"),
     [
-        # hidden-states widens what Q, K, V read; ffn-output-input what the FFN output projection reads
-        ("roberta", None, ("query", "key", "value", "ffn-output")),
+        # hidden-states widens what Q, K, V read; ffn-input and ffn-output-input what the FFN projections read
+        ("roberta", None, ("query", "key", "value", "ffn-input", "ffn-output")),
         ("ibert", (), ()),
     ],
     ids=["roberta-integer-default", "ibert-integer-8-bit"],

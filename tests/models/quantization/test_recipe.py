@@ -100,7 +100,7 @@ def test_the_recipes_names_are_what_the_models_implement():
     assert set(CALIBRATION_METHODS["qdq"]) == {"max", *HISTOGRAM_METHODS}
     assert set(CALIBRATION_METHODS["integer"]) == set(INTEGER_MOMENTA)
     assert tuple(WIDE_ACTIVATION_SITES) == WIDE_ACTIVATION_SITE_NAMES
-    assert DEFAULT_WIDE_ACTIVATIONS == ("ffn-output-input", "hidden-states")  # docs/integer.md
+    assert DEFAULT_WIDE_ACTIVATIONS == ("ffn-input", "ffn-output-input", "hidden-states", "softmax-output")  # docs/integer.md
 
 
 def test_fields_normalize():
@@ -142,7 +142,7 @@ def test_fields_normalize():
         ({"mode": "qdq", "keep_float": ("re:(",)}, "--keep-float 're:\\(': not a regular expression"),
         ({"mode": "qdq", "keep_float": ("",)}, "keep_float .* must be strings"),
         ({"mode": "integer", "force_dequant": "all"}, "unknown force_dequant 'all'"),
-        ({"mode": "integer", "wide_activations": ("attention",)}, "unknown site\\(s\\) 'attention'; choose from ffn-output-input, hidden-states"),
+        ({"mode": "integer", "wide_activations": ("attention",)}, "unknown site\\(s\\) 'attention'; choose from ffn-input, ffn-output-input, hidden-states, softmax-output"),
         ({"mode": "qdq", "num_samples": 0}, r"num_samples \(--num-calibration-samples\) must be an integer >= 1, got 0"),
         ({"mode": "qdq", "batch_size": 2.5}, r"batch_size \(--calibration-batch-size\) must be an integer >= 1"),
         ({"mode": "integer", "max_length": 1}, r"max_length \(--calibration-max-length\) must be an integer >= 2"),

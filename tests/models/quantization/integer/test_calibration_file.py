@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +18,7 @@ from models.ibert import (
     DEFAULT_WIDE_ACTIVATIONS,
     WIDE_ACTIVATION_BIT,
     WIDE_ACTIVATION_SITES,
+    WIDE_SOFTMAX_OUTPUT_BIT,
     wide_activation_names,
 )
 from models.quantization import (
@@ -77,24 +79,34 @@ def test_wide_activations_widen_exactly_their_sites(tmp_path):
     assert faithful.config.wide_activations == ()
     assert activation_bits(faithful) == expected
 
-    for sites in [("ffn-output-input",), ("hidden-states",), DEFAULT_WIDE_ACTIVATIONS]:
+    softmax_bits = {name: m.output_bit for name, m in faithful.named_modules() if type(m).__name__ == "IntSoftmax"}
+    assert len(softmax_bits) == 2 and set(softmax_bits.values()) == {8}  # Hugging Face's IntSoftmax(8)
+    for sites in [("ffn-input",), ("ffn-output-input",), ("hidden-states",), ("softmax-output",), DEFAULT_WIDE_ACTIVATIONS]:
         wide = models.load(tmp_path, task=TASK, wide_activations=sites)
         assert wide.config.wide_activations == sites
         got = activation_bits(wide)
         changed = {name for name in got if got[name] != expected[name]}
-        assert changed == {f"ibert.{name}" for name in wide_activation_names(sites, num_layers=2)}
-        assert changed and all(got[name] == WIDE_ACTIVATION_BIT and expected[name] == 8 for name in changed)
-        # attention.output.output_activation ends like the layer's output.output_activation: still 8 bits
-        assert got["ibert.encoder.layer.0.attention.output.output_activation"] == 8
+        names = {f"ibert.{name}" for name in wide_activation_names(sites, num_layers=2)}
+        assert changed == {name for name in names if not name.endswith(".softmax")}
+        assert all(got[name] == WIDE_ACTIVATION_BIT and expected[name] == 8 for name in changed)
+        softmax = {name: m.output_bit for name, m in wide.named_modules() if type(m).__name__ == "IntSoftmax"}
+        widened = {name for name, bits in softmax.items() if bits != 8}
+        assert widened == {name for name in names if name.endswith(".softmax")}
+        assert all(softmax[name] == WIDE_SOFTMAX_OUTPUT_BIT for name in widened)
+        assert changed or widened
+        # attention.output.output_activation ends like the layer's output.output_activation: its own site
+        assert (got["ibert.encoder.layer.0.attention.output.output_activation"] == 16) == ("ffn-input" in sites)
 
 
 def test_wide_activations_default_and_errors(bert_dir):
     model = models.load(bert_dir, task=TASK, quantization="integer")
-    assert model.config.wide_activations == DEFAULT_WIDE_ACTIVATIONS == ("ffn-output-input", "hidden-states")
+    assert model.config.wide_activations == DEFAULT_WIDE_ACTIVATIONS == (
+        "ffn-input", "ffn-output-input", "hidden-states", "softmax-output"
+    )
     assert activation_bits(model)["bert.encoder.layer.1.pre_output_act"] == WIDE_ACTIVATION_BIT
     assert models.load(bert_dir, task=TASK, quantization="integer", wide_activations=[]).config.wide_activations == ()
-    with pytest.raises(ValueError, match="unknown site.*'ffn-input'.*ffn-output-input, hidden-states"):
-        models.load(bert_dir, task=TASK, quantization="integer", wide_activations=["ffn-input"])
+    with pytest.raises(ValueError, match="unknown site.*'query'.*ffn-input, ffn-output-input, hidden-states, softmax-output"):
+        models.load(bert_dir, task=TASK, quantization="integer", wide_activations=["query"])
     with pytest.raises(ValueError, match="quantization='integer' only"):
         models.load(bert_dir, task=TASK, quantization="qdq", wide_activations=["hidden-states"])
 
@@ -110,6 +122,69 @@ def test_wide_activations_are_closer_to_float(bert_dir):
     assert errors[DEFAULT_WIDE_ACTIVATIONS] < 0.9 * errors[()]  # tiny random model: most error is elsewhere
 
 
+def _captured_inputs(model: torch.nn.Module, kind: str) -> dict[str, object]:
+    """{module name: the IntegerTensor its last forward took} for the modules of type `kind`."""
+    captured: dict[str, object] = {}
+    for name, module in model.named_modules():
+        if type(module).__name__ == kind:
+            module.register_forward_pre_hook(lambda m, args, name=name: captured.__setitem__(name, args[0]))
+    outputs(model)
+    return captured
+
+
+def test_a_wide_ffn_input_keeps_the_gelu_on_the_8_bit_grid(bert_dir):
+    """"ffn-input": the FFN input projection reads 16 bits (IntMatMulWide) and its accumulator is requantized
+    onto the grid an 8-bit input's would be, 2**8 x coarser, so the i-GELU gets the 8-bit layout's constants."""
+    model = calibrated(bert_dir, wide_activations=("ffn-input",))
+    gelu_inputs = _captured_inputs(model, "IntGELU")
+    layers = dict(model.named_modules())
+    for name, x in gelu_inputs.items():
+        layer = name.removesuffix(".intermediate.intermediate_act_fn")
+        act = layers[f"{layer}.pre_intermediate_act"]
+        assert act.activation_bit == 16
+        weight_scale = layers[f"{layer}.intermediate.dense"].weight_scale()
+        grid = np.float32(np.asarray(act.scale(), np.float32).reshape(1)[0] * np.float32(256))
+        np.testing.assert_array_equal(x.scale, (weight_scale * grid).astype(np.float32))
+    # the snapped accumulator is the exact GEMM rounded once: within half a step (+ the bias's) of float64
+    # x W^T + b on the dequantized 16-bit input
+    captured = _captured_inputs(model, "QuantLinear")
+    for name, x in captured.items():
+        if not name.endswith("intermediate.dense"):
+            continue
+        dense = layers[name]
+        gelu_input = gelu_inputs[name.replace(".dense", ".intermediate_act_fn")]
+        a = x.values.to(torch.float64).numpy() * np.float64(np.asarray(x.scale).reshape(-1)[0])
+        weight_t = dense.integers(np.asarray(x.scale, np.float32)).weight_t  # the int8 weights: an input here
+        w = weight_t.to(torch.float64).numpy() * dense.weight_scale().astype(np.float64)[None, :]
+        expected = a @ w + dense.bias.detach().to(torch.float64).numpy()
+        step = np.asarray(gelu_input.scale, np.float64)
+        got = gelu_input.values.to(torch.float64).numpy() * step
+        assert np.all(np.abs(got - expected) <= step * 1.01 + 1e-9)
+
+
+def test_a_wide_softmax_output_is_closer_to_float64_softmax(bert_dir):
+    """"softmax-output": probabilities on a 2**-14 grid instead of I-BERT's 2**-8, against NumPy's float64
+    softmax of the same (dequantized) scores; the i-exp polynomial's error is what remains."""
+    errors = {}
+    for sites in [(), ("softmax-output",)]:
+        model = calibrated(bert_dir, wide_activations=sites)
+        softmax = next(m for m in model.modules() if type(m).__name__ == "IntSoftmax")
+        captured: dict[str, object] = {}
+        softmax.register_forward_hook(
+            lambda m, args, out, captured=captured: captured.update(scores=args[0], mask=args[1], probs=out)
+        )
+        outputs(model)
+        scores, probs = captured["scores"], captured["probs"]
+        assert probs.values.max() <= 2**softmax.output_bit and float(probs.scale[0]) == 2.0**-softmax.output_bit
+        x = scores.values.to(torch.float64).numpy() * float(np.asarray(scores.scale).reshape(-1)[0])
+        x = np.where(captured["mask"].numpy() < 0, -np.inf, x)
+        reference = np.exp(x - x.max(-1, keepdims=True))
+        reference /= reference.sum(-1, keepdims=True)
+        errors[sites] = np.abs(probs.values.numpy() * 2.0**-softmax.output_bit - reference).max()
+    print(f"softmax max error to float64: 8 bits {errors[()]:.5f}, 14 bits {errors[('softmax-output',)]:.5f}")
+    assert errors[("softmax-output",)] < 0.5 * errors[()]
+
+
 # --- calibration.json ----------------------------------------------------------------------------------
 
 
@@ -119,7 +194,7 @@ def test_calibration_file_round_trip(bert_dir, tmp_path):
     data = json.loads(path.read_text())
     assert (data["format_version"], data["mode"], data["method"], data["data"]) == (1, "integer", "ibert-minmax", "unit test")
     assert data["num_samples"] == 9 and data["model"]["hidden_size"] == 32 and len(data["model"]["weights_sha256"]) == 64
-    assert (data["force_dequant"], data["wide_activations"]) == ("none", ["ffn-output-input", "hidden-states"])
+    assert (data["force_dequant"], data["wide_activations"]) == ("none", list(DEFAULT_WIDE_ACTIVATIONS))
     assert len(data["activations"]) == len(activation_bits(model)) and len(data["layernorm_shifts"]) == 5
     assert data["activations"]["bert.encoder.layer.0.pre_output_act"]["bits"] == 16
     assert data["activations"]["bert.encoder.layer.0.attention.self.query_activation"]["bits"] == 8
@@ -215,8 +290,12 @@ def test_calibration_file_errors_name_the_problem(bert_dir, tmp_path, caplog):
 
 
 def test_every_site_names_quantacts_of_hugging_face_ibert():
-    """The site table names modules that exist in I-BERT's module tree (so checkpoints and files agree)."""
-    hf_names = set(activation_bits(hf_model("ibert", TASK, quant_mode=True)))  # IBertModel: backbone names
+    """The site table names modules that exist in I-BERT's module tree (so checkpoints and files agree):
+    QuantActs, and for the softmax output Hugging Face's IntSoftmax of every layer."""
+    reference = hf_model("ibert", TASK, quant_mode=True)
+    hf_names = set(activation_bits(reference))  # IBertModel: backbone names
+    hf_softmax = {name for name, m in reference.named_modules() if type(m).__name__ == "IntSoftmax"}
+    assert len(hf_softmax) == 2
     for site in WIDE_ACTIVATION_SITES:
         names = wide_activation_names([site], num_layers=2)
-        assert len(names) >= 3 and names <= hf_names, site
+        assert names == hf_softmax if site == "softmax-output" else (len(names) >= 3 and names <= hf_names), site

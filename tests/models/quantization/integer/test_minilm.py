@@ -10,8 +10,9 @@ from models.data import SOURCES, calibration_batches, labelled_sentences, load_t
 from models.ibert import DEFAULT_WIDE_ACTIVATIONS
 from models.quantization import calibrate_integer
 
-# Measured on these 64 sentences (docs/integer.md has 256 and the ablation): the default, 16-bit activations
-# at "ffn-output-input" and "hidden-states", 0.983; I-BERT's 8 bits everywhere 0.967. The 8-bit loss is
+# Measured on these 64 sentences (docs/integer.md has 256 and the ablation): the default, every wide site
+# (16-bit FFN inputs and hidden states, 14-bit softmax output), 0.9962 (min 0.9911); the previous default
+# ("ffn-output-input" and "hidden-states") 0.983; I-BERT's 8 bits everywhere 0.967. The 8-bit loss is
 # per-tensor activations on MiniLM's outlier channels (LayerNorm outputs up to ~30 with mean |x| ~0.4,
 # GELU outputs up to ~25 with mean ~0.15), not the integer nonlinearities (force_dequant changes nothing).
 MIN_MEAN_COSINE = 0.98  # the project's acceptance, for the default configuration
@@ -43,7 +44,7 @@ def test_integer_minilm_sentence_embeddings_stay_close_to_float(minilm_dir):
                 for batch, expected in zip(batches, reference)
             ])
         cosines[model.config.wide_activations] = cosine
-        print(f"integer-only all-MiniLM-L6-v2, 16-bit sites {model.config.wide_activations or 'none'}: mean "
+        print(f"integer-only all-MiniLM-L6-v2, wide sites {model.config.wide_activations or 'none'}: mean "
               f"cosine to float {cosine.mean():.4f} (min {cosine.min():.4f}) over {len(texts)} sentences")
     default, narrow = cosines[DEFAULT_WIDE_ACTIVATIONS], cosines[()]
     assert default.mean() >= MIN_MEAN_COSINE and default.min() >= 0.9
