@@ -235,7 +235,7 @@ def test_check_command(exports, capsys):
 def test_build_prints_the_int8_share_of_the_graph_it_hands_tensorrt(exports, capsys):
     """Before TensorRT is needed (`--check`, and a build on a machine without it), in the export log's words:
     a qdq export's line is the one its export recorded; an integer export's is its TensorRT form's, where
-    the 16-bit sites (Q, K, V, FFN output: 4 of a layer's 6 linears) and probabilities x V are two INT8
+    the 16-bit sites (Q, K, V, FFN input, FFN output: 5 of a layer's 6 linears) and probabilities x V are two INT8
     GEMMs each (counted from the config: RoBERTa's classification head is two float linears, no pooler)."""
     from tests.fixtures.tiny_models import tiny_config
     from trt_runtime.contract.export_dir import read_export_info
@@ -247,7 +247,7 @@ def test_build_prints_the_int8_share_of_the_graph_it_hands_tensorrt(exports, cap
     assert capsys.readouterr().out.splitlines()[-1] == f"{recorded} [the graph handed to TensorRT, by its Q/DQ rule]"
 
     layers = tiny_config("ibert", "text-classification").num_hidden_layers
-    expected = (f"INT8 share: encoder linear GEMM work 100.0 % ({10 * layers} of {10 * layers} GEMMs), attention matmuls "
+    expected = (f"INT8 share: encoder linear GEMM work 100.0 % ({11 * layers} of {11 * layers} GEMMs), attention matmuls "
                 f"{3 * layers} of {3 * layers}, heads and pooler 0 of 2 [the TensorRT form of the integer export handed "
                 "to TensorRT, by its Q/DQ rule]")
     for flags in ([], ["--no-plugins"]):
