@@ -4,7 +4,7 @@ counters (PERF_COUNT, `InferRequest.profiling_info`) per variant, by op type and
 Loads the variants that `make bench` made (exports/bench/...), runs each on one shape with profiling
 on, the variants taking turns, and sums the kernel time of every node by op type per run; for OpenVINO
 also by the kernel it chose (`exec_type`, e.g. brgemm_avx512_amx_I8: whether the int8 GEMMs run on AMX,
-VNNI or in float). Writes benchmarks/results/profile-<model>-b<batch>-s<sequence>.json and prints a table.
+VNNI or in float). Writes benchmarks/results/profile-<model>-b<batch>-s<sequence>.json (or `--name`'s stem) and prints a table.
 
 The GEMMs' rate (issue 19's stretch: the INT8 GEMMs at >= 70 % of the CPU's int8 peak, from the profiler):
 for each variant the GEMM nodes' operations (2 M K N, from the shapes the profiler records: ONNX Runtime's
@@ -13,7 +13,7 @@ same process (`peak_rates`): ONNX Runtime's float32 GEMM (MLAS sgemm, close to t
 u8 x s8 GEMM on one large square problem. The issue's int8 peak is 4x the float32 FMA rate (what VNNI's
 vpdpbusd gives: 64 int8 multiply-adds per instruction where FMA does 16); AMX-INT8's tile multiply does
 1024 int8 multiply-adds per cycle per core against AVX-512's 32 float32 FMAs (Intel's Architecture
-Instruction Set Extensions reference, AMX chapter), so on an AMX CPU the peak is 32x: both are printed.
+Instruction Set Extensions reference, AMX chapter), so on an AMX CPU the peak is 32x: each is printed where the CPU has its unit (its /proc/cpuinfo flag).
 
     PYTHONPATH=. python -m benchmarks.profile_ops [--model bert-base] [--batch 8] [--sequence 128] [--runs 5]
 """
@@ -45,8 +45,10 @@ DEFAULT_VARIANTS = ("ort-float", "ort-int8", "quantize_dynamic", "openvino-qdq",
 ORT_INT8_GEMMS = ("MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm", "QLinearMatMul", "QAttention")
 ORT_FLOAT_GEMMS = ("MatMul", "FusedMatMul", "Gemm", "FusedGemm", "Attention")
 ORT_FUSED_QKV = ("QAttention", "Attention")
-#: int8 multiply-adds per cycle per core against float32 FMAs (see the module doc): VNNI 4x, AMX 32x
+#: int8 multiply-adds per cycle per core against float32 FMAs (see the module doc): VNNI 4x, AMX 32x, each
+#: with the /proc/cpuinfo flag that says the CPU has it (a peak is reported only where the CPU has its unit)
 INT8_PEAK_FACTORS = {"vnni": 4, "amx": 32}
+INT8_PEAK_FLAGS = {"vnni": ("avx512_vnni", "avx_vnni"), "amx": ("amx_int8",)}
 
 
 def onnx_file(variant: VariantSpec, threads: int) -> str:
@@ -171,6 +173,9 @@ def peak_rates(threads: int, size: int = 2048) -> dict[str, Any]:
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
+    from trt_runtime.backends.onnxruntime.recipes import cpu_flags
+
+    flags = cpu_flags()
     rng = np.random.default_rng(0)
     operations = 2 * size**3
 
@@ -198,7 +203,8 @@ def peak_rates(threads: int, size: int = 2048) -> dict[str, Any]:
     return {
         "size": size, "threads": threads,
         "float32_matmul_gops": round(float32, 1), "u8s8_matmulinteger_gops": round(int8, 1),
-        **{f"int8_peak_{name}_gops": round(factor * float32, 1) for name, factor in INT8_PEAK_FACTORS.items()},
+        **{f"int8_peak_{name}_gops": round(factor * float32, 1) for name, factor in INT8_PEAK_FACTORS.items()
+           if flags & set(INT8_PEAK_FLAGS[name])},
     }
 
 
@@ -256,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--exports", type=Path, default=ROOT / "exports" / "bench")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument(
+        "--name", help="results file stem (default profile-<model>-b<batch>-s<sequence>); the docs cite such files by name"
+    )
     parser.add_argument("--no-peak", action="store_true", help="leave out the measurement of this CPU's GEMM rates")
     args = parser.parse_args(argv)
     spec = model_specs([args.model], [], None, args.exports)[0]
@@ -272,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     from trt_runtime.contract.files import write_json_atomic
 
     args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / f"profile-{args.model}-b{args.batch}-s{args.sequence}.json"
+    path = args.output / f"{args.name or f'profile-{args.model}-b{args.batch}-s{args.sequence}'}.json"
     write_json_atomic(path, out)
     for name, data in result.items():
         gemm = data["gemms"]["int8"]
@@ -282,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         if peak is not None and gemm["gops"]:
             rate += " (" + ", ".join(
                 f"{100 * gemm['gops'] / peak[key]:.0f} % of {label}" for key, label in (
-                    ("int8_peak_vnni_gops", "4x float32"), ("int8_peak_amx_gops", "32x float32"),
+                    ("int8_peak_vnni_gops", "4x float32: VNNI"), ("int8_peak_amx_gops", "32x float32: AMX"),
                     ("u8s8_matmulinteger_gops", "MLAS u8 x s8 at 2048^3"))
+                if key in peak
             ) + ")"
         print(f"\n{name}: {data['kernel_ms_per_run']:.1f} ms of kernels per run{rate}")
         for op, t in list(data["ops"].items())[:10]:

@@ -108,15 +108,13 @@ def _resolved_for(recipe: QuantizationRecipe, checkpoint: Path) -> QuantizationR
     from transformers import AutoConfig
 
     from models.architectures import architecture_for
-    from models.ibert import default_wide_activations
+    from models.ibert import integer_settings_for
 
     config = AutoConfig.from_pretrained(checkpoint)
-    changes: dict[str, Any] = {}
-    if recipe.force_dequant is None:
-        changes["force_dequant"] = getattr(config, "force_dequant", "none")
-    if recipe.wide_activations is None:
-        changes["wide_activations"] = default_wide_activations(config, architecture_for(config.model_type))
-    return recipe.replace(**changes)
+    force_dequant, wide_activations = integer_settings_for(
+        config, architecture_for(config.model_type), recipe.force_dequant, recipe.wide_activations
+    )
+    return recipe.replace(force_dequant=force_dequant, wide_activations=wide_activations)
 
 
 def _reusable(out_dir: Path, spec: ModelSpec, quantization: str) -> bool:

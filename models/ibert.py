@@ -94,6 +94,24 @@ def default_wide_activations(config: PretrainedConfig, arch: Architecture) -> tu
     return () if i_bert_grids(config, arch) else DEFAULT_WIDE_ACTIVATIONS
 
 
+def integer_settings_for(
+    config: PretrainedConfig,
+    arch: Architecture,
+    force_dequant: str | None = None,
+    wide_activations: Iterable[str] | None = None,
+) -> tuple[str, tuple[str, ...]]:
+    """(force_dequant, wide_activations) the integer model runs with: each as given, or None for the
+    checkpoint's: its config's force_dequant (else "none", IBertConfig's default) and wide_activations (else
+    `default_wide_activations`). The one home of those defaults: the model applies them and an export
+    records them, so whatever compares a recipe with an export's record resolves a recipe here."""
+    if force_dequant is None:
+        force_dequant = str(getattr(config, "force_dequant", None) or "none")
+    if wide_activations is None:
+        wide_activations = getattr(config, "wide_activations", None)
+    wide = default_wide_activations(config, arch) if wide_activations is None else check_wide_activations(wide_activations)
+    return force_dequant, wide
+
+
 def wide_activation_names(sites: Iterable[str], num_layers: int) -> set[str]:
     """The backbone's QuantAct and IntSoftmax names that `sites` widen."""
     return {
@@ -315,10 +333,7 @@ class IBertIntegerBackbone(nn.Module):
 
     def __init__(self, config: PretrainedConfig, arch: Architecture, add_pooling_layer: bool = True):
         super().__init__()
-        if not hasattr(config, "force_dequant"):
-            config.force_dequant = "none"
-        wide = getattr(config, "wide_activations", None)
-        config.wide_activations = default_wide_activations(config, arch) if wide is None else check_wide_activations(wide)
+        config.force_dequant, config.wide_activations = integer_settings_for(config, arch)
         self.arch = arch
         self.max_length = max_positions(config, arch)
         self.causal = bool(getattr(config, "is_decoder", False))

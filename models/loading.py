@@ -394,8 +394,7 @@ def load(
         if quantization != "integer" and force_dequant != "none":
             raise ValueError("force_dequant applies to quantization='integer' only")
         config.force_dequant = force_dequant
-    elif quantization == "integer" and not hasattr(config, "force_dequant"):
-        config.force_dequant = "none"
+    # otherwise the integer model takes the checkpoint's settings (models.ibert.integer_settings_for)
 
     model = task_class(task, arch)(config, arch, quantization)
     state, source = read_state_dict(directory)

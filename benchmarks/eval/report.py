@@ -78,19 +78,12 @@ DERIVED_GRAPH_LABELS = {"cpu-int8": "CPU INT8", "cpu-integer": "CPU integer", "c
 
 
 def graph_ran(row: dict[str, Any]) -> str:
-    """Which graph the pipeline ran for this row: a derived CPU graph's label ("CPU INT8" for a qdq export,
-    "CPU integer" for an integer export on a VNNI / AMX CPU, "fused float") or "exported"."""
-    from trt_runtime.backends.onnxruntime.graphs import CPU_GRAPHS
-
+    """Which graph the pipeline ran for this row, as the runner's choice named it (`graph_kind`): a derived CPU
+    graph's label ("CPU INT8" for a qdq export, "CPU integer" for an integer export where the u8 x s8 GEMMs
+    are exact, "fused float") or "exported"."""
     runtime = (row.get("onnxruntime") or {}).get("runtime") or {}
-    reason, graph = str(runtime.get("graph_reason") or ""), str(runtime.get("graph") or "")
-    # the graph's file (<kind>-<versions>.onnx cached, model.<kind>.onnx prebuilt, "<kind> (in memory)") or the
-    # reason, which names it (`what`); the longest kind first: "cpu-int8" is a prefix of "cpu-integer"
-    for kind in sorted(CPU_GRAPHS, key=len, reverse=True):
-        named = any(form in graph for form in (f"{kind}-", f"model.{kind}.")) or graph.startswith(f"{kind} ")
-        if named or CPU_GRAPHS[kind].what.removeprefix("the ") in reason:
-            return DERIVED_GRAPH_LABELS[kind]
-    return "exported"
+    kind = str(runtime.get("graph_kind", "exported"))
+    return DERIVED_GRAPH_LABELS.get(kind, kind)
 
 
 def markdown_table(task_name: str, task_result: dict[str, Any]) -> str:

@@ -594,7 +594,7 @@ def runtime_predictions(
             "examples": data.digest(),
             "ort": onnxruntime.__version__,
             "graph": graph,
-            "runtime": 2,
+            "runtime": 3,  # 3: the runtime record names the graph's kind (graph_kind)
             # the derived CPU INT8 graph's recipe: a new default recipe means new predictions
             "cpu_int8": cpu_int8.Recipe().tag if graph == "auto" and info.quantization == "qdq" else None,
         }
@@ -619,6 +619,7 @@ def runtime_predictions(
     runtime = {
         "backend": runner.backend,
         "graph_option": graph,
+        "graph_kind": runner.choice.graph,  # "exported", "cpu-int8", "cpu-integer", "cpu-float": the table's label
         "graph": runner.graph_path.name if runner.graph_path is not None else f"{runner.choice.graph} (in memory)",
         "graph_reason": runner.choice.graph_reason,
         "providers": list(getattr(runner, "providers", [])),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trt_runtime.contract.export_dir import read_export_info
-from trt_runtime.pipelines.base import DEFAULT_BATCH_SIZE, Pipeline, task_mismatch
+from trt_runtime.pipelines.base import Pipeline, task_mismatch
 
 #: task -> "module:class" under trt_runtime.pipelines
 PIPELINES = {
@@ -57,13 +57,16 @@ def pipeline(
     model: str | os.PathLike | None = None,
     backend: str = "auto",
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     directory: str | os.PathLike | None = None,
     **options: Any,
 ) -> Pipeline:
     """A pipeline for `task` (None: export.json's task) over the export directory `model`, called as
     transformers' `pipeline(task, model=...)` is (`directory=` is the same argument by its older name).
 
+    batch_size: rows per model run (None: DEFAULT_BATCH_SIZE, and more rows for short texts by the token
+    budget `max_batch_tokens`, DEFAULT_MAX_BATCH_TOKENS; a batch_size given runs that many rows, as
+    transformers does).
     options: the task's own options (defaults for every call, e.g. top_k, aggregation_strategy,
     pooling), the per-call options as defaults (transformers' truncation, max_length, ... as the task
     takes them: `Pipeline.call_option_names`), and the runner's (e.g. intra_op_num_threads, providers,

@@ -24,6 +24,13 @@ from trt_runtime.validation import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, In
 
 SEQUENCE_AXIS = "sequence_length"
 DEFAULT_BATCH_SIZE = 8
+#: a model run's token budget where batch_size is not given: short texts go in runs of more than batch_size rows
+#: while rows x the longest row's tokens stays within it (8 rows of 256 tokens): fewer, larger runs, whose GEMMs
+#: are faster per token (text-embeddings-inference batches by such a budget, its --max-batch-tokens; measured in
+#: docs/benchmarks.md, "Batching by tokens")
+DEFAULT_MAX_BATCH_TOKENS = 2048
+#: the most rows one run takes by the token budget
+MAX_BUDGET_ROWS = 256
 #: transformers' tokenizer keywords that the pipelines honour (how each task takes them: `tokenizer_keywords`)
 TOKENIZER_KEYWORDS = ("truncation", "max_length", "padding")
 TRUNCATIONS = (True, False, "longest_first", "only_first", "only_second", "do_not_truncate")
@@ -36,7 +43,10 @@ CALL = "call settings"
 class CallSettings:
     """What every task takes per call besides its own options, with transformers' meaning.
 
-    batch_size: rows per model run. truncation: None (default) truncates an input longer than the model
+    batch_size: rows per model run. max_batch_tokens: more rows per run than batch_size while rows x the
+    longest row's tokens stays within it (up to MAX_BUDGET_ROWS and the backend's max batch); None: batch_size
+    rows exactly. The pipeline's default is DEFAULT_MAX_BATCH_TOKENS unless batch_size is given (when made, or
+    per call): then batch_size rows, as transformers runs them. truncation: None (default) truncates an input longer than the model
     takes with a warning; True or a strategy truncates to max_length silently; False raises instead.
     max_length: the longest encoding (capped at the model's limit). padding: results never depend on it
     (rows are cut back to their own length) except "max_length", which pads every row to max_length, so
@@ -44,6 +54,7 @@ class CallSettings:
     """
 
     batch_size: int = DEFAULT_BATCH_SIZE
+    max_batch_tokens: int | None = None
     truncation: bool | str | None = None
     max_length: int | None = None
     padding: bool | str = False
@@ -55,6 +66,9 @@ class CallSettings:
             isinstance(given["batch_size"], bool) or not isinstance(given["batch_size"], int) or given["batch_size"] < 1
         ):
             raise ValueError(f"batch_size must be a positive int, got {given['batch_size']!r}")
+        tokens = given.get("max_batch_tokens")
+        if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+            raise ValueError(f"max_batch_tokens must be a positive int (or None: batch_size rows), got {tokens!r}")
         if given.get("truncation") is not None and given["truncation"] not in TRUNCATIONS:
             raise ValueError(f"truncation={given['truncation']!r}; choose one of {TRUNCATIONS}")
         if given.get("max_length") is not None and (
@@ -101,6 +115,25 @@ def batches(indices: Sequence[int], size: int) -> Iterator[list[int]]:
         yield list(indices[start : start + size])
 
 
+def token_batches(
+    order: Sequence[int], lengths: Sequence[int], rows: int, max_tokens: int | None, max_rows: int
+) -> Iterator[list[int]]:
+    """`order` (indices by ascending length) in runs of `rows`, or of more (up to `max_rows`) while rows x the
+    run's longest length stays within `max_tokens`; None: runs of `rows`."""
+    if max_tokens is None:
+        yield from batches(order, rows)
+        return
+    run: list[int] = []
+    for index in order:  # ascending: the newcomer is the run's longest
+        limit = max(rows, min(max_rows, max_tokens // max(1, lengths[index])))
+        if len(run) >= limit:
+            yield run
+            run = []
+        run.append(index)
+    if run:
+        yield run
+
+
 def pad_rows(
     encodings: Sequence[Encoding], pad_id: int, names: Sequence[str], min_length: int = 1
 ) -> dict[str, np.ndarray]:
@@ -136,7 +169,7 @@ class Pipeline:
     tokenizer_keywords: ClassVar[str | None] = None
 
     def __init__(
-        self, runner: BaseRunner, tokenizer: TextTokenizer, *, batch_size: int = DEFAULT_BATCH_SIZE, **options
+        self, runner: BaseRunner, tokenizer: TextTokenizer, *, batch_size: int | None = None, **options
     ):
         if not isinstance(runner, BaseRunner):
             raise TypeError(
@@ -145,7 +178,9 @@ class Pipeline:
             )
         if runner.info.task != self.task:
             raise ValueError(task_mismatch(self.task, runner.info.task, runner.export_dir))
-        if not isinstance(batch_size, int) or batch_size < 1:
+        rows_given = batch_size is not None
+        batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if tokenizer.max_token_id >= runner.info.vocab_size:
             raise ExportDirError(
@@ -157,7 +192,11 @@ class Pipeline:
         self.runner = runner
         self.tokenizer = tokenizer
         self.batch_size = min(batch_size, runner.max_batch_size or batch_size)
-        self.call_defaults = CallSettings(self.batch_size, **self._pop_call_settings(options))
+        #: the most rows a run takes by the token budget
+        self.max_budget_rows = min(MAX_BUDGET_ROWS, runner.max_batch_size or MAX_BUDGET_ROWS)
+        settings = self._pop_call_settings(options)
+        settings.setdefault("max_batch_tokens", None if rows_given else DEFAULT_MAX_BATCH_TOKENS)
+        self.call_defaults = CallSettings(self.batch_size, **settings)
         self.defaults = self._merge(options)
         # the longest encoding the model takes: the export's, a backend's (TensorRT profile), the tokenizer's
         limits = [runner.info.max_sequence_length, runner.max_sequence_length, tokenizer.model_max_length]
@@ -173,7 +212,10 @@ class Pipeline:
         """Results for a str (or the task's input), a list of them, or, streamed as an iterator of results
         computed batch_size inputs at a time, a generator or a dataset (as transformers does)."""
         options = dict(options)
-        call = replace(self.call_defaults, **self._pop_call_settings(options))
+        given = self._pop_call_settings(options)
+        if "batch_size" in given:  # rows per run, as transformers runs them, unless a budget is given too
+            given.setdefault("max_batch_tokens", None)
+        call = replace(self.call_defaults, **given)
         call = replace(call, batch_size=min(call.batch_size, self.runner.max_batch_size or call.batch_size))
         if is_stream(inputs):
             return self._stream(inputs, options, call)
@@ -188,7 +230,7 @@ class Pipeline:
         """The per-call options the task takes besides its own `options` (transformers' names)."""
         names = {"keywords": TOKENIZER_KEYWORDS, "tokenize_kwargs": ("truncation", "tokenize_kwargs")}
         style = cls.tokenizer_keywords
-        return ("batch_size", *names.get(style or "", (style,) if style else ()))
+        return ("batch_size", "max_batch_tokens", *names.get(style or "", (style,) if style else ()))
 
     def _pop_call_settings(self, options: dict[str, Any]) -> dict[str, Any]:
         """Take the call options out of `options` as CallSettings fields (a dict option's keys included)."""
@@ -208,9 +250,10 @@ class Pipeline:
         rows = (inputs[i] for i in range(len(inputs))) if not isinstance(inputs, Iterator) else inputs  # type: ignore[index, arg-type]
         chunk: list[Any] = []
         start = 0
+        size = call.batch_size if call.max_batch_tokens is None else max(call.batch_size, self.max_budget_rows)
         for item in rows:
             chunk.append(item)
-            if len(chunk) == call.batch_size:
+            if len(chunk) == size:
                 yield from self._call_list(chunk, options, call, start)
                 start += len(chunk)
                 chunk = []
@@ -300,16 +343,17 @@ class Pipeline:
         return encodings
 
     def run_rows(self, encodings: Sequence[Encoding], call: CallSettings | None = None) -> list[dict[str, np.ndarray]]:
-        """Run every encoding (one row each) in batches (of call.batch_size rows); per-row outputs, cut to
-        the row's own length."""
-        batch_size = call.batch_size if call else self.batch_size
-        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))  # less padding per batch
+        """Run every encoding (one row each) in batches of similar length (call.batch_size rows, or more by
+        call.max_batch_tokens); per-row outputs, cut to the row's own length."""
+        call = call or self.call_defaults
+        lengths = [max(self.min_length, len(encoding.ids)) for encoding in encodings]
+        order = sorted(range(len(encodings)), key=lambda i: lengths[i])  # less padding per batch
         names = [spec.name for spec in self.runner.input_specs]
         sequence_outputs = {
             spec.name for spec in self.info.outputs if len(spec.shape) > 1 and spec.shape[1] == SEQUENCE_AXIS
         }
         rows: list[dict[str, np.ndarray]] = [{} for _ in encodings]
-        for batch in batches(order, batch_size):
+        for batch in token_batches(order, lengths, call.batch_size, call.max_batch_tokens, self.max_budget_rows):
             feeds = pad_rows([encodings[i] for i in batch], self.tokenizer.pad_token_id, names, self.min_length)
             outputs = self.runner(feeds)
             for position, index in enumerate(batch):

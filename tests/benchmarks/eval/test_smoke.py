@@ -138,8 +138,9 @@ def test_every_stage_runs_scores_match_the_predictions_and_a_rerun_reuses_them(t
     # Q/DQ graph is run too for the dev-chosen calibrator and QAT
     rows = {row["variant"]: row for row in binary["rows"]}
     for name, row in rows.items():
-        reason = row["onnxruntime"]["runtime"]["graph_reason"]
-        assert ("CPU INT8" in reason) == (row["quantization"] == "qdq"), (name, reason)
+        runtime = row["onnxruntime"]["runtime"]
+        assert ("CPU INT8" in runtime["graph_reason"]) == (row["quantization"] == "qdq"), (name, runtime)
+        assert (runtime["graph_kind"] == "cpu-int8") == (row["quantization"] == "qdq"), (name, runtime)
     exported = {name for name, row in rows.items() if "onnxruntime_exported" in row}
     assert exported == {f"ptq-{best}", f"qat-{best}"}
     for name in exported:

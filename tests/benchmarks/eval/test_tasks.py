@@ -128,15 +128,12 @@ def test_doc_block_is_replaced_and_prose_kept(tmp_path: Path):
 
 def test_markdown_table_formats_points_intervals_and_the_graph_that_ran():
     change = {"delta": -0.0043, "ci_low": -0.0091, "ci_high": 0.0004}
-    derived = {
-        "graph_reason": "the CPU INT8 graph derived from model.onnx (reused ...)",
-        "graph": "cpu-int8-x.onnx",
-    }
+    derived = {"graph_kind": "cpu-int8", "graph": "cpu-int8-x.onnx"}
     rows = [
         {
             "title": "float (FP32)",
             "group": "float",
-            "onnxruntime": {"accuracy": 0.9, "f1": 0.91, "runtime": {"graph_reason": "the exported graph"}},
+            "onnxruntime": {"accuracy": 0.9, "f1": 0.91, "runtime": {"graph_kind": "exported"}},
         },
         {
             "title": "PTQ max",
@@ -150,7 +147,7 @@ def test_markdown_table_formats_points_intervals_and_the_graph_that_ran():
             "onnxruntime_exported": {"accuracy": 0.8957, "change_vs_float": {"accuracy": change}},
         },
     ]
-    integer = {"graph_reason": "the CPU integer graph derived from model.onnx", "graph": "cpu-integer-1.32.0-v1-u8s8.onnx"}
+    integer = {"graph_kind": "cpu-integer", "graph": "cpu-integer-1.32.0-v1-u8s8.onnx"}
     rows.append({
         "title": "I-BERT integer, PTQ", "group": "integer",
         "onnxruntime": {"accuracy": 0.9, "f1": 0.91, "change_vs_float": {"accuracy": change, "f1": change},
@@ -165,6 +162,13 @@ def test_markdown_table_formats_points_intervals_and_the_graph_that_ran():
     assert table[3] == (
         "| PTQ max | CPU INT8 | 89.6 | -0.4 [-0.9, +0.0] | 90.5 | -0.4 [-0.9, +0.0] | -0.4 [-0.9, +0.0] |"
     )
+
+
+def test_every_derived_cpu_graph_has_a_table_label():
+    from benchmarks.eval.report import DERIVED_GRAPH_LABELS
+    from trt_runtime.backends.onnxruntime.graphs import CPU_GRAPHS
+
+    assert set(DERIVED_GRAPH_LABELS) == set(CPU_GRAPHS)
 
 
 def test_markdown_table_regression_shows_every_metric_rmse_in_score_units():

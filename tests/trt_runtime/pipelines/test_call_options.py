@@ -8,11 +8,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from copy import deepcopy
 
+import numpy as np
 import pytest
 from transformers.pipelines.pt_utils import KeyDataset
 
 import trt_runtime
 from tests.fixtures.runtime_exports import NER_LABELS, assert_results_close, hf_pipeline, tiny_export
+from trt_runtime.pipelines.base import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BATCH_TOKENS, token_batches
 from trt_runtime.validation import InputError
 
 TEXTS = [
@@ -51,6 +53,64 @@ def test_per_call_batch_size_changes_batching_not_results(classification):
         assert_results_close(ours(TEXTS, batch_size=batch_size), expected)
     with pytest.raises(ValueError, match="batch_size must be a positive int"):
         ours(TEXTS, batch_size=0)
+
+
+def _run_shapes(pipe) -> list[tuple[int, int]]:
+    """The [rows, sequence] of every model run the pipeline makes (the real runner, recorded as it runs)."""
+    shapes: list[tuple[int, int]] = []
+    runner = pipe.runner
+    real = type(runner).__call__
+
+    class Recording(type(runner)):  # type: ignore[misc, valid-type]
+        def __call__(self, feeds):
+            shapes.append(tuple(feeds["input_ids"].shape))
+            return real(self, feeds)
+
+    runner.__class__ = Recording
+    return shapes
+
+
+def test_short_texts_run_in_larger_batches_by_the_token_budget_and_a_given_batch_size_is_kept(classification):
+    _, theirs = classification
+    export_dir = classification[0].runner.export_dir
+    texts = [TEXTS[i % len(TEXTS)] + " x" * (i % 7) for i in range(40)]
+    expected = theirs(texts, batch_size=4)
+    budget = trt_runtime.pipeline("text-classification", model=export_dir)  # no batch_size: by tokens
+    shapes = _run_shapes(budget)
+    assert_results_close(budget(texts), expected)
+    assert sum(rows for rows, _ in shapes) == len(texts)
+    assert max(rows for rows, _ in shapes) > DEFAULT_BATCH_SIZE  # short texts: past 8 rows
+    assert all(rows * length <= DEFAULT_MAX_BATCH_TOKENS for rows, length in shapes)
+    shapes.clear()
+    assert_results_close(budget(texts, batch_size=4), expected)  # per call: that many rows, as transformers
+    assert {rows for rows, _ in shapes} == {4}
+    shapes.clear()
+    budget(texts, max_batch_tokens=100)
+    assert all(rows * length <= 100 or rows <= DEFAULT_BATCH_SIZE for rows, length in shapes)
+    fixed = trt_runtime.pipeline("text-classification", model=export_dir, batch_size=8)  # made with batch_size
+    shapes = _run_shapes(fixed)
+    assert_results_close(fixed(texts), expected)
+    assert {rows for rows, _ in shapes} == {8}
+    with pytest.raises(ValueError, match="max_batch_tokens must be a positive int"):
+        budget(texts, max_batch_tokens=0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_token_batches_cover_every_row_once_in_order_within_the_budget_and_greedily(seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 300, 200).tolist()
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    rows, budget, max_rows = int(rng.integers(1, 9)), int(rng.integers(64, 4096)), int(rng.integers(8, 300))
+    runs = list(token_batches(order, lengths, rows, budget, max_rows))
+    assert [i for run in runs for i in run] == order
+    for run, following in zip(runs, [*runs[1:], None]):
+        limit = max(rows, min(max_rows, budget // max(lengths[i] for i in run)))
+        assert len(run) <= limit
+        if following is not None:  # greedy: the next row would not have fitted
+            longer = max(lengths[i] for i in [*run, following[0]])
+            assert len(run) + 1 > max(rows, min(max_rows, budget // longer))
+    plain = list(token_batches(order, lengths, rows, None, max_rows))  # no budget: runs of `rows`
+    assert [i for run in plain for i in run] == order and all(len(run) == rows for run in plain[:-1])
 
 
 @pytest.mark.parametrize(

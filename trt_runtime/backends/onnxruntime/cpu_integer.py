@@ -12,7 +12,8 @@ AMX tdpbusd; measured once per process on operands that a saturating int16 pair 
 `recipes.u8s8_gemms_are_exact`: the flags say what the CPU can do, not which kernel MLAS picks), B can be the
 int8 it is, with no zero point: the products are the same integers (MLAS's VNNI kernels saturate only the int32
 sum, far from reach: |sum| <= K * 255 * 128 < 2**31 for K < 65,000), so every integer after them is too. This
-derivation replaces the two function bodies with that form and leaves the rest of model.onnx as it is; where
+derivation rewrites the two function bodies' `MatMulInteger`s to take B so (the rest of each body, A's offset and
+the wide GEMM's digit split, stays the exporter's) and leaves the rest of model.onnx as it is; where
 those GEMMs do not add in int32 it does not apply (`CpuIntegerError`), and the runner keeps the exported graph.
 The tests check the derived graph against NumPy int64 and the exported graph bit for bit, with operands at the
 ends of their ranges, on the CPU they run on.
@@ -27,11 +28,10 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from trt_runtime.backends.onnxruntime.cpu_int8 import load_exported_model
 from trt_runtime.backends.onnxruntime.recipes import (  # noqa: F401  (CpuIntegerError: re-exported)
@@ -44,70 +44,82 @@ from trt_runtime.contract.export_dir import MODEL_ONNX, ExportInfo
 
 logger = logging.getLogger(__name__)
 
-#: the ops whose bodies this derivation replaces
+#: the ops whose bodies this derivation rewrites
 GEMM_OPS = ("IntMatMul", "IntMatMulWide")
 
 
-class _Body:
-    def __init__(self, op_type: str):
-        self.op_type = op_type
-        self.nodes: list[onnx.NodeProto] = []
-
-    def op(self, op_type: str, *inputs: str, **attributes: Any) -> str:
-        output = f"{self.op_type}_u8s8_{len(self.nodes)}"
-        self.nodes.append(helper.make_node(op_type, list(inputs), [output], name=output, **attributes))
-        return output
-
-    def const(self, value: int, dtype: type) -> str:
-        return self.op("Constant", value=helper.make_tensor("value", helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), [], [value]))
-
-    def cast(self, x: str, to: int) -> str:
-        return self.op("Cast", x, to=to)
+def _constant_value(node: onnx.NodeProto | None) -> np.ndarray | None:
+    if node is None or node.op_type != "Constant" or len(node.attribute) != 1 or node.attribute[0].name != "value":
+        return None
+    return numpy_helper.to_array(node.attribute[0].t)
 
 
-def _int_matmul_u8s8(body: _Body) -> str:
-    """A @ B, A in [-128, 127] as the uint8 A + 128 with zero point 128, B int8 with none."""
-    a = body.cast(body.op("Add", body.cast("A", TensorProto.INT32), body.const(128, np.int32)), TensorProto.UINT8)
-    return body.op("MatMulInteger", a, body.cast("B", TensorProto.INT8), body.const(128, np.uint8))
+def _cast_to(node: onnx.NodeProto) -> int | None:
+    return next((int(helper.get_attribute_value(a)) for a in node.attribute if a.name == "to"), None)
 
 
-def _int_matmul_wide_u8s8(body: _Body) -> str:
-    """A @ B, A in [-2**15, 2**15 - 1]: A + 2**15 = 256 hi + lo, so A = 256 (hi - 128) + lo, two u8 x s8 GEMMs
-    added in int64 (|A @ B| reaches 2**15 * 128 * K, past int32)."""
-    shifted = body.op("Add", body.cast("A", TensorProto.INT32), body.const(2**15, np.int32))  # >= 0: Div floors
-    high = body.cast(body.op("Div", shifted, body.const(256, np.int32)), TensorProto.UINT8)
-    low = body.cast(shifted, TensorProto.UINT8)  # the cast keeps the low 8 bits
-    b = body.cast("B", TensorProto.INT8)
-    high_product = body.op("MatMulInteger", high, b, body.const(128, np.uint8))
-    low_product = body.op("MatMulInteger", low, b)
-    scaled = body.op("Mul", body.cast(high_product, TensorProto.INT64), body.const(256, np.int64))
-    return body.op("Add", scaled, body.cast(low_product, TensorProto.INT64))
-
-
-_BUILDERS = {"IntMatMul": _int_matmul_u8s8, "IntMatMulWide": _int_matmul_wide_u8s8}
+def _is_uint8_b(name: str, producer: dict[str, onnx.NodeProto]) -> bool:
+    """Whether `name` is the exporter's B + 128 as uint8: Cast(uint8) of Add(Cast(B, int32), Constant 128)."""
+    cast = producer.get(name)
+    if cast is None or cast.op_type != "Cast" or _cast_to(cast) != TensorProto.UINT8:
+        return False
+    add = producer.get(cast.input[0])
+    if add is None or add.op_type != "Add" or len(add.input) != 2:
+        return False
+    widened, offset = producer.get(add.input[0]), _constant_value(producer.get(add.input[1]))
+    return (
+        widened is not None and widened.op_type == "Cast" and list(widened.input) == ["B"]
+        and offset is not None and offset.shape == () and int(offset) == 128
+    )
 
 
 def u8s8_function(exported: onnx.FunctionProto) -> onnx.FunctionProto:
-    """`exported` (an IntMatMul / IntMatMulWide function) with its body in u8 x s8 form: same name, inputs,
-    outputs, attributes and output type."""
-    if list(exported.input) != ["A", "B"] or len(exported.output) != 1:
-        raise CpuIntegerError(
-            f"the {exported.name} function of {MODEL_ONNX} takes ({', '.join(exported.input)}), not (A, B); "
+    """`exported` (an IntMatMul / IntMatMulWide function) with its `MatMulInteger`s taking B as the int8 it
+    is, with no zero point, in place of the exporter's B + 128 with zero point 128: the rest of the body (A's
+    offset, the wide GEMM's digit split) stays the exporter's. A body of another shape (another exporter) is
+    refused with the fix."""
+
+    def refuse(what: str) -> CpuIntegerError:
+        return CpuIntegerError(
+            f"the {exported.name} function of {MODEL_ONNX} is not the body this runtime knows ({what}); "
             f"re-export the model with this version of the exporter"
         )
-    body = _Body(exported.name)
-    result = _BUILDERS[exported.name](body)
-    # int32 (IntMatMul) and int64 (IntMatMulWide), as ibert.INTEGER_OUTPUT_TYPES has them
-    body.nodes.append(helper.make_node("Identity", [result], [exported.output[0]], name=f"{exported.name}_output"))
+
+    if list(exported.input) != ["A", "B"] or len(exported.output) != 1:
+        raise refuse(f"it takes ({', '.join(exported.input)}), not (A, B)")
+    producer = {output: node for node in exported.node for output in node.output}
+    gemms = [node for node in exported.node if node.op_type == "MatMulInteger"]
+    if not gemms:
+        raise refuse("no MatMulInteger")
+    b_int8 = f"{exported.name}_B_int8"
+    rewritten = []
+    for node in exported.node:
+        if node.op_type == "MatMulInteger":
+            b_zero_point = _constant_value(producer.get(node.input[3])) if len(node.input) == 4 else None
+            if not _is_uint8_b(node.input[1], producer) or b_zero_point is None or int(b_zero_point) != 128:
+                raise refuse("a MatMulInteger whose B is not B + 128 with zero point 128")
+            node = helper.make_node("MatMulInteger", [node.input[0], b_int8, node.input[2]], list(node.output), name=node.name)
+        rewritten.append(node)
+    rewritten.insert(0, helper.make_node("Cast", ["B"], [b_int8], name=b_int8, to=TensorProto.INT8))
     function = onnx.FunctionProto()
     function.CopyFrom(exported)
     del function.node[:]
-    function.node.extend(body.nodes)
+    function.node.extend(_without_dead_nodes(rewritten, set(exported.output)))
     function.doc_string = (
         f"{exported.name} in u8 x s8 form (trt_runtime.backends.onnxruntime.cpu_integer): the same integers "
         f"where u8 x s8 dot products add in int32"
     )
     return function
+
+
+def _without_dead_nodes(nodes: list[onnx.NodeProto], outputs: set[str]) -> list[onnx.NodeProto]:
+    """`nodes` less those none of whose outputs reach `outputs` (here: B's old uint8 form and its constants)."""
+    needed, kept = set(outputs), []
+    for node in reversed(nodes):
+        if needed & set(node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    return kept[::-1]
 
 
 def derive(export_dir: str | os.PathLike, info: ExportInfo, model: onnx.ModelProto | None = None) -> onnx.ModelProto:

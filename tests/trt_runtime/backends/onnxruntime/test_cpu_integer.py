@@ -87,6 +87,33 @@ def test_u8s8_bodies_are_the_contracts_integers(op_type, constant_b, rows):
         np.testing.assert_array_equal(session.run(None, feeds)[0], expected, err_msg=f"ONNX Runtime, {level}")
 
 
+@pytest.mark.parametrize("op_type", ["IntMatMul", "IntMatMulWide"])
+def test_u8s8_bodies_keep_the_exporters_body_but_take_b_as_int8(op_type):
+    exported = ibert_function(op_type, OPSET)
+    derived = cpu_integer.u8s8_function(exported)
+    gemms = [node for node in derived.node if node.op_type == "MatMulInteger"]
+    assert len(gemms) == sum(node.op_type == "MatMulInteger" for node in exported.node)  # 1, or 2 (digit split)
+    casts = {node.output[0]: node for node in derived.node if node.op_type == "Cast" and list(node.input) == ["B"]}
+    for gemm in gemms:  # B's int8 itself, and no B zero point
+        assert len(gemm.input) == 3 and gemm.input[1] in casts
+        assert helper.get_attribute_value(casts[gemm.input[1]].attribute[0]) == TensorProto.INT8
+    # nothing else of B is left (its uint8 form and that form's constants are gone)
+    users_of_b = [node for node in derived.node if "B" in node.input]
+    assert [node.op_type for node in users_of_b] == ["Cast"]
+    assert len(derived.node) < len(exported.node)
+
+
+def test_a_body_of_another_shape_is_refused_with_the_fix():
+    exported = ibert_function("IntMatMul", OPSET)
+    changed = onnx.FunctionProto()
+    changed.CopyFrom(exported)
+    for node in changed.node:  # B + 64 instead of B + 128: not the body this runtime can rewrite
+        if node.op_type == "Constant" and onnx.numpy_helper.to_array(node.attribute[0].t).dtype == np.int32:
+            node.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(np.array(64, np.int32), "value"))
+    with pytest.raises(CpuIntegerError, match="re-export the model"):
+        cpu_integer.u8s8_function(changed)
+
+
 @pytest.fixture(scope="module")
 def integer_export(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("cpu-integer")
