@@ -82,8 +82,10 @@ def graph_ran(row: dict[str, Any]) -> str:
     graph's label ("CPU INT8" for a qdq export, "CPU integer" for an integer export where the u8 x s8 GEMMs
     are exact, "fused float") or "exported"."""
     runtime = (row.get("onnxruntime") or {}).get("runtime") or {}
-    kind = str(runtime.get("graph_kind", "exported"))
-    return DERIVED_GRAPH_LABELS.get(kind, kind)
+    kind = runtime.get("graph_kind")
+    if kind is None:  # a record from before the runtime recorded it
+        return "(not recorded)"
+    return DERIVED_GRAPH_LABELS.get(str(kind), str(kind))
 
 
 def markdown_table(task_name: str, task_result: dict[str, Any]) -> str:

@@ -210,7 +210,8 @@ class Pipeline:
 
     def __call__(self, inputs: Any = None, **options: Any) -> Any:
         """Results for a str (or the task's input), a list of them, or, streamed as an iterator of results
-        computed batch_size inputs at a time, a generator or a dataset (as transformers does)."""
+        computed batch_size inputs at a time (up to MAX_BUDGET_ROWS under a token budget), a generator or
+        a dataset (as transformers does)."""
         options = dict(options)
         given = self._pop_call_settings(options)
         if "batch_size" in given:  # rows per run, as transformers runs them, unless a budget is given too

@@ -165,10 +165,11 @@ def test_markdown_table_formats_points_intervals_and_the_graph_that_ran():
 
 
 def test_every_derived_cpu_graph_has_a_table_label():
-    from benchmarks.eval.report import DERIVED_GRAPH_LABELS
+    from benchmarks.eval.report import DERIVED_GRAPH_LABELS, graph_ran
     from trt_runtime.backends.onnxruntime.graphs import CPU_GRAPHS
 
     assert set(DERIVED_GRAPH_LABELS) == set(CPU_GRAPHS)
+    assert graph_ran({"onnxruntime": {"runtime": {"graph_reason": "the CPU INT8 graph ..."}}}) == "(not recorded)"
 
 
 def test_markdown_table_regression_shows_every_metric_rmse_in_score_units():
@@ -182,6 +183,7 @@ def test_markdown_table_regression_shows_every_metric_rmse_in_score_units():
                 "spearman": 0.8,
                 "rmse": 1.2345,
                 "change_vs_float": {"pearson": change, "spearman": change, "rmse": change},
+                "runtime": {"graph_kind": "exported"},
             },
         }
     ]

@@ -96,7 +96,13 @@ def u8s8_function(exported: onnx.FunctionProto) -> onnx.FunctionProto:
     for node in exported.node:
         if node.op_type == "MatMulInteger":
             b_zero_point = _constant_value(producer.get(node.input[3])) if len(node.input) == 4 else None
-            if not _is_uint8_b(node.input[1], producer) or b_zero_point is None or int(b_zero_point) != 128:
+            if (
+                not _is_uint8_b(node.input[1], producer)
+                or b_zero_point is None
+                or b_zero_point.shape != ()  # one zero point for all of B, as the exporter writes it
+                or b_zero_point.dtype != np.uint8
+                or int(b_zero_point) != 128
+            ):
                 raise refuse("a MatMulInteger whose B is not B + 128 with zero point 128")
             node = helper.make_node("MatMulInteger", [node.input[0], b_int8, node.input[2]], list(node.output), name=node.name)
         rewritten.append(node)

@@ -107,11 +107,20 @@ def test_a_body_of_another_shape_is_refused_with_the_fix():
     exported = ibert_function("IntMatMul", OPSET)
     changed = onnx.FunctionProto()
     changed.CopyFrom(exported)
-    for node in changed.node:  # B + 64 instead of B + 128: not the body this runtime can rewrite
-        if node.op_type == "Constant" and onnx.numpy_helper.to_array(node.attribute[0].t).dtype == np.int32:
-            node.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(np.array(64, np.int32), "value"))
+    producer = {output: node for node in changed.node for output in node.output}
+    widened_b = next(node.output[0] for node in changed.node if node.op_type == "Cast" and list(node.input) == ["B"])
+    add = next(node for node in changed.node if node.op_type == "Add" and node.input[0] == widened_b)
+    offset = producer[add.input[1]]  # B + 64 instead of B + 128: not the body this runtime can rewrite
+    offset.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(np.array(64, np.int32), "value"))
     with pytest.raises(CpuIntegerError, match="re-export the model"):
         cpu_integer.u8s8_function(changed)
+    per_column = onnx.FunctionProto()  # a zero point per column of B
+    per_column.CopyFrom(exported)
+    gemm = next(node for node in per_column.node if node.op_type == "MatMulInteger")
+    zero_point = next(node for node in per_column.node if node.output[0] == gemm.input[3])
+    zero_point.attribute[0].t.CopyFrom(onnx.numpy_helper.from_array(np.array([128, 128], np.uint8), "value"))
+    with pytest.raises(CpuIntegerError, match="re-export the model"):
+        cpu_integer.u8s8_function(per_column)
 
 
 @pytest.fixture(scope="module")
