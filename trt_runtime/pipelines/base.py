@@ -180,8 +180,7 @@ class Pipeline:
             raise ValueError(task_mismatch(self.task, runner.info.task, runner.export_dir))
         rows_given = batch_size is not None
         batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        CallSettings.checked(batch_size=batch_size)  # the per-call check and its error
         if tokenizer.max_token_id >= runner.info.vocab_size:
             raise ExportDirError(
                 f"the tokenizer of {runner.export_dir} has token ids up to "
